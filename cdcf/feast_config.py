@@ -1,0 +1,59 @@
+"""Feast's repo configuration, built from the settings (SQL registry and offline store in Postgres, Redis)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import quote
+
+import psycopg2
+import yaml
+
+from cdcf import features as decl
+from cdcf.settings import PROJECT_ROOT, Settings
+
+REPO_PATH = PROJECT_ROOT / "feature_repo"
+
+
+def repo_config(settings: Settings) -> dict:
+    """The content of feature_store.yaml for these settings."""
+    feast_pw = settings.feast_password.get_secret_value()
+    registry_url = (f"postgresql+psycopg://{quote(settings.feast_user)}:{quote(feast_pw, safe='')}"
+                    f"@{settings.host}:{settings.pg_port}/{settings.registry_db}")
+    return {
+        "project": settings.feast_project,
+        "provider": "local",
+        "registry": {"registry_type": "sql", "path": registry_url, "cache_ttl_seconds": 60,
+                     "sqlalchemy_config_kwargs": {"pool_pre_ping": True}},
+        "online_store": {"type": "redis", "connection_string":
+                         f"{settings.host}:{settings.redis_port},password={settings.redis_password.get_secret_value()}"},
+        "offline_store": {"type": "postgres", "host": settings.host, "port": settings.pg_port,
+                          "database": settings.offline_db, "db_schema": "public", "user": settings.feast_user,
+                          "password": feast_pw, "sslmode": "disable"},
+        "entity_key_serialization_version": 3,
+    }
+
+
+def write_repo_config(settings: Settings, repo_path: Path = REPO_PATH) -> Path:
+    """Write ``feature_store.yaml`` (ignored by git, mode 0600) so the `feast` CLI works in the repo folder."""
+    path = repo_path / "feature_store.yaml"
+    path.touch(mode=0o600, exist_ok=True)
+    path.chmod(0o600)
+    path.write_text("# Written by `cdcf up` from the settings; edit the settings, not this file.\n"
+                    + yaml.safe_dump(repo_config(settings), sort_keys=False))
+    return path
+
+
+def create_offline_tables(settings: Settings) -> None:
+    """Create the offline store table of every feature view (idempotent)."""
+    with psycopg2.connect(settings.pg_dsn(settings.offline_db, user=settings.feast_user)) as conn:
+        with conn.cursor() as cur:
+            for view in decl.FEATURE_VIEWS:
+                cur.execute(decl.offline_table_ddl(view))
+    conn.close()
+
+
+def feature_store(settings: Settings):
+    """A FeatureStore on the repo, configured from the settings (no file needed)."""
+    from feast import FeatureStore, RepoConfig
+
+    return FeatureStore(config=RepoConfig(repo_path=REPO_PATH, **repo_config(settings)), repo_path=REPO_PATH)

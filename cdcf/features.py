@@ -1,0 +1,142 @@
+"""The one declaration of every feature (SPEC section 3).
+
+Each feature names its source table, owner entity, event-time column, aggregate and window here, once. The Feast
+repo (``feature_repo/``), the offline store tables, the streaming job and the batch backfill are all derived
+from these objects; nothing about a feature is declared anywhere else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Literal
+
+Dtype = Literal["int64", "float64", "string"]
+Aggregate = Literal["count", "sum", "avg", "max"]
+
+MINUTE, HOUR, DAY = timedelta(minutes=1), timedelta(hours=1), timedelta(days=1)
+EVENT_TIMESTAMP = "event_timestamp"  # the as-of time column of every offline table and push
+
+
+@dataclass(frozen=True)
+class Entity:
+    name: str
+    join_key: str
+
+
+@dataclass(frozen=True)
+class Table:
+    """A captured source table: its primary key and, for event tables, the column holding event time."""
+
+    name: str
+    key: str
+    event_time: str | None = None
+
+
+@dataclass(frozen=True)
+class ColumnFeature:
+    """The current value of a column of the entity's own row (profile features)."""
+
+    name: str
+    column: str
+    dtype: Dtype
+
+
+@dataclass(frozen=True)
+class WindowFeature:
+    """``aggregate(column)`` over the owner's rows whose event time lies in (T - window, T]."""
+
+    name: str
+    table: Table
+    aggregate: Aggregate
+    column: str | None
+    window: timedelta
+
+    @property
+    def dtype(self) -> Dtype:
+        return "int64" if self.aggregate == "count" else "float64"
+
+    @property
+    def hop(self) -> timedelta:
+        """How far the window may advance at once: 1 minute up to a day, 1 hour beyond (SPEC section 4)."""
+        return MINUTE if self.window <= DAY else HOUR
+
+
+@dataclass(frozen=True)
+class FeatureView:
+    name: str
+    entity: Entity
+    features: tuple[ColumnFeature, ...] | tuple[WindowFeature, ...]
+    table: Table | None = None  # the entity's own table, for views of ColumnFeatures
+
+    @property
+    def push_source(self) -> str:
+        return f"{self.name}_push"
+
+
+@dataclass(frozen=True)
+class FeatureService:
+    name: str
+    views: tuple[FeatureView, ...]
+
+
+USER = Entity("user", "user_id")
+PRODUCT = Entity("product", "product_id")
+ENTITIES = (USER, PRODUCT)
+
+USERS = Table("users", "user_id")
+PRODUCTS = Table("products", "product_id")
+TRANSACTIONS = Table("transactions", "txn_id", "created_at")
+SESSIONS = Table("sessions", "session_id", "started_at")
+REVIEWS = Table("reviews", "review_id", "created_at")
+TABLES = (USERS, PRODUCTS, TRANSACTIONS, SESSIONS, REVIEWS)
+
+USER_PROFILE = FeatureView("user_profile_features", USER, (
+    ColumnFeature("age", "age", "int64"),
+    ColumnFeature("income", "income", "float64"),
+    ColumnFeature("account_status", "account_status", "string"),
+), table=USERS)
+
+USER_ACTIVITY = FeatureView("user_activity_features", USER, (
+    WindowFeature("txn_count_7d", TRANSACTIONS, "count", None, 7 * DAY),
+    WindowFeature("txn_count_30d", TRANSACTIONS, "count", None, 30 * DAY),
+    WindowFeature("txn_amount_sum_7d", TRANSACTIONS, "sum", "amount", 7 * DAY),
+    WindowFeature("txn_amount_sum_30d", TRANSACTIONS, "sum", "amount", 30 * DAY),
+    WindowFeature("avg_order_value_30d", TRANSACTIONS, "avg", "amount", 30 * DAY),
+    WindowFeature("sessions_7d", SESSIONS, "count", None, 7 * DAY),
+    WindowFeature("avg_session_duration_7d", SESSIONS, "avg", "duration_s", 7 * DAY),
+))
+
+TRANSACTION_RISK = FeatureView("transaction_risk_features", USER, (
+    WindowFeature("txn_count_1h", TRANSACTIONS, "count", None, HOUR),
+    WindowFeature("txn_amount_sum_1h", TRANSACTIONS, "sum", "amount", HOUR),
+    WindowFeature("txn_amount_max_24h", TRANSACTIONS, "max", "amount", DAY),
+))
+
+PRODUCT_STATS = FeatureView("product_features", PRODUCT, (
+    WindowFeature("purchases_7d", TRANSACTIONS, "count", None, 7 * DAY),
+    WindowFeature("purchases_30d", TRANSACTIONS, "count", None, 30 * DAY),
+    WindowFeature("avg_rating_30d", REVIEWS, "avg", "rating", 30 * DAY),
+    WindowFeature("review_count_30d", REVIEWS, "count", None, 30 * DAY),
+))
+
+FEATURE_VIEWS = (USER_PROFILE, USER_ACTIVITY, TRANSACTION_RISK, PRODUCT_STATS)
+
+FEATURE_SERVICES = (
+    FeatureService("recommendation_v1", (USER_PROFILE, USER_ACTIVITY)),
+    FeatureService("fraud_detection_v1", (TRANSACTION_RISK, USER_ACTIVITY)),
+    FeatureService("customer_segmentation_v1", (USER_PROFILE, USER_ACTIVITY)),
+    FeatureService("product_ranking_v1", (PRODUCT_STATS,)),
+)
+
+SQL_TYPES: dict[Dtype, str] = {"int64": "BIGINT", "float64": "DOUBLE PRECISION", "string": "TEXT"}
+
+
+def offline_table_ddl(view: FeatureView) -> str:
+    """DDL of the offline store table of ``view``: one row per value change, keyed by entity and as-of time."""
+    key = view.entity.join_key
+    columns = ",\n    ".join(f"{f.name} {SQL_TYPES[f.dtype]}" for f in view.features)
+    return (
+        f"CREATE TABLE IF NOT EXISTS {view.name} (\n    {key} BIGINT NOT NULL,\n"
+        f"    {EVENT_TIMESTAMP} TIMESTAMPTZ NOT NULL,\n    {columns},\n    PRIMARY KEY ({key}, {EVENT_TIMESTAMP})\n)"
+    )

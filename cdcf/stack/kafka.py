@@ -1,0 +1,156 @@
+"""Kafka (KRaft, combined broker + controller) and the Kafka Connect distributed worker, from Maven jars."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import httpx
+from confluent_kafka.admin import AdminClient
+
+from cdcf.errors import PrerequisiteError, ServiceError
+from cdcf.settings import Settings
+from cdcf.stack import proc
+from cdcf.stack.jars import jar_files
+
+CONF = Path(__file__).with_name("conf")
+KAFKA, CONNECT = "kafka", "connect"
+DEBEZIUM_POSTGRES = "io.debezium.connector.postgresql.PostgresConnector"
+
+
+def start_kafka(settings: Settings) -> None:
+    paths = settings.paths
+    props = _write_properties(settings, KAFKA, _kafka_properties(settings))
+    if proc.our_pid(paths, KAFKA, str(props)):
+        return
+    proc.require_free_port(settings.host, settings.kafka_port, "Kafka", "CDCF_KAFKA_PORT")
+    proc.require_free_port(settings.host, settings.kafka_controller_port, "Kafka controller",
+                           "CDCF_KAFKA_CONTROLLER_PORT")
+    if not (paths.data / KAFKA / "meta.properties").exists():
+        _format_storage(settings, props)
+    pid = proc.spawn(paths, KAFKA, _java(settings, KAFKA, settings.kafka_heap, "kafka.Kafka", props))
+    proc.wait_until(lambda: kafka_health(settings), timeout_s=settings.start_timeout_s, what="Kafka",
+                    log_file=paths.log(KAFKA), pid=pid)
+
+
+def start_connect(settings: Settings) -> None:
+    paths = settings.paths
+    props = _write_properties(settings, CONNECT, _connect_properties(settings))
+    if proc.our_pid(paths, CONNECT, str(props)):
+        return
+    proc.require_free_port(settings.host, settings.connect_port, "Kafka Connect", "CDCF_CONNECT_PORT")
+    # Connectors read the replication password through Connect's env config provider: ${env:...}.
+    env = {"CDCF_DEBEZIUM_PASSWORD": settings.debezium_password.get_secret_value()}
+    argv = _java(settings, CONNECT, settings.connect_heap,
+                 "org.apache.kafka.connect.cli.ConnectDistributed", props)
+    pid = proc.spawn(paths, CONNECT, argv, env=env)
+    proc.wait_until(lambda: connect_health(settings), timeout_s=settings.start_timeout_s * 2,
+                    what="Kafka Connect", log_file=paths.log(CONNECT), pid=pid)
+
+
+def stop(settings: Settings, name: str) -> None:
+    pid = service_pid(settings, name)
+    if pid:
+        proc.stop_pid(pid, name, timeout_s=60)
+
+
+def service_pid(settings: Settings, name: str) -> int | None:
+    return proc.our_pid(settings.paths, name, str(settings.paths.conf / f"{name}.properties"))
+
+
+def kafka_health(settings: Settings) -> str:
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap, "socket.timeout.ms": 3000, "log_level": 0})
+    meta = admin.list_topics(timeout=3)
+    if not meta.brokers:
+        raise ServiceError(f"Kafka at {settings.kafka_bootstrap} reports no broker.")
+    return f"Kafka on {settings.kafka_bootstrap}, {len(meta.brokers)} broker, {len(meta.topics)} topic(s)"
+
+
+def connect_health(settings: Settings) -> str:
+    with httpx.Client(base_url=settings.connect_url, timeout=5) as http:
+        plugins = {p["class"] for p in http.get("/connector-plugins").raise_for_status().json()}
+        connectors = http.get("/connectors", params={"expand": "status"}).raise_for_status().json()
+    if DEBEZIUM_POSTGRES not in plugins:
+        raise ServiceError(f"Kafka Connect at {settings.connect_url} does not list {DEBEZIUM_POSTGRES}; "
+                           f"check plugin.path ({settings.paths.jar_dir('plugin')}).")
+    states = ", ".join(f"{name}={c['status']['connector']['state']}" for name, c in sorted(connectors.items()))
+    return f"Kafka Connect on {settings.connect_url}, Debezium plugin loaded, connectors: {states or 'none'}"
+
+
+def _format_storage(settings: Settings, props: Path) -> None:
+    argv = _java(settings, "kafka-storage", "256m", "kafka.tools.StorageTool", "format", "--standalone",
+                 f"--cluster-id={settings.kafka_cluster_id}", "-c", props)
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise ServiceError(f"Formatting Kafka storage failed: {(done.stderr or done.stdout).strip()[-300:]}")
+
+
+def _java(settings: Settings, name: str, heap: str, main: str, *args: object) -> list[str]:
+    java = shutil.which(settings.java)
+    if java is None:
+        raise PrerequisiteError(
+            f"Java ('{settings.java}') is not on PATH; install Java 17 with `apt-get install openjdk-17-jre-headless` "
+            "(or run `make install`), or set CDCF_JAVA to its path."
+        )
+    classpath = ":".join(str(j) for j in jar_files(settings, "kafka"))
+    return [java, f"-Xmx{heap}", "-Xms64m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={CONF / 'log4j2.properties'}", f"-Dcdcf.service={name}",
+            "-cp", classpath, main, *map(str, args)]
+
+
+def _write_properties(settings: Settings, name: str, props: dict[str, object]) -> Path:
+    path = settings.paths.conf / f"{name}.properties"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+    return path
+
+
+def _kafka_properties(settings: Settings) -> dict[str, object]:
+    host = settings.host
+    return {
+        "process.roles": "broker,controller",
+        "node.id": 1,
+        "controller.quorum.bootstrap.servers": f"{host}:{settings.kafka_controller_port}",
+        "listeners": f"PLAINTEXT://{host}:{settings.kafka_port},CONTROLLER://{host}:{settings.kafka_controller_port}",
+        "advertised.listeners": f"PLAINTEXT://{host}:{settings.kafka_port}",
+        "controller.listener.names": "CONTROLLER",
+        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "log.dirs": settings.paths.data / KAFKA,
+        "num.partitions": 1,
+        "offsets.topic.replication.factor": 1,
+        "transaction.state.log.replication.factor": 1,
+        "transaction.state.log.min.isr": 1,
+        "share.coordinator.state.topic.replication.factor": 1,
+        "share.coordinator.state.topic.min.isr": 1,
+        "group.initial.rebalance.delay.ms": 0,
+        "auto.create.topics.enable": "true",
+        "log.retention.hours": 168,
+    }
+
+
+def _connect_properties(settings: Settings) -> dict[str, object]:
+    group = settings.connect_group
+    return {
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "group.id": group,
+        "key.converter": "org.apache.kafka.connect.json.JsonConverter",
+        "value.converter": "org.apache.kafka.connect.json.JsonConverter",
+        "key.converter.schemas.enable": "false",
+        "value.converter.schemas.enable": "false",
+        "config.storage.topic": f"{group}-configs",
+        "offset.storage.topic": f"{group}-offsets",
+        "status.storage.topic": f"{group}-status",
+        "config.storage.replication.factor": 1,
+        "offset.storage.replication.factor": 1,
+        "status.storage.replication.factor": 1,
+        "offset.flush.interval.ms": 1000,
+        "listeners": f"http://{settings.host}:{settings.connect_port}",
+        "rest.advertised.host.name": settings.host,
+        "rest.advertised.port": settings.connect_port,
+        "plugin.path": settings.paths.jar_dir("plugin"),
+        "plugin.discovery": "hybrid_warn",
+        "config.providers": "env",
+        "config.providers.env.class": "org.apache.kafka.common.config.provider.EnvVarConfigProvider",
+    }

@@ -1,0 +1,167 @@
+"""PostgreSQL from Debian's packages: a cluster of our own (``pg_createcluster``), set up for logical decoding."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import psycopg2
+
+from cdcf.errors import PrerequisiteError, ServiceError
+from cdcf.settings import Settings
+from cdcf.stack import proc
+
+log = logging.getLogger(__name__)
+
+HERE = Path(__file__).parent
+CONF_NAME = "cdcf.conf"
+
+
+def start(settings: Settings) -> None:
+    """Create the cluster if needed, write our configuration, start it, and create roles, databases, schema."""
+    _require_binaries()
+    if not _cluster_exists(settings):
+        _run(["pg_createcluster", str(settings.pg_version), settings.pg_cluster, "-p", str(settings.pg_port),
+              "--", "--auth-local=peer", "--auth-host=scram-sha-256", "--encoding=UTF8"])
+    changed = _write_conf(settings)
+    status = _cluster_status(settings)
+    if status == "online" and changed:
+        _run(["pg_ctlcluster", str(settings.pg_version), settings.pg_cluster, "restart"])
+    elif status != "online":
+        proc.require_free_port(settings.host, settings.pg_port, "PostgreSQL", "CDCF_PG_PORT")
+        _run(["pg_ctlcluster", str(settings.pg_version), settings.pg_cluster, "start"])
+    _link_log(settings)
+    proc.wait_until(lambda: _psql(settings, "SELECT 1", db="postgres"), timeout_s=settings.start_timeout_s,
+                    what="PostgreSQL", log_file=settings.paths.log("postgres"))
+    _bootstrap(settings)
+
+
+def stop(settings: Settings) -> None:
+    if _cluster_exists(settings) and _cluster_status(settings) == "online":
+        _run(["pg_ctlcluster", str(settings.pg_version), settings.pg_cluster, "stop", "-m", "fast"])
+        log.info("stopped PostgreSQL cluster %s/%s", settings.pg_version, settings.pg_cluster)
+
+
+def pid(settings: Settings) -> int | None:
+    pid_file = _data_dir(settings) / "postmaster.pid"
+    try:
+        return int(pid_file.read_text().split()[0])
+    except (FileNotFoundError, ValueError, IndexError, PermissionError):
+        return None
+
+
+def health(settings: Settings) -> str:
+    """One line on the cluster, connecting as the app role over TCP (so a wrong password shows here)."""
+    with psycopg2.connect(settings.pg_dsn(), connect_timeout=3) as conn, conn.cursor() as cur:
+        cur.execute("SELECT current_setting('wal_level'), current_setting('server_version'), "
+                    "(SELECT count(*) FROM pg_replication_slots)")
+        wal_level, version, slots = cur.fetchone()
+    conn.close()
+    if wal_level != "logical":
+        raise ServiceError(f"PostgreSQL runs with wal_level={wal_level}; run `make up` to restart it configured.")
+    return f"PostgreSQL {version} on {settings.host}:{settings.pg_port}, wal_level=logical, {slots} slot(s)"
+
+
+def connect_error(settings: Settings, exc: psycopg2.OperationalError) -> ServiceError:
+    """Turn a failed connection into the message a user can act on."""
+    text = str(exc).strip().splitlines()[0]
+    if "password authentication failed" in text:
+        return ServiceError(
+            f"PostgreSQL at {settings.host}:{settings.pg_port} rejected the password of role "
+            f"'{settings.app_user}'; unset CDCF_APP_PASSWORD or set it to the value in {settings.paths.secrets}."
+        )
+    return ServiceError(f"Cannot reach PostgreSQL at {settings.host}:{settings.pg_port} ({text}); run `make up`.")
+
+
+def _bootstrap(settings: Settings) -> None:
+    vars_ = {
+        "app_user": settings.app_user, "app_password": settings.app_password.get_secret_value(),
+        "feast_user": settings.feast_user, "feast_password": settings.feast_password.get_secret_value(),
+        "debezium_user": settings.debezium_user,
+        "debezium_password": settings.debezium_password.get_secret_value(),
+        "app_db": settings.app_db, "registry_db": settings.registry_db, "offline_db": settings.offline_db,
+        "publication": settings.publication,
+    }
+    _psql_file(settings, HERE / "roles.sql", "postgres", vars_)
+    _psql_file(settings, HERE / "app_schema.sql", settings.app_db, vars_, role=settings.app_user)
+
+
+def _psql(settings: Settings, sql: str, db: str) -> str:
+    return _run(_psql_argv(settings, db) + ["-tAc", sql])
+
+
+def _psql_file(settings: Settings, path: Path, db: str, variables: dict[str, str], role: str | None = None) -> None:
+    # variables go through stdin (\set), never argv, so that passwords stay out of `ps`
+    header = "".join(f"\\set {key} '{value.replace(chr(39), chr(39) * 2)}'\n" for key, value in variables.items())
+    if role:  # run as the owning role, through the superuser's socket connection
+        header += f'SET ROLE "{role}";\n'
+    _run(_psql_argv(settings, db) + ["-f", "-"], stdin=header + path.read_text())
+
+
+def _psql_argv(settings: Settings, db: str) -> list[str]:
+    return ["runuser", "-u", "postgres", "--", "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1",
+            "-p", str(settings.pg_port), "-d", db]
+
+
+def _write_conf(settings: Settings) -> bool:
+    """Write conf.d/cdcf.conf; return whether it changed (a restart is then needed)."""
+    conf = (
+        f"listen_addresses = '{settings.host}'\n"
+        f"port = {settings.pg_port}\n"
+        "wal_level = logical\n"
+        "max_wal_senders = 10\n"
+        "max_replication_slots = 10\n"
+        "max_slot_wal_keep_size = '4GB'\n"
+        "wal_sender_timeout = '60s'\n"
+    )
+    path = Path(f"/etc/postgresql/{settings.pg_version}/{settings.pg_cluster}/conf.d/{CONF_NAME}")
+    if path.exists() and path.read_text() == conf:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(conf)
+    return True
+
+
+def _link_log(settings: Settings) -> None:
+    target = Path(f"/var/log/postgresql/postgresql-{settings.pg_version}-{settings.pg_cluster}.log")
+    link = settings.paths.log("postgres")
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if not link.is_symlink():
+        link.unlink(missing_ok=True)
+        link.symlink_to(target)
+
+
+def _data_dir(settings: Settings) -> Path:
+    return Path(f"/var/lib/postgresql/{settings.pg_version}/{settings.pg_cluster}")
+
+
+def _cluster_exists(settings: Settings) -> bool:
+    return Path(f"/etc/postgresql/{settings.pg_version}/{settings.pg_cluster}/postgresql.conf").exists()
+
+
+def _cluster_status(settings: Settings) -> str:
+    out = _run(["pg_lsclusters", "-h", str(settings.pg_version), settings.pg_cluster])
+    fields = out.split()
+    return fields[3] if len(fields) > 3 else "unknown"
+
+
+def _require_binaries() -> None:
+    if os.geteuid() != 0:
+        raise PrerequisiteError("The local stack manages a PostgreSQL cluster with pg_ctlcluster; run it as root.")
+    missing = [b for b in ("pg_createcluster", "pg_ctlcluster", "runuser") if shutil.which(b) is None]
+    if missing:
+        raise PrerequisiteError(
+            f"PostgreSQL tools are missing ({', '.join(missing)}); run `make install` "
+            "(apt-get install postgresql)."
+        )
+
+
+def _run(argv: list[str], stdin: str | None = None) -> str:
+    done = subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        msg = (done.stderr or done.stdout).strip().splitlines()
+        raise ServiceError(f"`{' '.join(argv[:6])}` failed: {msg[-1] if msg else done.returncode}")
+    return done.stdout.strip()
