@@ -36,12 +36,12 @@ def up() -> None:
 
 
 @app.command()
-def down() -> None:
+def down(purge: bool = typer.Option(False, "--purge", help="Also delete the stack's data (not the jar cache).")) -> None:
     """Stop the processes of the local stack (only ours, by pid)."""
     from cdcf import stack
 
     try:
-        stack.down(load_settings(), step=typer.echo)
+        (stack.purge if purge else stack.down)(load_settings(), step=typer.echo)
     except PipelineError as exc:
         raise _fail(exc) from exc
 

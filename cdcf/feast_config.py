@@ -9,7 +9,7 @@ import psycopg2
 import yaml
 
 from cdcf import features as decl
-from cdcf.settings import PROJECT_ROOT, Settings
+from cdcf.settings import PROJECT_ROOT, Settings, default_home
 
 REPO_PATH = PROJECT_ROOT / "feature_repo"
 
@@ -33,13 +33,19 @@ def repo_config(settings: Settings) -> dict:
     }
 
 
-def write_repo_config(settings: Settings, repo_path: Path = REPO_PATH) -> Path:
-    """Write ``feature_store.yaml`` (ignored by git, mode 0600) so the `feast` CLI works in the repo folder."""
-    path = repo_path / "feature_store.yaml"
+def write_repo_config(settings: Settings) -> Path:
+    """Write ``<home>/conf/feature_store.yaml`` (mode 0600). For the default home, ``feature_repo/`` links to
+    it, so `feast apply`, `feast feature-views list` and `feast serve` work in that folder as they are."""
+    path = settings.paths.conf / "feature_store.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.touch(mode=0o600, exist_ok=True)
     path.chmod(0o600)
     path.write_text("# Written by `cdcf up` from the settings; edit the settings, not this file.\n"
                     + yaml.safe_dump(repo_config(settings), sort_keys=False))
+    link = REPO_PATH / "feature_store.yaml"
+    if settings.home.resolve() == default_home().resolve() and not link.exists():
+        link.unlink(missing_ok=True)
+        link.symlink_to(path)
     return path
 
 

@@ -39,5 +39,7 @@ feature_services = {
     s.name: FeatureService(name=s.name, features=[feature_views[v.name] for v in s.views])
     for s in decl.FEATURE_SERVICES
 }
+# `feast apply` collects module-level objects only: expose every entity, view and service by name.
+globals().update({f"{name}_entity": entity for name, entity in entities.items()})
 globals().update({f"{name}_view": fv for name, fv in feature_views.items()})
 globals().update({f"{name}_service": fs for name, fs in feature_services.items()})

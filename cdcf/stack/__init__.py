@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import subprocess
 import sys
 import time
@@ -13,7 +15,7 @@ from pathlib import Path
 import psycopg2
 
 from cdcf import feast_config
-from cdcf.errors import PipelineError, ServiceError
+from cdcf.errors import PipelineError, PrerequisiteError, ServiceError
 from cdcf.settings import Settings
 from cdcf.stack import jars, kafka, postgres, proc, redis_server
 
@@ -33,8 +35,31 @@ class Health:
         return f"{self.component:<15} {'OK  ' if self.healthy else 'FAIL'} {self.detail}{mem}"
 
 
+# program -> how to get it; checked all at once before anything starts
+PROGRAMS = {
+    "pg_createcluster": "apt-get install postgresql",
+    "pg_ctlcluster": "apt-get install postgresql",
+    "runuser": "apt-get install util-linux",
+    "redis-server": "apt-get install redis-server",
+}
+
+
+def check_prerequisites(settings: Settings) -> None:
+    """Raise one error naming every missing program, with the command that installs it."""
+    needed = dict(PROGRAMS)
+    needed[settings.java] = "apt-get install openjdk-17-jre-headless, or set CDCF_JAVA"
+    if not all((settings.paths.jar_dir(p) / jars.MARKER).exists() for p in jars.PROFILES):
+        needed[settings.maven] = "apt-get install maven (needed while the jar cache is empty), or set CDCF_MAVEN"
+    missing = [f"{name} ({fix})" for name, fix in needed.items() if shutil.which(name) is None]
+    if os.geteuid() != 0:
+        missing.append("root rights (the stack creates its PostgreSQL cluster with pg_createcluster)")
+    if missing:
+        raise PrerequisiteError(f"Missing: {'; '.join(missing)}. Run `make install` as root, then `make up`.")
+
+
 def up(settings: Settings, step: Callable[[str], None] = log.info) -> None:
     """Bring every part up; parts already running are left as they are."""
+    check_prerequisites(settings)
     for label, action in (
         ("jars", jars.ensure_jars),
         ("postgres", postgres.start),
@@ -60,6 +85,14 @@ def down(settings: Settings, step: Callable[[str], None] = log.info) -> None:
     step("postgres: stopped")
 
 
+def purge(settings: Settings, step: Callable[[str], None] = log.info) -> None:
+    """Stop everything, then delete the stack's data: the PostgreSQL cluster and the data folder (not the jar cache)."""
+    down(settings, step)
+    postgres.drop(settings)
+    shutil.rmtree(settings.paths.data, ignore_errors=True)
+    step("data: deleted")
+
+
 def status(settings: Settings) -> list[Health]:
     """One health record per component; never raises for an unhealthy part."""
     checks: list[tuple[str, Callable[[Settings], str], Callable[[Settings], int | None]]] = [
@@ -75,9 +108,9 @@ def status(settings: Settings) -> list[Health]:
 def apply_feature_repo(settings: Settings) -> None:
     """Create the offline tables, write feature_store.yaml and run `feast apply` against the SQL registry."""
     feast_config.create_offline_tables(settings)
-    feast_config.write_repo_config(settings)
+    config = feast_config.write_repo_config(settings)
     feast_bin = Path(sys.executable).with_name("feast")
-    done = subprocess.run([str(feast_bin), "-c", str(feast_config.REPO_PATH), "apply"],
+    done = subprocess.run([str(feast_bin), "-f", str(config), "apply"], cwd=feast_config.REPO_PATH,
                           capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise ServiceError(f"`feast apply` failed: {(done.stderr or done.stdout).strip()[-500:]}")

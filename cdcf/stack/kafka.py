@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 from confluent_kafka.admin import AdminClient
 
-from cdcf.errors import PrerequisiteError, ServiceError
+from cdcf.errors import ServiceError
 from cdcf.settings import Settings
 from cdcf.stack import proc
 from cdcf.stack.jars import jar_files
@@ -87,12 +87,7 @@ def _format_storage(settings: Settings, props: Path) -> None:
 
 
 def _java(settings: Settings, name: str, heap: str, main: str, *args: object) -> list[str]:
-    java = shutil.which(settings.java)
-    if java is None:
-        raise PrerequisiteError(
-            f"Java ('{settings.java}') is not on PATH; install Java 17 with `apt-get install openjdk-17-jre-headless` "
-            "(or run `make install`), or set CDCF_JAVA to its path."
-        )
+    java = shutil.which(settings.java) or settings.java
     classpath = ":".join(str(j) for j in jar_files(settings, "kafka"))
     return [java, f"-Xmx{heap}", "-Xms64m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={CONF / 'log4j2.properties'}", f"-Dcdcf.service={name}",

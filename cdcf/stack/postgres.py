@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import psycopg2
 
-from cdcf.errors import PrerequisiteError, ServiceError
+from cdcf.errors import ServiceError
 from cdcf.settings import Settings
 from cdcf.stack import proc
 
@@ -22,7 +20,6 @@ CONF_NAME = "cdcf.conf"
 
 def start(settings: Settings) -> None:
     """Create the cluster if needed, write our configuration, start it, and create roles, databases, schema."""
-    _require_binaries()
     if not _cluster_exists(settings):
         _run(["pg_createcluster", str(settings.pg_version), settings.pg_cluster, "-p", str(settings.pg_port),
               "--", "--auth-local=peer", "--auth-host=scram-sha-256", "--encoding=UTF8"])
@@ -43,6 +40,13 @@ def stop(settings: Settings) -> None:
     if _cluster_exists(settings) and _cluster_status(settings) == "online":
         _run(["pg_ctlcluster", str(settings.pg_version), settings.pg_cluster, "stop", "-m", "fast"])
         log.info("stopped PostgreSQL cluster %s/%s", settings.pg_version, settings.pg_cluster)
+
+
+def drop(settings: Settings) -> None:
+    """Delete our cluster, data included."""
+    if _cluster_exists(settings):
+        _run(["pg_dropcluster", "--stop", str(settings.pg_version), settings.pg_cluster])
+        log.info("dropped PostgreSQL cluster %s/%s", settings.pg_version, settings.pg_cluster)
 
 
 def pid(settings: Settings) -> int | None:
@@ -146,17 +150,6 @@ def _cluster_status(settings: Settings) -> str:
     out = _run(["pg_lsclusters", "-h", str(settings.pg_version), settings.pg_cluster])
     fields = out.split()
     return fields[3] if len(fields) > 3 else "unknown"
-
-
-def _require_binaries() -> None:
-    if os.geteuid() != 0:
-        raise PrerequisiteError("The local stack manages a PostgreSQL cluster with pg_ctlcluster; run it as root.")
-    missing = [b for b in ("pg_createcluster", "pg_ctlcluster", "runuser") if shutil.which(b) is None]
-    if missing:
-        raise PrerequisiteError(
-            f"PostgreSQL tools are missing ({', '.join(missing)}); run `make install` "
-            "(apt-get install postgresql)."
-        )
 
 
 def _run(argv: list[str], stdin: str | None = None) -> str:

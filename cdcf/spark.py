@@ -1,0 +1,30 @@
+"""SparkSession factory: the pyspark wheel plus the cached spark-sql-kafka and JDBC jars (no download at start)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from pyspark.sql import SparkSession
+
+from cdcf.settings import Settings
+from cdcf.stack.jars import jar_files
+
+
+def spark_session(settings: Settings, app_name: str, master: str | None = None) -> SparkSession:
+    """A session for our jobs: UTC everywhere, few shuffle partitions, the venv's Python on the workers."""
+    # Python workers must import pandas/feast/cdcf: point them at this interpreter (FACTS.md).
+    os.environ["PYSPARK_PYTHON"] = os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
+    jars = ",".join(str(j) for j in jar_files(settings, "spark"))
+    return (
+        SparkSession.builder.master(master or settings.spark_master)
+        .appName(app_name)
+        .config("spark.jars", jars)
+        .config("spark.sql.shuffle.partitions", settings.spark_shuffle_partitions)
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.driver.extraJavaOptions", "-Duser.timezone=UTC")
+        .config("spark.executor.extraJavaOptions", "-Duser.timezone=UTC")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.warehouse.dir", str(settings.paths.data / "spark-warehouse"))
+        .getOrCreate()
+    )

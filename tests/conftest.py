@@ -1,0 +1,41 @@
+"""Session fixtures: the real local stack, started if it is not running. They yield settings (addresses)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cdcf import stack
+from cdcf.settings import PROJECT_ROOT, default_home, ensure_secrets, load_settings
+
+CDCF = str(Path(sys.executable).with_name("cdcf"))
+
+
+@pytest.fixture(scope="session")
+def settings():
+    """Settings of the main local stack, brought up (idempotently) for the whole session."""
+    ensure_secrets(default_home())
+    s = load_settings()
+    stack.up(s)
+    return s
+
+
+@pytest.fixture
+def side_home(tmp_path, settings):
+    """A separate stack home sharing the main jar cache and secrets, for runs that must not touch the main one."""
+    home = tmp_path / "stack"
+    (home / "cache").mkdir(parents=True)
+    (home / "cache" / "jars").symlink_to(settings.paths.jars)
+    shutil.copy(settings.paths.secrets, home / "secrets.env")
+    return home
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run the `cdcf` CLI as a user would, from the project root."""
+    return subprocess.run([CDCF, *args], capture_output=True, text=True, timeout=timeout, cwd=PROJECT_ROOT,
+                          env={**os.environ, **(env or {})})

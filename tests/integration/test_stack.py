@@ -1,0 +1,131 @@
+"""The local stack against its real services: health, configuration, and the paths later stages stand on."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+import httpx
+import pandas as pd
+import psycopg2
+import pytest
+import redis
+
+from cdcf import features as decl
+from cdcf.feast_config import feature_store
+from cdcf.spark import spark_session
+from cdcf.stack import kafka, status
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.integration
+
+
+def test_status_reports_every_component_healthy(settings):
+    result = run_cli("status")
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == ["postgres", "redis", "kafka", "connect", "feast"]
+    assert all(" OK " in line for line in lines), result.stdout
+    assert all(h.healthy for h in status(settings))
+
+
+def test_connect_lists_the_debezium_postgres_plugin(settings):
+    plugins = httpx.get(f"{settings.connect_url}/connector-plugins", timeout=10).raise_for_status().json()
+    postgres = [p for p in plugins if p["class"] == kafka.DEBEZIUM_POSTGRES]
+    assert postgres and postgres[0]["type"] == "source"
+    assert postgres[0]["version"].startswith("3.6.1")
+
+
+def test_postgres_is_ready_for_logical_decoding(settings):
+    with psycopg2.connect(settings.pg_dsn()) as conn, conn.cursor() as cur:
+        cur.execute("SELECT current_setting('wal_level'), current_setting('max_replication_slots')::int, "
+                    "current_setting('max_slot_wal_keep_size')")
+        assert cur.fetchone() == ("logical", 10, "4GB")
+        cur.execute("SELECT relname, relreplident FROM pg_class WHERE relname = ANY(%s)",
+                    ([t.name for t in decl.TABLES],))
+        assert dict(cur.fetchall()) == {t.name: "f" for t in decl.TABLES}  # REPLICA IDENTITY FULL
+        cur.execute("SELECT tablename FROM pg_publication_tables WHERE pubname = %s", (settings.publication,))
+        assert {r[0] for r in cur.fetchall()} == {t.name for t in decl.TABLES} | {"cdc_heartbeat"}
+        cur.execute("SELECT column_name, data_type FROM information_schema.columns "
+                    "WHERE table_name = 'transactions' ORDER BY ordinal_position")
+        assert cur.fetchall() == [
+            ("txn_id", "bigint"), ("user_id", "bigint"), ("product_id", "bigint"), ("amount", "numeric"),
+            ("merchant", "text"), ("created_at", "timestamp with time zone"),
+            ("updated_at", "timestamp with time zone")]
+    conn.close()
+
+
+def test_debezium_role_can_replicate_and_read_but_not_write(settings):
+    dsn = settings.pg_dsn(user=settings.debezium_user)
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT rolreplication, rolsuper, rolcreatedb FROM pg_roles WHERE rolname = current_user")
+        assert cur.fetchone() == (True, False, False)
+        cur.execute("SELECT count(*) FROM transactions")  # may read the captured tables
+        cur.execute("INSERT INTO cdc_heartbeat VALUES (1, now()) ON CONFLICT (id) DO UPDATE SET beat_at = now()")
+    conn.close()
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+            cur.execute("DELETE FROM transactions")
+    conn.close()
+    with pytest.raises(psycopg2.OperationalError, match="permission denied|not allowed|privilege"):
+        psycopg2.connect(settings.pg_dsn(settings.registry_db, user=settings.debezium_user)).close()
+
+
+def test_redis_requires_its_password(settings):
+    anonymous = redis.Redis(host=settings.host, port=settings.redis_port, socket_timeout=3)
+    with pytest.raises(redis.AuthenticationError):
+        anonymous.ping()
+    assert redis.Redis(host=settings.host, port=settings.redis_port,
+                       password=settings.redis_password.get_secret_value()).ping()
+
+
+def test_feast_reads_its_registry_from_postgres_and_a_push_is_read_back(settings):
+    store = feature_store(settings)
+    assert store.config.registry.registry_type == "sql"
+    assert {fv.name for fv in store.list_feature_views()} == {v.name for v in decl.FEATURE_VIEWS}
+    service = store.get_feature_service("fraud_detection_v1")
+    assert [(p.name, [f.name for f in p.features]) for p in service.feature_view_projections] == [
+        (v.name, [f.name for f in v.features]) for v in (decl.TRANSACTION_RISK, decl.USER_ACTIVITY)]
+
+    user_id = uuid.uuid4().int % 10**12
+    as_of = datetime.now(UTC).replace(microsecond=0)
+    store.push(decl.USER_PROFILE.push_source, pd.DataFrame([{
+        "user_id": user_id, "age": 41, "income": 52000.5, "account_status": "active",
+        decl.EVENT_TIMESTAMP: as_of}]))
+    got = store.get_online_features(
+        features=["user_profile_features:age", "user_profile_features:income",
+                  "user_profile_features:account_status"],
+        entity_rows=[{"user_id": user_id}, {"user_id": user_id + 1}],
+    ).to_dict()
+    assert got == {"user_id": [user_id, user_id + 1], "age": [41, None], "income": [52000.5, None],
+                   "account_status": ["active", None]}
+
+
+def test_spark_writes_to_and_reads_from_kafka(settings):
+    topic = f"test.spark.{uuid.uuid4().hex[:8]}"
+    spark = spark_session(settings, "test-spark-kafka")
+    try:
+        rows = [(str(i), f"value-{i}") for i in range(50)]
+        (spark.createDataFrame(rows, "key string, value string").write.format("kafka")
+         .option("kafka.bootstrap.servers", settings.kafka_bootstrap).option("topic", topic).save())
+        back = (spark.read.format("kafka").option("kafka.bootstrap.servers", settings.kafka_bootstrap)
+                .option("subscribe", topic).option("startingOffsets", "earliest").load()
+                .selectExpr("CAST(key AS STRING) AS key", "CAST(value AS STRING) AS value", "offset"))
+        got = sorted((r.key, r.value) for r in back.collect())
+        assert got == sorted(rows)
+        assert spark.conf.get("spark.sql.session.timeZone") == "UTC"
+    finally:
+        spark.stop()
+
+
+def test_spark_reads_postgres_through_the_cached_jdbc_driver(settings):
+    spark = spark_session(settings, "test-spark-jdbc")
+    try:
+        df = (spark.read.format("jdbc")
+              .option("url", f"jdbc:postgresql://{settings.host}:{settings.pg_port}/{settings.app_db}")
+              .option("user", settings.app_user).option("password", settings.app_password.get_secret_value())
+              .option("driver", "org.postgresql.Driver")
+              .option("query", "SELECT 1::bigint AS one, 'x'::text AS t").load())
+        assert [tuple(r) for r in df.collect()] == [(1, "x")]
+    finally:
+        spark.stop()
