@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import quote
 
 import psycopg2
 import yaml
@@ -16,19 +15,16 @@ REPO_PATH = PROJECT_ROOT / "feature_repo"
 
 def repo_config(settings: Settings) -> dict:
     """The content of feature_store.yaml for these settings."""
-    feast_pw = settings.feast_password.get_secret_value()
-    registry_url = (f"postgresql+psycopg://{quote(settings.feast_user)}:{quote(feast_pw, safe='')}"
-                    f"@{settings.host}:{settings.pg_port}/{settings.registry_db}")
     return {
         "project": settings.feast_project,
         "provider": "local",
-        "registry": {"registry_type": "sql", "path": registry_url, "cache_ttl_seconds": 60,
+        "registry": {"registry_type": "sql", "path": settings.sqlalchemy_url(settings.registry_db), "cache_ttl_seconds": 60,
                      "sqlalchemy_config_kwargs": {"pool_pre_ping": True}},
         "online_store": {"type": "redis", "connection_string":
-                         f"{settings.host}:{settings.redis_port},password={settings.redis_password.get_secret_value()}"},
-        "offline_store": {"type": "postgres", "host": settings.host, "port": settings.pg_port,
+                         f"{settings.redis_host}:{settings.redis_port},password={settings.redis_password.get_secret_value()}"},
+        "offline_store": {"type": "postgres", "host": settings.pg_host, "port": settings.pg_port,
                           "database": settings.offline_db, "db_schema": "public", "user": settings.feast_user,
-                          "password": feast_pw, "sslmode": "disable"},
+                          "password": settings.feast_password.get_secret_value(), "sslmode": "disable"},
         "entity_key_serialization_version": 3,
     }
 

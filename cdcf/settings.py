@@ -10,7 +10,9 @@ import os
 import secrets
 from functools import cached_property
 from pathlib import Path
+from urllib.parse import quote
 
+from psycopg2.extensions import make_dsn
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -24,7 +26,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CDCF_", extra="forbid", frozen=True)
 
     home: Path = Field(PROJECT_ROOT / ".stack", description="State folder: jar cache, data, logs, pid files.")
-    host: str = Field("127.0.0.1", description="Address every local service binds to and is reached at.")
+    pg_host: str = Field("127.0.0.1", description="PostgreSQL address (the local stack binds it).")
+    redis_host: str = Field("127.0.0.1", description="Redis address (the local stack binds it).")
+    kafka_host: str = Field("127.0.0.1", description="Kafka broker address (the local stack binds it).")
+    connect_host: str = Field("127.0.0.1", description="Kafka Connect REST address (the local stack binds it).")
 
     pg_port: int = Field(5432, description="PostgreSQL port.")
     pg_version: int = Field(15, description="Major version of the Debian PostgreSQL packages.")
@@ -71,20 +76,20 @@ class Settings(BaseSettings):
         user = user or self.app_user
         password = {self.app_user: self.app_password, self.debezium_user: self.debezium_password,
                     self.feast_user: self.feast_password}[user].get_secret_value()
-        return f"host={self.host} port={self.pg_port} dbname={db or self.app_db} user={user} password={password}"
+        return make_dsn(host=self.pg_host, port=self.pg_port, dbname=db or self.app_db, user=user, password=password)
 
     def sqlalchemy_url(self, db: str) -> str:
         """URL for Feast's SQL registry (psycopg 3 driver), as the feast role."""
-        pw = self.feast_password.get_secret_value()
-        return f"postgresql+psycopg://{self.feast_user}:{pw}@{self.host}:{self.pg_port}/{db}"
+        user, pw = quote(self.feast_user, safe=""), quote(self.feast_password.get_secret_value(), safe="")
+        return f"postgresql+psycopg://{user}:{pw}@{self.pg_host}:{self.pg_port}/{db}"
 
     @property
     def kafka_bootstrap(self) -> str:
-        return f"{self.host}:{self.kafka_port}"
+        return f"{self.kafka_host}:{self.kafka_port}"
 
     @property
     def connect_url(self) -> str:
-        return f"http://{self.host}:{self.connect_port}"
+        return f"http://{self.connect_host}:{self.connect_port}"
 
 
 class StackPaths:

@@ -24,8 +24,8 @@ def start_kafka(settings: Settings) -> None:
     props = _write_properties(settings, KAFKA, _kafka_properties(settings))
     if proc.our_pid(paths, KAFKA, str(props)):
         return
-    proc.require_free_port(settings.host, settings.kafka_port, "Kafka", "CDCF_KAFKA_PORT")
-    proc.require_free_port(settings.host, settings.kafka_controller_port, "Kafka controller",
+    proc.require_free_port(settings.kafka_host, settings.kafka_port, "Kafka", "CDCF_KAFKA_PORT")
+    proc.require_free_port(settings.kafka_host, settings.kafka_controller_port, "Kafka controller",
                            "CDCF_KAFKA_CONTROLLER_PORT")
     if not (paths.data / KAFKA / "meta.properties").exists():
         _format_storage(settings, props)
@@ -39,7 +39,7 @@ def start_connect(settings: Settings) -> None:
     props = _write_properties(settings, CONNECT, _connect_properties(settings))
     if proc.our_pid(paths, CONNECT, str(props)):
         return
-    proc.require_free_port(settings.host, settings.connect_port, "Kafka Connect", "CDCF_CONNECT_PORT")
+    proc.require_free_port(settings.connect_host, settings.connect_port, "Kafka Connect", "CDCF_CONNECT_PORT")
     # Connectors read the replication password through Connect's env config provider: ${env:...}.
     env = {"CDCF_DEBEZIUM_PASSWORD": settings.debezium_password.get_secret_value()}
     argv = _java(settings, CONNECT, settings.connect_heap,
@@ -102,7 +102,7 @@ def _write_properties(settings: Settings, name: str, props: dict[str, object]) -
 
 
 def _kafka_properties(settings: Settings) -> dict[str, object]:
-    host = settings.host
+    host = settings.kafka_host
     return {
         "process.roles": "broker,controller",
         "node.id": 1,
@@ -141,8 +141,8 @@ def _connect_properties(settings: Settings) -> dict[str, object]:
         "offset.storage.replication.factor": 1,
         "status.storage.replication.factor": 1,
         "offset.flush.interval.ms": 1000,
-        "listeners": f"http://{settings.host}:{settings.connect_port}",
-        "rest.advertised.host.name": settings.host,
+        "listeners": f"http://{settings.connect_host}:{settings.connect_port}",
+        "rest.advertised.host.name": settings.connect_host,
         "rest.advertised.port": settings.connect_port,
         "plugin.path": settings.paths.jar_dir("plugin"),
         "plugin.discovery": "hybrid_warn",

@@ -28,7 +28,7 @@ def start(settings: Settings) -> None:
     if status == "online" and changed:
         _run(["pg_ctlcluster", str(settings.pg_version), settings.pg_cluster, "restart"])
     elif status != "online":
-        proc.require_free_port(settings.host, settings.pg_port, "PostgreSQL", "CDCF_PG_PORT")
+        proc.require_free_port(settings.pg_host, settings.pg_port, "PostgreSQL", "CDCF_PG_PORT")
         _run(["pg_ctlcluster", str(settings.pg_version), settings.pg_cluster, "start"])
     _link_log(settings)
     proc.wait_until(lambda: _psql(settings, "SELECT 1", db="postgres"), timeout_s=settings.start_timeout_s,
@@ -66,7 +66,7 @@ def health(settings: Settings) -> str:
     conn.close()
     if wal_level != "logical":
         raise ServiceError(f"PostgreSQL runs with wal_level={wal_level}; run `make up` to restart it configured.")
-    return f"PostgreSQL {version} on {settings.host}:{settings.pg_port}, wal_level=logical, {slots} slot(s)"
+    return f"PostgreSQL {version} on {settings.pg_host}:{settings.pg_port}, wal_level=logical, {slots} slot(s)"
 
 
 def connect_error(settings: Settings, exc: psycopg2.OperationalError) -> ServiceError:
@@ -74,10 +74,10 @@ def connect_error(settings: Settings, exc: psycopg2.OperationalError) -> Service
     text = str(exc).strip().splitlines()[0]
     if "password authentication failed" in text:
         return ServiceError(
-            f"PostgreSQL at {settings.host}:{settings.pg_port} rejected the password of role "
+            f"PostgreSQL at {settings.pg_host}:{settings.pg_port} rejected the password of role "
             f"'{settings.app_user}'; unset CDCF_APP_PASSWORD or set it to the value in {settings.paths.secrets}."
         )
-    return ServiceError(f"Cannot reach PostgreSQL at {settings.host}:{settings.pg_port} ({text}); run `make up`.")
+    return ServiceError(f"Cannot reach PostgreSQL at {settings.pg_host}:{settings.pg_port} ({text}); run `make up`.")
 
 
 def _bootstrap(settings: Settings) -> None:
@@ -110,17 +110,21 @@ def _psql_argv(settings: Settings, db: str) -> list[str]:
             "-p", str(settings.pg_port), "-d", db]
 
 
+def server_settings(settings: Settings) -> dict[str, str]:
+    """The server parameters logical decoding needs; docker-compose.yml passes the same ones."""
+    return {
+        "wal_level": "logical",
+        "max_wal_senders": "10",
+        "max_replication_slots": "10",
+        "max_slot_wal_keep_size": "4GB",
+        "wal_sender_timeout": "60s",
+    }
+
+
 def _write_conf(settings: Settings) -> bool:
     """Write conf.d/cdcf.conf; return whether it changed (a restart is then needed)."""
-    conf = (
-        f"listen_addresses = '{settings.host}'\n"
-        f"port = {settings.pg_port}\n"
-        "wal_level = logical\n"
-        "max_wal_senders = 10\n"
-        "max_replication_slots = 10\n"
-        "max_slot_wal_keep_size = '4GB'\n"
-        "wal_sender_timeout = '60s'\n"
-    )
+    params = {"listen_addresses": settings.pg_host, "port": str(settings.pg_port), **server_settings(settings)}
+    conf = "".join(f"{key} = '{value}'\n" for key, value in params.items())
     path = Path(f"/etc/postgresql/{settings.pg_version}/{settings.pg_cluster}/conf.d/{CONF_NAME}")
     if path.exists() and path.read_text() == conf:
         return False

@@ -22,7 +22,7 @@ def _one_error_line(result) -> str:
 
 def test_port_in_use_names_the_port_and_the_setting(settings, side_home):
     with socket.socket() as squatter:
-        squatter.bind((settings.host, 0))
+        squatter.bind((settings.redis_host, 0))
         squatter.listen()
         port = squatter.getsockname()[1]
         result = run_cli("up", env={"CDCF_HOME": str(side_home), "CDCF_REDIS_PORT": str(port)}, timeout=120)

@@ -72,10 +72,10 @@ def test_debezium_role_can_replicate_and_read_but_not_write(settings):
 
 
 def test_redis_requires_its_password(settings):
-    anonymous = redis.Redis(host=settings.host, port=settings.redis_port, socket_timeout=3)
+    anonymous = redis.Redis(host=settings.redis_host, port=settings.redis_port, socket_timeout=3)
     with pytest.raises(redis.AuthenticationError):
         anonymous.ping()
-    assert redis.Redis(host=settings.host, port=settings.redis_port,
+    assert redis.Redis(host=settings.redis_host, port=settings.redis_port,
                        password=settings.redis_password.get_secret_value()).ping()
 
 
@@ -122,7 +122,7 @@ def test_spark_reads_postgres_through_the_cached_jdbc_driver(settings):
     spark = spark_session(settings, "test-spark-jdbc")
     try:
         df = (spark.read.format("jdbc")
-              .option("url", f"jdbc:postgresql://{settings.host}:{settings.pg_port}/{settings.app_db}")
+              .option("url", f"jdbc:postgresql://{settings.pg_host}:{settings.pg_port}/{settings.app_db}")
               .option("user", settings.app_user).option("password", settings.app_password.get_secret_value())
               .option("driver", "org.postgresql.Driver")
               .option("query", "SELECT 1::bigint AS one, 'x'::text AS t").load())

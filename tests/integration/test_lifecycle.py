@@ -1,0 +1,62 @@
+"""From nothing to healthy and back, on a second stack with its own ports, cluster and home."""
+
+from __future__ import annotations
+
+import pytest
+
+from cdcf.settings import load_settings
+from cdcf.stack import jars, kafka, postgres, redis_server
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.integration
+
+PORTS = {"CDCF_PG_PORT": "15432", "CDCF_REDIS_PORT": "16379", "CDCF_KAFKA_PORT": "19092",
+         "CDCF_KAFKA_CONTROLLER_PORT": "19093", "CDCF_CONNECT_PORT": "18083"}
+
+
+def _pids(settings) -> dict[str, int | None]:
+    return {"postgres": postgres.pid(settings), "redis": redis_server.pid(settings),
+            "kafka": kafka.service_pid(settings, kafka.KAFKA), "connect": kafka.service_pid(settings, kafka.CONNECT)}
+
+
+def test_up_status_down_up_up_from_nothing(side_home):
+    env = {"CDCF_HOME": str(side_home), "CDCF_PG_CLUSTER": "cdcf_lifecycle", **PORTS}
+    side = load_settings(home=side_home, pg_cluster="cdcf_lifecycle",
+                         **{k.removeprefix("CDCF_").lower(): int(v) for k, v in PORTS.items()})
+    assert all((side.paths.jar_dir(p) / jars.MARKER).exists() for p in jars.PROFILES)  # shared, warm cache
+    try:
+        first = run_cli("up", env=env)
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert [line.split(":")[0] for line in first.stdout.splitlines()] == [
+            "jars", "postgres", "redis", "kafka", "connect", "feast registry"]
+
+        healthy = run_cli("status", env=env)
+        assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+        assert "127.0.0.1:16379" in healthy.stdout and "127.0.0.1:19092" in healthy.stdout
+        assert "4 feature views, 4 services" in healthy.stdout
+        running = _pids(side)
+        assert all(running.values()), running
+
+        assert run_cli("down", env=env).returncode == 0
+        assert _pids(side) == dict.fromkeys(running)
+        for pid in running.values():
+            assert not _alive(pid)
+        stopped = run_cli("status", env=env)
+        assert stopped.returncode == 1 and stopped.stdout.count("FAIL") == 5
+
+        for _ in range(2):  # a second `up` is harmless: nothing restarts
+            again = run_cli("up", env=env)
+            assert again.returncode == 0, again.stdout + again.stderr
+        restarted = _pids(side)
+        assert all(restarted.values()) and run_cli("status", env=env).returncode == 0
+    finally:
+        run_cli("down", "--purge", env=env)
+    assert not postgres._cluster_exists(side)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False
