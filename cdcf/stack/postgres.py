@@ -20,7 +20,7 @@ CONF_NAME = "cdcf.conf"
 
 def start(settings: Settings) -> None:
     """Create the cluster if needed, write our configuration, start it, and create roles, databases, schema."""
-    if not _cluster_exists(settings):
+    if not cluster_exists(settings):
         _run(["pg_createcluster", str(settings.pg_version), settings.pg_cluster, "-p", str(settings.pg_port),
               "--", "--auth-local=peer", "--auth-host=scram-sha-256", "--encoding=UTF8"])
     changed = _write_conf(settings)
@@ -37,14 +37,14 @@ def start(settings: Settings) -> None:
 
 
 def stop(settings: Settings) -> None:
-    if _cluster_exists(settings) and _cluster_status(settings) == "online":
+    if cluster_exists(settings) and _cluster_status(settings) == "online":
         _run(["pg_ctlcluster", str(settings.pg_version), settings.pg_cluster, "stop", "-m", "fast"])
         log.info("stopped PostgreSQL cluster %s/%s", settings.pg_version, settings.pg_cluster)
 
 
 def drop(settings: Settings) -> None:
     """Delete our cluster, data included."""
-    if _cluster_exists(settings):
+    if cluster_exists(settings):
         _run(["pg_dropcluster", "--stop", str(settings.pg_version), settings.pg_cluster])
         log.info("dropped PostgreSQL cluster %s/%s", settings.pg_version, settings.pg_cluster)
 
@@ -146,7 +146,7 @@ def _data_dir(settings: Settings) -> Path:
     return Path(f"/var/lib/postgresql/{settings.pg_version}/{settings.pg_cluster}")
 
 
-def _cluster_exists(settings: Settings) -> bool:
+def cluster_exists(settings: Settings) -> bool:
     return Path(f"/etc/postgresql/{settings.pg_version}/{settings.pg_cluster}/postgresql.conf").exists()
 
 
