@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
 
 import typer
 
 from cdcf.errors import PipelineError
-from cdcf.settings import default_home, ensure_secrets, load_settings
+from cdcf.settings import Settings, default_home, ensure_secrets, load_settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Streaming CDC feature pipeline.")
 
 
-def _fail(exc: PipelineError) -> typer.Exit:
-    typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
-    return typer.Exit(code=1)
+def _run(action: Callable[[Settings], object], *, new_secrets: bool = False) -> object:
+    """Build the settings and run ``action``; our errors become one red line and exit code 1."""
+    try:
+        if new_secrets:
+            ensure_secrets(default_home())
+        return action(load_settings())
+    except PipelineError as exc:
+        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(code=1) from exc
 
 
 @app.callback()
@@ -28,11 +38,7 @@ def up() -> None:
     """Start the local stack (Postgres, Redis, Kafka, Connect) and apply the Feast repo."""
     from cdcf import stack
 
-    try:
-        ensure_secrets(default_home())
-        stack.up(load_settings(), step=typer.echo)
-    except PipelineError as exc:
-        raise _fail(exc) from exc
+    _run(lambda s: stack.up(s, step=typer.echo), new_secrets=True)
 
 
 @app.command()
@@ -40,10 +46,7 @@ def down(purge: bool = typer.Option(False, "--purge", help="Also delete the stac
     """Stop the processes of the local stack (only ours, by pid)."""
     from cdcf import stack
 
-    try:
-        (stack.purge if purge else stack.down)(load_settings(), step=typer.echo)
-    except PipelineError as exc:
-        raise _fail(exc) from exc
+    _run(lambda s: (stack.purge if purge else stack.down)(s, step=typer.echo))
 
 
 @app.command()
@@ -51,10 +54,7 @@ def status() -> None:
     """One line per component; exits 1 when any is unhealthy."""
     from cdcf import stack
 
-    try:
-        report = stack.status(load_settings())
-    except PipelineError as exc:
-        raise _fail(exc) from exc
+    report = _run(stack.status)
     for health in report:
         typer.echo(health.line())
     if not all(h.healthy for h in report):
@@ -66,10 +66,7 @@ def apply() -> None:
     """Create the offline tables and `feast apply` the feature repo against the configured registry."""
     from cdcf import stack
 
-    try:
-        stack.apply_feature_repo(load_settings())
-    except PipelineError as exc:
-        raise _fail(exc) from exc
+    _run(stack.apply_feature_repo)
 
 
 @app.command()
@@ -77,26 +74,16 @@ def jars() -> None:
     """Resolve the JVM jars into the cache (what `up` does first); used when building images."""
     from cdcf.stack import jars as stack_jars
 
-    try:
-        stack_jars.ensure_jars(load_settings())
-    except PipelineError as exc:
-        raise _fail(exc) from exc
+    _run(stack_jars.ensure_jars)
 
 
 @app.command("serve-features")
 def serve_features(port: int = typer.Option(6566, help="HTTP port of the Feast feature server."),
                    bind: str = typer.Option("127.0.0.1", help="Address to listen on.")) -> None:
     """Write feature_store.yaml from the settings and run `feast serve` on it (replaces this process)."""
-    import os
-    import sys
-    from pathlib import Path
-
     from cdcf.feast_config import REPO_PATH, write_repo_config
 
-    try:
-        config = write_repo_config(load_settings())
-    except PipelineError as exc:
-        raise _fail(exc) from exc
+    config = _run(write_repo_config)
     feast = str(Path(sys.executable).with_name("feast"))
     os.chdir(REPO_PATH)
     os.execv(feast, [feast, "-f", str(config), "serve", "-h", bind, "-p", str(port)])
@@ -105,12 +92,11 @@ def serve_features(port: int = typer.Option(6566, help="HTTP port of the Feast f
 @app.command()
 def demo() -> None:
     """Bring the stack up, seed sample data, and read features through Feast."""
-    from cdcf import demo as demo_run, stack
+    from cdcf import demo as demo_run
+    from cdcf import stack
 
-    try:
-        ensure_secrets(default_home())
-        settings = load_settings()
+    def run(settings: Settings) -> None:
         stack.up(settings, step=typer.echo)
         demo_run.run(settings, out=typer.echo)
-    except PipelineError as exc:
-        raise _fail(exc) from exc
+
+    _run(run, new_secrets=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -20,33 +21,41 @@ DEBEZIUM_POSTGRES = "io.debezium.connector.postgresql.PostgresConnector"
 
 
 def start_kafka(settings: Settings) -> None:
-    paths = settings.paths
     props = _write_properties(settings, KAFKA, _kafka_properties(settings))
-    if proc.our_pid(paths, KAFKA, str(props)):
-        return
-    proc.require_free_port(settings.kafka_host, settings.kafka_port, "Kafka", "CDCF_KAFKA_PORT")
-    proc.require_free_port(settings.kafka_host, settings.kafka_controller_port, "Kafka controller",
-                           "CDCF_KAFKA_CONTROLLER_PORT")
-    if not (paths.data / KAFKA / "meta.properties").exists():
-        _format_storage(settings, props)
-    pid = proc.spawn(paths, KAFKA, _java(settings, KAFKA, settings.kafka_heap, "kafka.Kafka", props))
-    proc.wait_until(lambda: kafka_health(settings), timeout_s=settings.start_timeout_s, what="Kafka",
-                    log_file=paths.log(KAFKA), pid=pid)
+
+    def format_storage_once() -> None:
+        if not (settings.paths.data / KAFKA / "meta.properties").exists():
+            _format_storage(settings, props)
+
+    _start_jvm(settings, KAFKA, props, settings.kafka_heap, "kafka.Kafka", kafka_health,
+               ports=[(settings.kafka_port, "Kafka", "CDCF_KAFKA_PORT"),
+                      (settings.kafka_controller_port, "Kafka controller", "CDCF_KAFKA_CONTROLLER_PORT")],
+               host=settings.kafka_host, before=format_storage_once)
 
 
 def start_connect(settings: Settings) -> None:
-    paths = settings.paths
     props = _write_properties(settings, CONNECT, _connect_properties(settings))
-    if proc.our_pid(paths, CONNECT, str(props)):
-        return
-    proc.require_free_port(settings.connect_host, settings.connect_port, "Kafka Connect", "CDCF_CONNECT_PORT")
     # Connectors read the replication password through Connect's env config provider: ${env:...}.
     env = {"CDCF_DEBEZIUM_PASSWORD": settings.debezium_password.get_secret_value()}
-    argv = _java(settings, CONNECT, settings.connect_heap,
-                 "org.apache.kafka.connect.cli.ConnectDistributed", props)
-    pid = proc.spawn(paths, CONNECT, argv, env=env)
-    proc.wait_until(lambda: connect_health(settings), timeout_s=settings.start_timeout_s * 2,
-                    what="Kafka Connect", log_file=paths.log(CONNECT), pid=pid)
+    _start_jvm(settings, CONNECT, props, settings.connect_heap, "org.apache.kafka.connect.cli.ConnectDistributed",
+               connect_health, ports=[(settings.connect_port, "Kafka Connect", "CDCF_CONNECT_PORT")],
+               host=settings.connect_host, env=env, timeout_factor=2)
+
+
+def _start_jvm(settings: Settings, name: str, props: Path, heap: str, main: str,
+               health: Callable[[Settings], str], *, ports: list[tuple[int, str, str]], host: str,
+               env: dict[str, str] | None = None, before: Callable[[], None] | None = None,
+               timeout_factor: float = 1) -> None:
+    """Start one JVM service unless ours already runs: check its ports, spawn, wait until healthy."""
+    if proc.our_pid(settings.paths, name, str(props)):
+        return
+    for port, label, setting in ports:
+        proc.require_free_port(host, port, label, setting)
+    if before:
+        before()
+    pid = proc.spawn(settings.paths, name, _java(settings, name, heap, main, props), env=env)
+    proc.wait_until(lambda: health(settings), timeout_s=settings.start_timeout_s * timeout_factor,
+                    what=name.capitalize(), log_file=settings.paths.log(name), pid=pid)
 
 
 def stop(settings: Settings, name: str) -> None:

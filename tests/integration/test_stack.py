@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import time
 import uuid
 from datetime import UTC, datetime
 
@@ -15,7 +18,7 @@ from cdcf import features as decl
 from cdcf.feast_config import feature_store
 from cdcf.spark import spark_session
 from cdcf.stack import kafka, status
-from tests.conftest import run_cli
+from tests.conftest import CDCF, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -129,3 +132,33 @@ def test_spark_reads_postgres_through_the_cached_jdbc_driver(settings):
         assert [tuple(r) for r in df.collect()] == [(1, "x")]
     finally:
         spark.stop()
+
+
+def test_feast_serve_answers_over_http(settings, tmp_path):
+    with socket.socket() as probe:
+        probe.bind((settings.redis_host, 0))
+        port = probe.getsockname()[1]
+    user_id = uuid.uuid4().int % 10**12
+    feature_store(settings).push(decl.TRANSACTION_RISK.push_source, pd.DataFrame([{
+        "user_id": user_id, "txn_count_1h": 3, "txn_amount_sum_1h": 120.25, "txn_amount_max_24h": 99.5,
+        decl.EVENT_TIMESTAMP: datetime.now(UTC)}]))
+    log = (tmp_path / "serve.log").open("w")
+    server = subprocess.Popen([CDCF, "serve-features", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
+            try:
+                reply = httpx.post(f"http://127.0.0.1:{port}/get-online-features", timeout=5, json={
+                    "feature_service": "fraud_detection_v1", "entities": {"user_id": [user_id]}})
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "feast serve did not answer within 120 s"
+                time.sleep(0.5)
+        body = reply.raise_for_status().json()
+        values = dict(zip(body["metadata"]["feature_names"], (r["values"][0] for r in body["results"])))
+        assert values["txn_count_1h"] == 3 and values["txn_amount_sum_1h"] == 120.25
+        assert values["txn_amount_max_24h"] == 99.5 and values["txn_count_7d"] is None
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
