@@ -100,3 +100,108 @@ def demo() -> None:
         demo_run.run(settings, out=typer.echo)
 
     _run(run, new_secrets=True)
+
+
+connector_app = typer.Typer(no_args_is_help=True, help="The Debezium connector, through Kafka Connect's REST API.")
+app.add_typer(connector_app, name="connector")
+
+
+def _connector(call: Callable[..., object], *args: object) -> None:
+    """Run one REST call on the app connector and print its JSON answer."""
+    import json
+
+    from connectors.connect import ConnectClient, connector_config
+
+    def action(settings: Settings) -> None:
+        name, config = connector_config(settings)
+        client = ConnectClient(settings.connect_url)
+        try:
+            result = call(client, name, config, *args)
+        finally:
+            client.close()
+        if result is not None:
+            typer.echo(json.dumps(result, indent=2))
+
+    _run(action)
+
+
+@connector_app.command("apply")
+def connector_apply(timeout: float = typer.Option(90, help="Seconds to wait for RUNNING.")) -> None:
+    """Create or update the connector (idempotent) and wait until it and its task run."""
+    _connector(lambda c, name, config: c.apply(name, config, timeout))
+
+
+@connector_app.command("status")
+def connector_status() -> None:
+    """Connector and task states, with the trace of a failed task."""
+    _connector(lambda c, name, _: c.status(name))
+
+
+@connector_app.command("restart")
+def connector_restart(all_tasks: bool = typer.Option(False, "--all", help="Restart running tasks too.")) -> None:
+    """Restart the failed parts of the connector (or all of it with --all)."""
+    _connector(lambda c, name, _: c.restart(name, only_failed=not all_tasks))
+
+
+@connector_app.command("pause")
+def connector_pause() -> None:
+    _connector(lambda c, name, _: c.pause(name))
+
+
+@connector_app.command("resume")
+def connector_resume() -> None:
+    _connector(lambda c, name, _: c.resume(name))
+
+
+@connector_app.command("stop")
+def connector_stop() -> None:
+    """Stop the connector (its offsets stay; `resume` starts it again)."""
+    _connector(lambda c, name, _: c.stop(name))
+
+
+@connector_app.command("delete")
+def connector_delete() -> None:
+    """Delete the connector (its replication slot stays in PostgreSQL)."""
+    _connector(lambda c, name, _: c.delete(name))
+
+
+@connector_app.command("offsets")
+def connector_offsets() -> None:
+    """Show the connector's committed source offsets (LSNs)."""
+    _connector(lambda c, name, _: c.offsets(name))
+
+
+@connector_app.command("reset-offsets")
+def connector_reset_offsets() -> None:
+    """Stop the connector and delete its offsets; `resume` then snapshots again."""
+    _connector(lambda c, name, _: c.reset_offsets(name))
+
+
+@app.command()
+def archive(status_file: Path | None = typer.Option(None, help="Where to report totals and lag."),
+            idle_exit: float | None = typer.Option(None, help="Exit after this many idle seconds.")) -> None:
+    """Run the changelog archiver in the foreground (`make up` runs it in the background)."""
+    from connectors.archive import Archiver
+
+    logging.getLogger("connectors").setLevel(logging.INFO)
+    totals = _run(lambda s: Archiver(s, status_file=status_file).run(idle_exit_s=idle_exit))
+    typer.echo(f"archived {totals['changes']} changes, skipped {totals['duplicates']} re-deliveries, "
+               f"{totals['dead_letters']} dead letters")
+
+
+@app.command()
+def workload(rate: float = typer.Option(200, help="Changes per second."),
+             duration: float = typer.Option(60, help="Seconds to run."),
+             seed: int = typer.Option(1, help="Random seed (same seed, same sequence of changes)."),
+             burst_every: float = typer.Option(15, help="A burst second every this many seconds (0: none)."),
+             burst_factor: float = typer.Option(4, help="Rate multiplier during a burst.")) -> None:
+    """Drive realistic changes into the source database at a target rate, with a progress line."""
+    from cdcf.workload import Workload
+
+    def show(elapsed: float, counts) -> None:
+        total = sum(counts.values())
+        typer.echo(f"\r{elapsed:5.0f} s  {total:8d} changes  {total / max(elapsed, 1e-9):7.0f}/s", nl=False)
+
+    counts = _run(lambda s: Workload(s, seed=seed).run(rate, duration, burst_every_s=burst_every,
+                                                        burst_factor=burst_factor, progress=show))
+    typer.echo("\n" + ", ".join(f"{kind}={n}" for kind, n in sorted(counts.items())))

@@ -56,7 +56,11 @@ class Settings(BaseSettings):
     connect_port: int = Field(8083, description="Kafka Connect REST port.")
     connect_group: str = Field("cdcf-connect", description="Connect worker group id.")
     connect_heap: str = Field("768m", description="Connect worker -Xmx.")
-    topic_prefix: str = Field("cdc", description="Debezium topic prefix: topics are <prefix>.public.<table>.")
+    topic_prefix: str = Field("cdc", pattern=r"^[A-Za-z0-9_-]+$",
+                              description="Debezium topic prefix: topics are <prefix>.public.<table>.")
+    replication_slot: str = Field("cdcf_app", pattern=r"^[a-z0-9_]+$", description="Debezium's replication slot.")
+    dead_letter_topic: str = Field("cdc.dead-letter", description="Where undecodable changes go, with the reason.")
+    archive_group: str = Field("cdcf-archiver", description="Consumer group of the changelog archiver.")
 
     spark_master: str = Field("local[2]", description="Spark master URL for jobs.")
     spark_shuffle_partitions: int = Field(2, ge=1, description="spark.sql.shuffle.partitions (small on 2 cores).")

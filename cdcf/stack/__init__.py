@@ -18,7 +18,7 @@ import psycopg2
 from cdcf import feast_config, features
 from cdcf.errors import PipelineError, PrerequisiteError, ServiceError
 from cdcf.settings import Settings
-from cdcf.stack import jars, kafka, postgres, proc, redis_server
+from cdcf.stack import archiver, jars, kafka, postgres, proc, redis_server
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,8 @@ def up(settings: Settings, step: Callable[[str], None] = log.info) -> None:
         ("kafka", kafka.start_kafka),
         ("connect", kafka.start_connect),
         ("feast registry", apply_feature_repo),
+        ("connector", apply_connector),
+        ("archiver", archiver.start),
     ):
         started = time.monotonic()
         action(settings)
@@ -76,6 +78,8 @@ def up(settings: Settings, step: Callable[[str], None] = log.info) -> None:
 
 def down(settings: Settings, step: Callable[[str], None] = log.info) -> None:
     """Stop our own processes, dependents first."""
+    archiver.stop(settings)
+    step("archiver: stopped")
     kafka.stop(settings, kafka.CONNECT)
     step("connect: stopped")
     kafka.stop(settings, kafka.KAFKA)
@@ -102,6 +106,7 @@ def status(settings: Settings) -> list[Health]:
         ("kafka", kafka.kafka_health, lambda s: kafka.service_pid(s, kafka.KAFKA)),
         ("connect", kafka.connect_health, lambda s: kafka.service_pid(s, kafka.CONNECT)),
         ("feast registry", registry_health, lambda s: None),
+        ("archiver", archiver.health, archiver.pid),
     ]
     return [_check(name, health, pid, settings) for name, health, pid in checks]
 
@@ -139,6 +144,19 @@ def _registered_views(settings: Settings) -> int:
             count = cur.fetchone()[0]
     conn.close()
     return count
+
+
+def apply_connector(settings: Settings) -> None:
+    """Create the change and dead-letter topics, then apply the Debezium connector and wait for RUNNING."""
+    from connectors.connect import ConnectClient, change_topics, connector_config
+
+    kafka.ensure_topics(settings, [*change_topics(settings), settings.dead_letter_topic])
+    name, config = connector_config(settings)
+    client = ConnectClient(settings.connect_url)
+    try:
+        client.apply(name, config, timeout_s=settings.start_timeout_s)
+    finally:
+        client.close()
 
 
 def registry_health(settings: Settings) -> str:

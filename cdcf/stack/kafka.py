@@ -8,7 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from cdcf.errors import ServiceError
 from cdcf.settings import Settings
@@ -68,6 +69,18 @@ def service_pid(settings: Settings, name: str) -> int | None:
     return proc.our_pid(settings.paths, name, str(settings.paths.conf / f"{name}.properties"))
 
 
+def ensure_topics(settings: Settings, topics: list[str], partitions: int = 1) -> None:
+    """Create the topics that do not exist yet (so consumers can subscribe before the first event)."""
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap, "log_level": 0})
+    futures = admin.create_topics([NewTopic(t, num_partitions=partitions, replication_factor=1) for t in topics])
+    for topic, future in futures.items():
+        try:
+            future.result(timeout=30)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise ServiceError(f"Could not create Kafka topic {topic}: {exc}") from exc
+
+
 def kafka_health(settings: Settings) -> str:
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap, "socket.timeout.ms": 3000, "log_level": 0})
     meta = admin.list_topics(timeout=3)
@@ -83,8 +96,13 @@ def connect_health(settings: Settings) -> str:
     if DEBEZIUM_POSTGRES not in plugins:
         raise ServiceError(f"Kafka Connect at {settings.connect_url} does not list {DEBEZIUM_POSTGRES}; "
                            f"check plugin.path ({settings.paths.jar_dir('plugin')}).")
-    states = ", ".join(f"{name}={c['status']['connector']['state']}" for name, c in sorted(connectors.items()))
-    return f"Kafka Connect on {settings.connect_url}, Debezium plugin loaded, connectors: {states or 'none'}"
+    states = {name: [c["status"]["connector"]["state"], *(t["state"] for t in c["status"]["tasks"])]
+              for name, c in sorted(connectors.items())}
+    summary = ", ".join(f"{name}={'/'.join(s)}" for name, s in states.items()) or "none"
+    if any(state != "RUNNING" for s in states.values() for state in s):
+        raise ServiceError(f"Kafka Connect on {settings.connect_url}: not every connector and task is RUNNING "
+                           f"({summary}); see `cdcf connector status`.")
+    return f"Kafka Connect on {settings.connect_url}, Debezium plugin loaded, connectors: {summary}"
 
 
 def _format_storage(settings: Settings, props: Path) -> None:

@@ -1,0 +1,168 @@
+"""The changelog archive: every decoded change in the offline store (Postgres), exactly once.
+
+Delivery from Debezium and Kafka is at-least-once; the archive's primary key (table, row key, LSN, op) makes a
+re-delivered change a no-op, and Kafka offsets are committed only after the rows (and dead letters) are
+durable. So a crash anywhere replays a little and stores nothing twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import time
+from collections.abc import Iterable
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+from confluent_kafka import Consumer, KafkaError, Message, Producer
+from psycopg2.extras import execute_values
+
+from cdcf.settings import Settings
+from connectors.decoder import Change, DeadLetter, Position, decode
+
+log = logging.getLogger(__name__)
+
+TABLE = "cdc_changelog"
+DDL = f"""
+CREATE TABLE IF NOT EXISTS {TABLE} (
+    source_table TEXT NOT NULL,
+    row_key BIGINT NOT NULL,
+    lsn BIGINT NOT NULL,
+    op CHAR(1) NOT NULL,
+    tx_id BIGINT,
+    commit_ts TIMESTAMPTZ NOT NULL,
+    before JSONB,
+    after JSONB,
+    kafka_topic TEXT NOT NULL,
+    kafka_partition INT NOT NULL,
+    kafka_offset BIGINT NOT NULL,
+    archived_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (source_table, row_key, lsn, op)
+);
+CREATE INDEX IF NOT EXISTS {TABLE}_commit_ts ON {TABLE} (commit_ts);
+"""
+INSERT = (f"INSERT INTO {TABLE} (source_table, row_key, lsn, op, tx_id, commit_ts, before, after, kafka_topic, "
+          f"kafka_partition, kafka_offset) VALUES %s ON CONFLICT DO NOTHING")
+
+
+def archive_row(change: Change) -> tuple:
+    """The archive row of a change; row images as JSON with exact decimals and ISO-8601 UTC times."""
+    return (change.table, change.key, change.lsn, change.op, change.tx_id, change.commit_ts,
+            _json(change.before), _json(change.after), change.position.topic, change.position.partition,
+            change.position.offset)
+
+
+def split(prefix: str, messages: Iterable[Message]) -> tuple[list[Change], list[DeadLetter]]:
+    """Decode a batch: the good changes and the dead letters (tombstones and Kafka errors are neither)."""
+    changes, dead = [], []
+    for msg in messages:
+        if msg.error():
+            if msg.error().code() != KafkaError._PARTITION_EOF:
+                log.warning("kafka error on %s[%s]: %s", msg.topic(), msg.partition(), msg.error())
+            continue
+        result = decode(prefix, Position(msg.topic(), msg.partition(), msg.offset()), msg.key(), msg.value())
+        if isinstance(result, Change):
+            changes.append(result)
+        elif isinstance(result, DeadLetter):
+            dead.append(result)
+    return changes, dead
+
+
+class Archiver:
+    """Consumes every change topic of the prefix and archives what it decodes; dead letters go to their topic."""
+
+    def __init__(self, settings: Settings, batch_size: int = 5000, status_file: Path | None = None) -> None:
+        self.settings = settings
+        self.batch_size = batch_size
+        self.status_file = status_file
+        self.totals = {"changes": 0, "duplicates": 0, "dead_letters": 0}
+        self._stopping = False
+
+    def setup(self) -> None:
+        s = self.settings
+        self.db = psycopg2.connect(s.pg_dsn(s.offline_db, user=s.feast_user))
+        with self.db, self.db.cursor() as cur:
+            cur.execute(DDL)
+        self.consumer = Consumer({
+            "bootstrap.servers": s.kafka_bootstrap, "group.id": s.archive_group,
+            "enable.auto.commit": False, "auto.offset.reset": "earliest",
+            "topic.metadata.refresh.interval.ms": 5000, "log_level": 3,
+        })
+        self.consumer.subscribe([f"^{s.topic_prefix.replace('.', '[.]')}[.]public[.].+"])
+        self.producer = Producer({"bootstrap.servers": s.kafka_bootstrap, "acks": "all",
+                                  "enable.idempotence": True, "log_level": 3})
+
+    def write(self, messages: list[Message]) -> None:
+        """Archive one batch: rows and dead letters durable first, then the Kafka offsets."""
+        started = time.monotonic()
+        changes, dead = split(self.settings.topic_prefix, messages)
+        now = datetime.now(UTC)
+        for letter in dead:
+            self.producer.produce(self.settings.dead_letter_topic, key=letter.key,
+                                  value=json.dumps(letter.payload(now)).encode(),
+                                  headers={"reason": letter.reason[:500]})
+        if dead and self.producer.flush(30) > 0:
+            raise RuntimeError("dead letters were not acknowledged by Kafka within 30 s")
+        inserted = 0
+        if changes:
+            with self.db, self.db.cursor() as cur:
+                execute_values(cur, INSERT, [archive_row(c) for c in changes], page_size=1000)
+                inserted = cur.rowcount
+        self.consumer.commit(asynchronous=False)
+        self.totals["changes"] += inserted
+        self.totals["duplicates"] += len(changes) - inserted
+        self.totals["dead_letters"] += len(dead)
+        log.info("batch of %d messages: %d archived, %d duplicates, %d dead letters in %.3f s", len(messages),
+                 inserted, len(changes) - inserted, len(dead), time.monotonic() - started)
+
+    def run(self, idle_exit_s: float | None = None) -> dict[str, int]:
+        """Consume until SIGTERM/SIGINT (or ``idle_exit_s`` without messages); return the totals."""
+        self.setup()
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
+        last_message = time.monotonic()
+        try:
+            while not self._stopping:
+                batch = self.consumer.consume(num_messages=self.batch_size, timeout=0.5)
+                if batch:
+                    self.write(batch)
+                    last_message = time.monotonic()
+                elif idle_exit_s is not None and time.monotonic() - last_message > idle_exit_s:
+                    break
+                self._report()
+        finally:
+            self.consumer.close()
+            self.producer.flush(10)
+            self.db.close()
+        return self.totals
+
+    def _stop(self, *_: object) -> None:
+        self._stopping = True
+
+    def _report(self) -> None:
+        if self.status_file is None:
+            return
+        lag = 0
+        for tp in self.consumer.assignment():
+            low, high = self.consumer.get_watermark_offsets(tp, cached=True) or (0, 0)
+            position = self.consumer.position([tp])[0].offset
+            lag += max(0, high - (position if position >= 0 else low))
+        self.status_file.write_text(json.dumps({**self.totals, "lag": lag, "at": time.time()}))
+
+
+def _json(row: dict[str, Any] | None) -> str | None:
+    return None if row is None else json.dumps(row, default=_scalar, separators=(",", ":"))
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat()
+    if isinstance(value, date):
+        return value.isoformat()
+    raise TypeError(f"cannot archive {type(value).__name__}")
