@@ -1,0 +1,248 @@
+"""CDC capture on the real stack: Postgres -> Debezium (Connect) -> Kafka -> decoder -> archive / dead letters."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import threading
+import time
+from decimal import Decimal
+
+import psycopg2
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+from psycopg2.extras import execute_values
+
+from cdcf.stack import kafka
+from connectors.connect import ConnectClient, connector_config
+from tests.cdc_cases import BAD_INPUTS
+
+pytestmark = pytest.mark.integration
+
+
+def _sql(settings, statement: str, params=None, user: str | None = None) -> list[tuple]:
+    with psycopg2.connect(settings.pg_dsn(user=user)) as conn, conn.cursor() as cur:
+        cur.execute(statement, params)
+        rows = cur.fetchall() if cur.description else []
+    conn.close()
+    return rows
+
+
+def _archived(settings, table: str, low: int, high: int) -> list[tuple]:
+    with psycopg2.connect(settings.pg_dsn(settings.offline_db, user=settings.feast_user)) as conn:
+        with conn.cursor() as cur:
+            cur.execute("SELECT op, row_key, lsn, before, after FROM cdc_changelog WHERE source_table = %s "
+                        "AND row_key BETWEEN %s AND %s ORDER BY lsn", (table, low, high))
+            rows = cur.fetchall()
+    conn.close()
+    return rows
+
+
+def _wait(check, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = check()
+        if result:
+            return result
+        assert time.monotonic() < deadline, f"timed out after {timeout_s:.0f} s waiting for {what}"
+        time.sleep(0.5)
+
+
+def _ids(n: int = 1) -> list[int]:
+    base = random.randrange(10**12, 10**13)
+    return list(range(base, base + n))
+
+
+class TopicReader:
+    """Reads a topic from its end as of creation (what a test adds), without a consumer group commit."""
+
+    def __init__(self, settings, topic: str) -> None:
+        self.consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"t-{time.time()}",
+                                  "enable.auto.commit": False, "log_level": 0})
+        tp = TopicPartition(topic, 0)
+        _, high = self.consumer.get_watermark_offsets(tp, timeout=10)
+        self.consumer.assign([TopicPartition(topic, 0, high)])
+        self.messages: list = []
+
+    def read_until(self, done, timeout_s: float = 60) -> list:
+        deadline = time.monotonic() + timeout_s
+        while not done(self.messages):
+            assert time.monotonic() < deadline, f"only {len(self.messages)} messages arrived"
+            msg = self.consumer.poll(0.5)
+            if msg is not None and not msg.error():
+                self.messages.append(msg)
+        return self.messages
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def test_the_cdc_story_reaches_kafka_and_the_archive(settings):
+    txn, = _ids()
+    reader = TopicReader(settings, f"{settings.topic_prefix}.public.transactions")
+    try:
+        _sql(settings, "INSERT INTO transactions VALUES (%s, 1, 2, 10.10, 'acme', '2026-11-20T10:00:00Z', now())",
+             (txn,))
+        _sql(settings, "UPDATE transactions SET amount = 20.20 WHERE txn_id = %s", (txn,))
+        _sql(settings, "UPDATE transactions SET user_id = 3 WHERE txn_id = %s", (txn,))  # owner move
+        _sql(settings, "UPDATE transactions SET created_at = '2026-11-21T11:30:00Z' WHERE txn_id = %s", (txn,))
+        _sql(settings, "DELETE FROM transactions WHERE txn_id = %s", (txn,))
+        ours = lambda msgs: [m for m in msgs if json.loads(m.key())["txn_id"] == txn]  # noqa: E731
+        messages = ours(reader.read_until(lambda msgs: len(ours(msgs)) == 6))  # 5 changes + tombstone
+    finally:
+        reader.close()
+    values = [json.loads(m.value()) if m.value() else None for m in messages]
+    assert [v["op"] if v else "tombstone" for v in values] == ["c", "u", "u", "u", "d", "tombstone"]
+    assert values[1]["before"]["amount"] == "10.10" and values[1]["after"]["amount"] == "20.20"
+    assert (values[2]["before"]["user_id"], values[2]["after"]["user_id"]) == (1, 3)
+    assert values[3]["after"]["created_at"] == "2026-11-21T11:30:00.000000Z"
+
+    rows = _wait(lambda: (r := _archived(settings, "transactions", txn, txn)) and len(r) == 5 and r,
+                 60, "the archive")
+    assert [r[0] for r in rows] == ["c", "u", "u", "u", "d"]
+    assert [r[2] for r in rows] == [json.loads(m.value())["source"]["lsn"] for m in messages[:5]]
+    assert rows[0][3] is None and rows[0][4]["amount"] == "10.10" and rows[0][4]["user_id"] == 1
+    assert (rows[1][3]["amount"], rows[1][4]["amount"]) == ("10.10", "20.20")
+    assert (rows[2][3]["user_id"], rows[2][4]["user_id"]) == (1, 3)
+    assert rows[3][4]["created_at"] == "2026-11-21T11:30:00+00:00"
+    assert rows[4][4] is None and rows[4][3]["created_at"] == "2026-11-21T11:30:00+00:00"
+
+
+def test_a_new_connector_snapshots_existing_rows_as_reads(settings):
+    suffix = f"{random.randrange(10**6):06d}"
+    name, prefix = f"snapshot-test-{suffix}", f"snap{suffix}"
+    _, config = connector_config(settings, **{"topic.prefix": prefix, "slot.name": f"snap_{suffix}",
+                                              "table.include.list": "public.users"})
+    expected = dict(_sql(settings, "SELECT user_id, income FROM users"))
+    assert expected, "the sample data seeds users"
+    kafka.ensure_topics(settings, [f"{prefix}.public.users"])
+    reader = TopicReader(settings, f"{prefix}.public.users")
+    client = ConnectClient(settings.connect_url)
+    try:
+        client.apply(name, config, timeout_s=90)
+        messages = reader.read_until(lambda msgs: len(msgs) >= len(expected), timeout_s=90)
+    finally:
+        reader.close()
+        client.delete(name)
+        _wait(lambda: _drop_slot(settings, f"snap_{suffix}"), 30, "the test slot to be released")
+        client.close()
+    values = [json.loads(m.value()) for m in messages]
+    assert {v["op"] for v in values} == {"r"}
+    assert {v["after"]["user_id"]: Decimal(v["after"]["income"]) if v["after"]["income"] else None
+            for v in values} == expected
+
+
+def _drop_slot(settings, slot: str) -> bool:
+    try:
+        _sql(settings, "SELECT pg_drop_replication_slot(%s) FROM pg_replication_slots WHERE slot_name = %s",
+             (slot, slot), user=settings.debezium_user)
+        return True
+    except psycopg2.errors.ObjectInUse:
+        return False
+
+
+def test_bad_input_goes_to_the_dead_letter_topic_and_later_changes_still_arrive(settings):
+    dead = TopicReader(settings, settings.dead_letter_topic)
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "log_level": 0})
+    try:
+        kafka.ensure_topics(settings, sorted({topic for _, topic, _, _ in BAD_INPUTS}))
+        for name, topic, value, _ in BAD_INPUTS:
+            producer.produce(topic, key=name.encode(), value=value)
+        assert producer.flush(30) == 0
+        txn, = _ids()
+        _sql(settings, "INSERT INTO transactions VALUES (%s, 1, 2, 5.00, 'acme', now(), now())", (txn,))
+        letters = dead.read_until(lambda msgs: len(msgs) >= len(BAD_INPUTS), timeout_s=90)
+    finally:
+        dead.close()
+    by_key = {m.key().decode(): json.loads(m.value()) for m in letters}
+    for name, topic, value, reason in BAD_INPUTS:
+        letter = by_key[name]
+        assert reason in letter["reason"], name
+        assert letter["topic"] == topic and isinstance(letter["offset"], int)
+        assert letter["value"] == value.decode("utf-8", errors="replace")
+    assert [r[0] for r in _wait(lambda: _archived(settings, "transactions", txn, txn), 60, "the good change")] == ["c"]
+
+
+def test_schema_drift_in_postgres_is_dead_lettered_until_the_contract_holds_again(settings):
+    dead = TopicReader(settings, settings.dead_letter_topic)
+    first, second, third = _ids(3)
+    insert = "INSERT INTO reviews (review_id, product_id, user_id, rating, created_at) VALUES (%s, 1, 1, 4, now())"
+    try:
+        _sql(settings, "ALTER TABLE reviews ADD COLUMN helpful INT")
+        _sql(settings, insert, (first,))
+        _sql(settings, "ALTER TABLE reviews DROP COLUMN helpful")
+        _sql(settings, "ALTER TABLE reviews ALTER COLUMN rating TYPE NUMERIC(3,1)")
+        _sql(settings, insert, (second,))
+    finally:
+        _sql(settings, "ALTER TABLE reviews DROP COLUMN IF EXISTS helpful")
+        _sql(settings, "ALTER TABLE reviews ALTER COLUMN rating TYPE SMALLINT USING rating::smallint")
+    _sql(settings, insert, (third,))
+    try:
+        letters = dead.read_until(lambda msgs: len(msgs) >= 2, timeout_s=60)
+    finally:
+        dead.close()
+    reasons = {json.loads(m.key())["review_id"]: json.loads(m.value())["reason"] for m in letters}
+    assert "unexpected column(s) helpful" in reasons[first]
+    assert "wrong type for reviews.rating" in reasons[second]
+    assert [r[0] for r in _wait(lambda: _archived(settings, "reviews", third, third), 60, "the third")] == ["c"]
+    assert _archived(settings, "reviews", first, second) == []
+
+
+@pytest.mark.parametrize("victim", [kafka.CONNECT, kafka.KAFKA])
+def test_kill_9_mid_stream_loses_and_duplicates_nothing(settings, victim):
+    """50k changes (25k inserts, 15k updates, 10k deletes); the victim is killed -9 while they stream."""
+    ids = _ids(25_000)
+    low, high = ids[0], ids[-1]
+    writer = threading.Thread(target=_fifty_thousand_changes, args=(settings, ids), daemon=True)
+    writer.start()
+    _wait(lambda: len(_archived(settings, "transactions", low, high)) >= 2_000, 120, "the first changes")
+    os.kill(kafka.service_pid(settings, victim), signal.SIGKILL)
+    time.sleep(2)
+    (kafka.start_connect if victim == kafka.CONNECT else kafka.start_kafka)(settings)
+    writer.join(timeout=300)
+    client = ConnectClient(settings.connect_url)
+    try:
+        name, _ = connector_config(settings)
+        client.restart(name)  # only failed parts; a no-op when the task survived
+        client.wait_running(name, timeout_s=120)
+    finally:
+        client.close()
+
+    rows = _wait(lambda: (r := _archived(settings, "transactions", low, high)) and len(r) >= 50_000 and r,
+                 240, "all 50,000 changes in the archive")
+    assert len(rows) == 50_000
+    ops = {op: sum(1 for r in rows if r[0] == op) for op in "cud"}
+    assert ops == {"c": 25_000, "u": 15_000, "d": 10_000}
+    latest = {}
+    for op, key, _, _, after in rows:  # ordered by LSN: the last image of each row is its current state
+        latest[key] = None if op == "d" else Decimal(after["amount"])
+    archived_state = {k: v for k, v in latest.items() if v is not None}
+    postgres_state = dict(_sql(settings, "SELECT txn_id, amount FROM transactions WHERE txn_id BETWEEN %s AND %s",
+                               (low, high)))
+    assert archived_state == postgres_state and len(postgres_state) == 15_000
+
+
+def _fifty_thousand_changes(settings, ids: list[int]) -> None:
+    """25k inserts, then 15k amount updates, then 10k deletes, in transactions of 1,000 rows over ~10 s."""
+    conn = psycopg2.connect(settings.pg_dsn())
+    try:
+        with conn.cursor() as cur:
+            for chunk in range(0, 25_000, 1_000):
+                execute_values(cur, "INSERT INTO transactions VALUES %s", [
+                    (i, 1 + i % 50, 1 + i % 20, Decimal(i % 10_000) / 100 + 1, "acme", "2026-11-20T00:00:00Z", None)
+                    for i in ids[chunk:chunk + 1_000]])
+                conn.commit()
+                time.sleep(0.2)
+            for chunk in range(0, 15_000, 1_000):
+                cur.execute("UPDATE transactions SET amount = amount + 1 WHERE txn_id = ANY(%s)",
+                            (ids[chunk:chunk + 1_000],))
+                conn.commit()
+                time.sleep(0.2)
+            for chunk in range(15_000, 25_000, 1_000):
+                cur.execute("DELETE FROM transactions WHERE txn_id = ANY(%s)", (ids[chunk:chunk + 1_000],))
+                conn.commit()
+                time.sleep(0.2)
+    finally:
+        conn.close()

@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from decimal import Decimal
+
+import pytest
+
+from connectors import contracts
+from connectors.archive import archive_row
+from connectors.decoder import Change, DeadLetter, Position, decode
+from tests.cdc_cases import BAD_INPUTS, PREFIX, TOPIC, encoded, envelope, good_update, row
+
+AT = Position(TOPIC, 0, 42)
+
+
+def test_create_is_typed_exactly():
+    change = decode(PREFIX, AT, b'{"txn_id":7}', encoded(envelope()))
+    assert change == Change(
+        table="transactions", op="c", key=7, before=None,
+        after={"txn_id": 7, "user_id": 5, "product_id": 3, "amount": Decimal("12.50"), "merchant": "acme",
+               "created_at": datetime(2026, 11, 27, 17, 16, 42, 146637, tzinfo=UTC),
+               "updated_at": datetime(2026, 11, 27, 17, 21, 42, 146637, tzinfo=UTC)},
+        lsn=35841752, tx_id=869, commit_ts=datetime(2026, 11, 27, 17, 21, 42, 151809, tzinfo=UTC), position=AT)
+
+
+def test_update_carries_the_full_before_image_and_an_owner_move():
+    change = decode(PREFIX, AT, None, encoded(good_update()))
+    assert change.op == "u" and change.before["user_id"] == 5 and change.after["user_id"] == 6
+    assert change.before["amount"] == Decimal("12.50") and change.after["amount"] == Decimal("13.75")
+
+
+def test_delete_keys_on_the_before_image_and_tombstones_are_skipped():
+    change = decode(PREFIX, AT, None, encoded(envelope("d", before=row(txn_id=9), after=None)))
+    assert (change.op, change.key, change.after) == ("d", 9, None)
+    assert decode(PREFIX, AT, b'{"txn_id":9}', None) is None
+
+
+def test_snapshot_reads_and_other_tables():
+    users = {"user_id": 1, "age": None, "income": "100.5", "account_status": "active", "signup_date": 20000,
+             "updated_at": None}
+    doc = envelope("r", after=users, table="users")
+    change = decode(PREFIX, Position(f"{PREFIX}.public.users", 0, 0), None, encoded(doc))
+    assert change.op == "r" and change.after["income"] == Decimal("100.50")
+    assert change.after["signup_date"] == date(2024, 10, 4)  # 20,000 days after 1970-01-01
+
+
+def test_schemas_enabled_wrapper_is_accepted():
+    change = decode(PREFIX, AT, None, encoded({"schema": {}, "payload": envelope()}))
+    assert isinstance(change, Change) and change.key == 7
+
+
+@pytest.mark.parametrize(("name", "topic", "value", "reason"), BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_bad_input_becomes_a_dead_letter_with_its_reason(name, topic, value, reason):
+    position = Position(topic, 3, 99)
+    letter = decode(PREFIX, position, b"k", value)
+    assert isinstance(letter, DeadLetter), name
+    assert reason in letter.reason
+    payload = letter.payload(datetime(2026, 1, 1, tzinfo=UTC))
+    assert (payload["topic"], payload["partition"], payload["offset"], payload["key"]) == (topic, 3, 99, "k")
+
+
+def test_there_are_at_least_twenty_kinds_of_bad_input():
+    assert len({reason for *_, reason in BAD_INPUTS}) >= 20
+
+
+def test_a_change_round_trips_through_its_avro_contract():
+    change = decode(PREFIX, AT, None, encoded(good_update()))
+    data = contracts.encode("transactions", change.record())
+    back = contracts.decode("transactions", data)
+    assert back["after"] == change.after and back["before"] == change.before
+    assert back["commit_ts"] == change.commit_ts and back["op"] == "u"
+
+
+def test_spark_schema_is_derived_from_the_avro_contract():
+    from pyspark.sql import types as T
+
+    schema = contracts.spark_schema("transactions")
+    assert schema["op"].dataType == T.StringType() and not schema["op"].nullable
+    after = schema["after"].dataType
+    assert after["amount"].dataType == T.DecimalType(12, 2) and not after["amount"].nullable
+    assert after["created_at"].dataType == T.TimestampType()
+    assert after["product_id"].nullable and not after["user_id"].nullable
+    assert [f.name for f in after.fields] == [c.name for c in contracts.row_contracts()["transactions"].columns]
+
+
+def test_archive_row_keeps_decimals_exact_and_times_in_utc():
+    change = decode(PREFIX, AT, None, encoded(good_update()))
+    values = archive_row(change)
+    assert values[:5] == ("transactions", 7, 35841752, "u", 869)
+    assert '"amount":"13.75"' in values[7] and '"created_at":"2026-11-27T17:16:42.146637+00:00"' in values[7]
+    assert values[8:] == (TOPIC, 0, 42)
