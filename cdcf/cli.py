@@ -127,8 +127,12 @@ def _connector(call: Callable[..., object], *args: object) -> None:
 
 @connector_app.command("apply")
 def connector_apply(timeout: float = typer.Option(90, help="Seconds to wait for RUNNING.")) -> None:
-    """Create or update the connector (idempotent) and wait until it and its task run."""
-    _connector(lambda c, name, config: c.apply(name, config, timeout))
+    """Create the change and dead-letter topics, create or update the connector (idempotent), and wait until it
+    and its task run."""
+    from cdcf import stack
+
+    _run(lambda s: stack.apply_connector(s, timeout_s=timeout))
+    _connector(lambda c, name, _: c.status(name))
 
 
 @connector_app.command("status")

@@ -146,7 +146,7 @@ def _registered_views(settings: Settings) -> int:
     return count
 
 
-def apply_connector(settings: Settings) -> None:
+def apply_connector(settings: Settings, timeout_s: float | None = None) -> None:
     """Create the change and dead-letter topics, then apply the Debezium connector and wait for RUNNING."""
     from connectors.connect import ConnectClient, change_topics, connector_config
 
@@ -154,7 +154,7 @@ def apply_connector(settings: Settings) -> None:
     name, config = connector_config(settings)
     client = ConnectClient(settings.connect_url)
     try:
-        client.apply(name, config, timeout_s=settings.start_timeout_s)
+        client.apply(name, config, timeout_s=timeout_s or settings.start_timeout_s)
     finally:
         client.close()
 

@@ -16,8 +16,10 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from psycopg2.extras import execute_values
 
 from cdcf.stack import kafka
+from cdcf.workload import Workload
 from connectors.connect import ConnectClient, connector_config
 from tests.cdc_cases import BAD_INPUTS
+from tests.conftest import run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -246,3 +248,40 @@ def _fifty_thousand_changes(settings, ids: list[int]) -> None:
                 time.sleep(0.2)
     finally:
         conn.close()
+
+
+def test_connector_cli_pauses_resumes_and_shows_offsets(settings):
+    paused = run_cli("connector", "pause")
+    assert paused.returncode == 0, paused.stderr
+    try:
+        status = _wait(lambda: (s := json.loads(run_cli("connector", "status").stdout))["connector"]["state"]
+                       == "PAUSED" and s, 60, "PAUSED")
+        assert status["name"] == "cdcf-app"
+    finally:
+        assert run_cli("connector", "resume").returncode == 0
+    _wait(lambda: json.loads(run_cli("connector", "status").stdout)["connector"]["state"] == "RUNNING", 60,
+          "RUNNING again")
+    offsets = json.loads(run_cli("connector", "offsets").stdout)["offsets"]
+    assert offsets and offsets[0]["partition"] == {"server": settings.topic_prefix}
+    assert offsets[0]["offset"]["lsn"] > 0
+    applied = run_cli("connector", "apply", "--timeout", "60")  # idempotent on a running connector
+    assert applied.returncode == 0 and json.loads(applied.stdout)["connector"]["state"] == "RUNNING"
+
+
+def test_every_workload_change_is_archived_once(settings):
+    def archived_total() -> int:
+        with psycopg2.connect(settings.pg_dsn(settings.offline_db, user=settings.feast_user)) as conn:
+            with conn.cursor() as cur:
+                cur.execute("SELECT count(*) FROM cdc_changelog")
+                count = cur.fetchone()[0]
+        conn.close()
+        return count
+
+    before = archived_total()
+    counts = Workload(settings, seed=11).run(rate=300, duration_s=4, burst_every_s=2, burst_factor=3)
+    assert {"insert_txn", "update_amount", "move_owner", "delete_txn", "backdated_txn"} <= set(counts)
+    total = sum(counts.values())
+    assert total >= 1_000
+    _wait(lambda: archived_total() - before >= total, 60, f"{total} archived changes")
+    time.sleep(2)  # nothing more may arrive
+    assert archived_total() - before == total
