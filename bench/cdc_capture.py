@@ -52,9 +52,8 @@ def latency_run(settings, rate: float, seconds: float) -> dict:
     writer.start()
     deadline = time.monotonic() + seconds + 60
     while len(received) < n and time.monotonic() < deadline:
-        for msg in consumer.consume(1000, timeout=0.2):
-            if msg.error() or msg.value() is None:
-                continue
+        msg = consumer.poll(0.05)
+        if msg is not None and not msg.error() and msg.value() is not None:
             key = json.loads(msg.key())["txn_id"]
             if base <= key < base + n:
                 received.setdefault(key, time.time())

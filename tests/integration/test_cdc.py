@@ -81,12 +81,15 @@ class TopicReader:
         self.consumer.close()
 
 
+MERCHANT = 'tab\there, back\\slash, "quote", new\nline, ünïcode'
+
+
 def test_the_cdc_story_reaches_kafka_and_the_archive(settings):
     txn, = _ids()
     reader = TopicReader(settings, f"{settings.topic_prefix}.public.transactions")
     try:
-        _sql(settings, "INSERT INTO transactions VALUES (%s, 1, 2, 10.10, 'acme', '2026-11-20T10:00:00Z', now())",
-             (txn,))
+        _sql(settings, "INSERT INTO transactions VALUES (%s, 1, 2, 10.10, %s, '2026-11-20T10:00:00Z', now())",
+             (txn, MERCHANT))
         _sql(settings, "UPDATE transactions SET amount = 20.20 WHERE txn_id = %s", (txn,))
         _sql(settings, "UPDATE transactions SET user_id = 3 WHERE txn_id = %s", (txn,))  # owner move
         _sql(settings, "UPDATE transactions SET created_at = '2026-11-21T11:30:00Z' WHERE txn_id = %s", (txn,))
@@ -106,6 +109,7 @@ def test_the_cdc_story_reaches_kafka_and_the_archive(settings):
     assert [r[0] for r in rows] == ["c", "u", "u", "u", "d"]
     assert [r[2] for r in rows] == [json.loads(m.value())["source"]["lsn"] for m in messages[:5]]
     assert rows[0][3] is None and rows[0][4]["amount"] == "10.10" and rows[0][4]["user_id"] == 1
+    assert rows[0][4]["merchant"] == values[0]["after"]["merchant"] == MERCHANT
     assert (rows[1][3]["amount"], rows[1][4]["amount"]) == ("10.10", "20.20")
     assert (rows[2][3]["user_id"], rows[2][4]["user_id"]) == (1, 3)
     assert rows[3][4]["created_at"] == "2026-11-21T11:30:00+00:00"

@@ -63,6 +63,14 @@ def test_there_are_at_least_twenty_kinds_of_bad_input():
     assert len({reason for *_, reason in BAD_INPUTS}) >= 20
 
 
+@pytest.mark.parametrize("doc", [envelope(), good_update(), envelope("d", before=row(), after=None),
+                                 envelope("r", after=row(product_id=None, merchant=None, updated_at=None))],
+                         ids=["c", "u", "d", "r-with-nulls"])
+def test_every_decoded_change_fits_its_avro_contract(doc):
+    change = decode(PREFIX, AT, None, encoded(doc))
+    contracts.validate("transactions", change.record())  # raises on any breach
+
+
 def test_a_change_round_trips_through_its_avro_contract():
     change = decode(PREFIX, AT, None, encoded(good_update()))
     data = contracts.encode("transactions", change.record())
