@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 from typing import Any
 
@@ -85,7 +84,3 @@ BAD_INPUTS: list[tuple[str, str, bytes, str]] = [
 
 def good_update() -> dict:
     return envelope("u", before=row(), after=row(amount="13.75", user_id=6))
-
-
-def clone(doc: dict) -> dict:
-    return copy.deepcopy(doc)
