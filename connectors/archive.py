@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg2
-from confluent_kafka import Consumer, KafkaError, Message, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 
 from cdcf.settings import Settings
 from connectors.decoder import Change, DeadLetter, Position, decode
@@ -53,6 +53,9 @@ STAGE = f"{TABLE}_stage"
 STAGE_DDL = f"CREATE TEMP TABLE IF NOT EXISTS {STAGE} (LIKE {TABLE} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
 MOVE = (f"INSERT INTO {TABLE} ({', '.join(COLUMNS)}) SELECT {', '.join(COLUMNS)} FROM {STAGE} "
         "ON CONFLICT DO NOTHING")
+RETRY_COMMIT = {KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.COORDINATOR_NOT_AVAILABLE,
+                KafkaError.NOT_COORDINATOR, KafkaError._TRANSPORT, KafkaError._TIMED_OUT,
+                KafkaError.REQUEST_TIMED_OUT, KafkaError._ALL_BROKERS_DOWN, KafkaError._WAIT_COORD}
 COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
@@ -123,15 +126,17 @@ class Archiver:
             self.producer.produce(self.settings.dead_letter_topic, key=letter.key,
                                   value=json.dumps(letter.payload(now)).encode(),
                                   headers={"reason": letter.reason[:500]})
-        if dead and self.producer.flush(30) > 0:
-            raise RuntimeError("dead letters were not acknowledged by Kafka within 30 s")
+        while dead and self.producer.flush(5) > 0:  # offsets move on only once the dead letters are durable
+            if self._stopping:
+                raise RuntimeError("stopping with dead letters not yet acknowledged by Kafka")
+            log.warning("waiting for Kafka to acknowledge %d dead letters", len(self.producer))
         inserted = 0
         if changes:
             with self.db, self.db.cursor() as cur:
                 cur.copy_from(copy_buffer(archive_row(c) for c in changes), STAGE, columns=COLUMNS)
                 cur.execute(MOVE)
                 inserted = cur.rowcount
-        self.consumer.commit(asynchronous=False)
+        self._commit_offsets()
         self.totals["changes"] += inserted
         self.totals["duplicates"] += len(changes) - inserted
         self.totals["dead_letters"] += len(dead)
@@ -158,6 +163,23 @@ class Archiver:
             self.producer.flush(10)
             self.db.close()
         return self.totals
+
+    def _commit_offsets(self) -> None:
+        """Commit the consumed offsets; the rows are durable already, so a failed commit only means a replay
+        (which the archive's key absorbs): retry while Kafka says the error is passing, else log and go on."""
+        while True:
+            try:
+                self.consumer.commit(asynchronous=False)
+                return
+            except KafkaException as exc:
+                error = exc.args[0]
+                if error.code() == KafkaError._NO_OFFSET:
+                    return
+                if not error.retriable() and error.code() not in RETRY_COMMIT or self._stopping:
+                    log.warning("offset commit failed (%s); the next batch's commit covers it", error)
+                    return
+                log.warning("offset commit failed (%s); retrying in 1 s", error)
+                time.sleep(1)
 
     def _stop(self, *_: object) -> None:
         self._stopping = True
