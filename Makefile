@@ -29,3 +29,7 @@ test: install
 
 demo: install
 	$(CDCF) demo
+
+# The full benchmark of SPEC section 6 is not built yet; this runs the CDC capture benchmark that exists.
+bench: up
+	$(VENV)/bin/python bench/cdc_capture.py
