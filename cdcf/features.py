@@ -26,10 +26,10 @@ class Entity:
 
 @dataclass(frozen=True)
 class Table:
-    """A captured source table: its primary key and, for event tables, the column holding event time."""
+    """A captured source table and, for event tables, the column holding event time. Its columns and primary
+    key are the row contract in ``schemas/<name>.avsc``."""
 
     name: str
-    key: str
     event_time: str | None = None
 
 
@@ -84,11 +84,11 @@ USER = Entity("user", "user_id")
 PRODUCT = Entity("product", "product_id")
 ENTITIES = (USER, PRODUCT)
 
-USERS = Table("users", "user_id")
-PRODUCTS = Table("products", "product_id")
-TRANSACTIONS = Table("transactions", "txn_id", "created_at")
-SESSIONS = Table("sessions", "session_id", "started_at")
-REVIEWS = Table("reviews", "review_id", "created_at")
+USERS = Table("users")
+PRODUCTS = Table("products")
+TRANSACTIONS = Table("transactions", "created_at")
+SESSIONS = Table("sessions", "started_at")
+REVIEWS = Table("reviews", "created_at")
 TABLES = (USERS, PRODUCTS, TRANSACTIONS, SESSIONS, REVIEWS)
 
 USER_PROFILE = FeatureView("user_profile_features", USER, (

@@ -41,8 +41,8 @@ def connector_config(settings: Settings, **overrides: str) -> tuple[str, dict[st
     return overrides.get("name", spec["name"]), config
 
 
-def change_topics(settings: Settings, prefix: str | None = None) -> list[str]:
-    return [f"{prefix or settings.topic_prefix}.public.{t.name}" for t in features.TABLES]
+def change_topics(settings: Settings) -> list[str]:
+    return [f"{settings.topic_prefix}.public.{t.name}" for t in features.TABLES]
 
 
 class ConnectClient:

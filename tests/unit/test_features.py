@@ -52,3 +52,20 @@ def test_offline_table_ddl_is_keyed_by_entity_and_as_of_time():
         "CREATE TABLE IF NOT EXISTS transaction_risk_features (\n    user_id BIGINT NOT NULL,\n"
         "    event_timestamp TIMESTAMPTZ NOT NULL,\n    txn_count_1h BIGINT,\n    txn_amount_sum_1h DOUBLE PRECISION,\n"
         "    txn_amount_max_24h DOUBLE PRECISION,\n    PRIMARY KEY (user_id, event_timestamp)\n)")
+
+
+def test_the_declaration_and_the_avro_contracts_name_the_same_tables_and_columns():
+    from connectors import contracts
+
+    rows = contracts.row_contracts()
+    assert {t.name for t in decl.TABLES} == set(rows)
+    for table in decl.TABLES:
+        if table.event_time:
+            column = next(c for c in rows[table.name].columns if c.name == table.event_time)
+            assert column.kind == "timestamp" and not column.nullable
+    for view in decl.FEATURE_VIEWS:
+        for feature in view.features:
+            source = view.table if isinstance(feature, decl.ColumnFeature) else feature.table
+            columns = rows[source.name].names
+            assert (feature.column or rows[source.name].key) in columns
+            assert view.entity.join_key in columns
