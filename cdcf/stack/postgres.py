@@ -1,28 +1,41 @@
-"""PostgreSQL from Debian's packages: a cluster of our own (``pg_createcluster``), set up for logical decoding."""
+"""PostgreSQL from Debian's packages: a cluster of our own (``pg_createcluster``), set up for logical decoding.
+
+The cluster must share a fate with the stack's Kafka data (in ``<home>/data``): a fresh home must never meet the
+tables and replication slot of an older one, or Debezium snapshots stale rows into empty topics. Debian keeps the
+cluster's data under /var/lib/postgresql (always readable by the postgres user, wherever the home is), so the
+cluster is tied to its home by a stack id: ``<home>/data/stack-id``, copied into the cluster's conf folder. A new
+cluster starts with an empty data folder, and a data folder with a new id gets a new cluster.
+"""
 
 from __future__ import annotations
 
 import logging
+import shutil
 import subprocess
+import uuid
 from pathlib import Path
 
 import psycopg2
 
 from cdcf.errors import ServiceError
-from cdcf.settings import Settings
+from cdcf.settings import Settings, StackPaths
 from cdcf.stack import proc
 
 log = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
 CONF_NAME = "cdcf.conf"
+OWNER_FILE = "cdcf-owner"
 
 
 def start(settings: Settings) -> None:
     """Create the cluster if needed, write our configuration, start it, and create roles, databases, schema."""
+    _claim_cluster(settings)
     if not cluster_exists(settings):
+        _start_new_history(settings.paths)
         _run(["pg_createcluster", str(settings.pg_version), settings.pg_cluster, "-p", str(settings.pg_port),
               "--", "--auth-local=peer", "--auth-host=scram-sha-256", "--encoding=UTF8"])
+        (_conf_dir(settings) / OWNER_FILE).write_text(f"{_stack_id(settings.paths)} {settings.home.resolve()}\n")
     changed = _write_conf(settings)
     status = _cluster_status(settings)
     if status == "online" and changed:
@@ -43,10 +56,61 @@ def stop(settings: Settings) -> None:
 
 
 def drop(settings: Settings) -> None:
-    """Delete our cluster, data included."""
-    if cluster_exists(settings):
-        _run(["pg_dropcluster", "--stop", str(settings.pg_version), settings.pg_cluster])
-        log.info("dropped PostgreSQL cluster %s/%s", settings.pg_version, settings.pg_cluster)
+    """Delete our cluster, data included (never another stack's)."""
+    if cluster_exists(settings) and _owner(settings)[0] == _stack_id(settings.paths, create=False):
+        _drop(settings)
+
+
+def _drop(settings: Settings) -> None:
+    _run(["pg_dropcluster", "--stop", str(settings.pg_version), settings.pg_cluster])
+    shutil.rmtree(_conf_dir(settings), ignore_errors=True)  # our own files there, which pg_dropcluster leaves
+    log.info("dropped PostgreSQL cluster %s/%s", settings.pg_version, settings.pg_cluster)
+
+
+def _claim_cluster(settings: Settings) -> None:
+    """Make sure a cluster registered under our name is this stack's; replace one whose stack is gone."""
+    if not cluster_exists(settings):
+        return
+    owner_id, owner_home = _owner(settings)
+    if owner_id is not None and owner_id == _stack_id(settings.paths, create=False):
+        return
+    if owner_home is not None and owner_home != settings.home.resolve() and \
+            _stack_id(StackPaths(owner_home), create=False) == owner_id:
+        raise ServiceError(
+            f"PostgreSQL cluster {settings.pg_version}/{settings.pg_cluster} belongs to the stack in {owner_home}; "
+            f"stop that stack, or give this one its own CDCF_PG_CLUSTER and CDCF_PG_PORT."
+        )
+    # its stack's data is gone (or it predates stack ids): nothing can consume that slot consistently any more
+    log.warning("replacing PostgreSQL cluster %s/%s, left by a stack whose data is gone (%s)",
+                settings.pg_version, settings.pg_cluster, owner_home or "no owner recorded")
+    _drop(settings)
+
+
+def _start_new_history(paths: StackPaths) -> None:
+    """A new database begins a new change history: the old Kafka topics, offsets and Redis values would lie."""
+    if paths.data.exists() and any(paths.data.iterdir()):
+        log.warning("new PostgreSQL cluster: deleting the stack data of the old one in %s", paths.data)
+        shutil.rmtree(paths.data)
+
+
+def _owner(settings: Settings) -> tuple[str | None, Path | None]:
+    try:
+        stack_id, home = (_conf_dir(settings) / OWNER_FILE).read_text().split(maxsplit=1)
+    except (FileNotFoundError, ValueError):
+        return None, None
+    return stack_id, Path(home.strip())
+
+
+def _stack_id(paths: StackPaths, create: bool = True) -> str | None:
+    """The identity of a home's data; a new one whenever the data folder is new."""
+    path = paths.data / "stack-id"
+    if path.exists():
+        return path.read_text().strip()
+    if not create:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(uuid.uuid4().hex)
+    return path.read_text()
 
 
 def pid(settings: Settings) -> int | None:
@@ -125,7 +189,7 @@ def _write_conf(settings: Settings) -> bool:
     """Write conf.d/cdcf.conf; return whether it changed (a restart is then needed)."""
     params = {"listen_addresses": settings.pg_host, "port": str(settings.pg_port), **server_settings(settings)}
     conf = "".join(f"{key} = '{value}'\n" for key, value in params.items())
-    path = Path(f"/etc/postgresql/{settings.pg_version}/{settings.pg_cluster}/conf.d/{CONF_NAME}")
+    path = _conf_dir(settings) / "conf.d" / CONF_NAME
     if path.exists() and path.read_text() == conf:
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -146,8 +210,12 @@ def _data_dir(settings: Settings) -> Path:
     return Path(f"/var/lib/postgresql/{settings.pg_version}/{settings.pg_cluster}")
 
 
+def _conf_dir(settings: Settings) -> Path:
+    return Path(f"/etc/postgresql/{settings.pg_version}/{settings.pg_cluster}")
+
+
 def cluster_exists(settings: Settings) -> bool:
-    return Path(f"/etc/postgresql/{settings.pg_version}/{settings.pg_cluster}/postgresql.conf").exists()
+    return (_conf_dir(settings) / "postgresql.conf").exists()
 
 
 def _cluster_status(settings: Settings) -> str:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
+
+import psycopg2
 import pytest
 
+from cdcf.errors import ServiceError
 from cdcf.settings import load_settings
 from cdcf.stack import archiver, jars, kafka, postgres, redis_server
 from tests.conftest import run_cli
@@ -62,3 +66,35 @@ def _alive(pid: int) -> bool:
             return stat.read().split(") ", 1)[1][0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_a_new_home_never_inherits_the_database_of_another(side_home, tmp_path):
+    """A fresh home (a new clone in CI, a purged one) must not meet an old home's replication slot and rows."""
+    other_home = tmp_path / "other"
+    other_home.mkdir()
+    shutil.copy(side_home / "secrets.env", other_home / "secrets.env")
+    first, second = (load_settings(home=home, pg_cluster="cdcf_owner", pg_port=15433)
+                     for home in (side_home, other_home))
+    try:
+        postgres.start(first)
+        _execute(first, "CREATE TABLE left_behind (id int)")
+        with pytest.raises(ServiceError, match=f"belongs to the stack in {side_home}"):
+            postgres.start(second)  # the first home still exists: its data is not ours to take
+
+        postgres.stop(first)
+        shutil.rmtree(side_home)
+        postgres.start(second)  # the owner is gone: its cluster is replaced, not adopted
+        assert _execute(second, "SELECT to_regclass('left_behind') IS NULL") == [(True,)]
+    finally:
+        postgres.drop(second)
+        if side_home.exists():
+            postgres.drop(first)
+    assert not postgres.cluster_exists(second) and not postgres._conf_dir(second).exists()
+
+
+def _execute(settings, sql: str) -> list[tuple]:
+    with psycopg2.connect(settings.pg_dsn()) as conn, conn.cursor() as cur:
+        cur.execute(sql)
+        rows = cur.fetchall() if cur.description else []
+    conn.close()
+    return rows
