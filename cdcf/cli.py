@@ -194,6 +194,16 @@ def archive(status_file: Path | None = typer.Option(None, help="Where to report 
 
 
 @app.command()
+def stream(status_file: Path | None = typer.Option(None, help="Where to report totals.")) -> None:
+    """Run the streaming feature job in the foreground (`make up` runs it in the background)."""
+    from streaming.job import StreamJob
+
+    logging.getLogger("streaming").setLevel(logging.INFO)
+    totals = _run(lambda s: StreamJob(s, status_file=status_file).run())
+    typer.echo(f"{totals['batches']} batches, {totals['changes']} changes, {totals['rows_written']} feature rows")
+
+
+@app.command()
 def workload(rate: float = typer.Option(200, help="Changes per second."),
              duration: float = typer.Option(60, help="Seconds to run."),
              seed: int = typer.Option(1, help="Random seed (same seed, same sequence of changes)."),

@@ -18,7 +18,8 @@ import psycopg2
 from cdcf import feast_config, features
 from cdcf.errors import PipelineError, PrerequisiteError, ServiceError
 from cdcf.settings import Settings
-from cdcf.stack import archiver, jars, kafka, postgres, proc, redis_server
+from cdcf.stack import jars, kafka, postgres, proc, redis_server
+from cdcf.stack.background import ARCHIVER, STREAMING
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,8 @@ def up(settings: Settings, step: Callable[[str], None] = log.info) -> None:
         ("connect", kafka.start_connect),
         ("feast registry", apply_feature_repo),
         ("connector", apply_connector),
-        ("archiver", archiver.start),
+        ("archiver", ARCHIVER.start),
+        ("streaming", STREAMING.start),
     ):
         started = time.monotonic()
         action(settings)
@@ -78,8 +80,9 @@ def up(settings: Settings, step: Callable[[str], None] = log.info) -> None:
 
 def down(settings: Settings, step: Callable[[str], None] = log.info) -> None:
     """Stop our own processes, dependents first."""
-    archiver.stop(settings)
-    step("archiver: stopped")
+    for job in (STREAMING, ARCHIVER):
+        job.stop(settings)
+        step(f"{job.name}: stopped")
     kafka.stop(settings, kafka.CONNECT)
     step("connect: stopped")
     kafka.stop(settings, kafka.KAFKA)
@@ -106,7 +109,8 @@ def status(settings: Settings) -> list[Health]:
         ("kafka", kafka.kafka_health, lambda s: kafka.service_pid(s, kafka.KAFKA)),
         ("connect", kafka.connect_health, lambda s: kafka.service_pid(s, kafka.CONNECT)),
         ("feast registry", registry_health, lambda s: None),
-        ("archiver", archiver.health, archiver.pid),
+        ("archiver", ARCHIVER.health, ARCHIVER.pid),
+        ("streaming", STREAMING.health, STREAMING.pid),
     ]
     return [_check(name, health, pid, settings) for name, health, pid in checks]
 

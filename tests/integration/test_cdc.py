@@ -15,7 +15,8 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from psycopg2.extras import execute_values
 
-from cdcf.stack import archiver, kafka
+from cdcf.stack import kafka
+from cdcf.stack.background import ARCHIVER
 from cdcf.workload import Workload
 from connectors.connect import ConnectClient, connector_config
 from tests.cdc_cases import BAD_INPUTS
@@ -204,7 +205,7 @@ def test_kill_9_mid_stream_loses_and_duplicates_nothing(settings, victim):
     ids = _ids(25_000)
     low, high = ids[0], ids[-1]
     writer = threading.Thread(target=_fifty_thousand_changes, args=(settings, ids), daemon=True)
-    archiver_pid = archiver.pid(settings)
+    archiver_pid = ARCHIVER.pid(settings)
     writer.start()
     _wait(lambda: len(_archived(settings, "transactions", low, high)) >= 2_000, 120, "the first changes")
     os.kill(kafka.service_pid(settings, victim), signal.SIGKILL)
@@ -222,7 +223,7 @@ def test_kill_9_mid_stream_loses_and_duplicates_nothing(settings, victim):
     rows = _wait(lambda: (r := _archived(settings, "transactions", low, high)) and len(r) >= 50_000 and r,
                  240, "all 50,000 changes in the archive")
     assert len(rows) == 50_000
-    assert archiver.pid(settings) == archiver_pid, "the archiver must ride out the outage, not be restarted"
+    assert ARCHIVER.pid(settings) == archiver_pid, "the archiver must ride out the outage, not be restarted"
     ops = {op: sum(1 for r in rows if r[0] == op) for op in "cud"}
     assert ops == {"c": 25_000, "u": 15_000, "d": 10_000}
     latest = {}

@@ -9,7 +9,8 @@ import pytest
 
 from cdcf.errors import ServiceError
 from cdcf.settings import load_settings
-from cdcf.stack import archiver, jars, kafka, postgres, redis_server
+from cdcf.stack import jars, kafka, postgres, redis_server
+from cdcf.stack.background import ARCHIVER, STREAMING
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.integration
@@ -19,7 +20,8 @@ PORTS = {"CDCF_PG_PORT": "15432", "CDCF_REDIS_PORT": "16379", "CDCF_KAFKA_PORT":
 
 
 def _pids(settings) -> dict[str, int | None]:
-    return {"postgres": postgres.pid(settings), "redis": redis_server.pid(settings), "archiver": archiver.pid(settings),
+    return {"postgres": postgres.pid(settings), "redis": redis_server.pid(settings), "archiver": ARCHIVER.pid(settings),
+            "streaming": STREAMING.pid(settings),
             "kafka": kafka.service_pid(settings, kafka.KAFKA), "connect": kafka.service_pid(settings, kafka.CONNECT)}
 
 
@@ -32,7 +34,8 @@ def test_up_status_down_up_up_from_nothing(side_home):
         first = run_cli("up", env=env)
         assert first.returncode == 0, first.stdout + first.stderr
         assert [line.split(":")[0] for line in first.stdout.splitlines()] == [
-            "jars", "postgres", "redis", "kafka", "connect", "feast registry", "connector", "archiver"]
+            "jars", "postgres", "redis", "kafka", "connect", "feast registry", "connector", "archiver",
+            "streaming"]
 
         healthy = run_cli("status", env=env)
         assert healthy.returncode == 0, healthy.stdout + healthy.stderr
@@ -46,7 +49,7 @@ def test_up_status_down_up_up_from_nothing(side_home):
         for pid in running.values():
             assert not _alive(pid)
         stopped = run_cli("status", env=env)
-        assert stopped.returncode == 1 and stopped.stdout.count("FAIL") == 6
+        assert stopped.returncode == 1 and stopped.stdout.count("FAIL") == 7
 
         assert run_cli("up", env=env).returncode == 0
         restarted = _pids(side)

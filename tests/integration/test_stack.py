@@ -27,7 +27,8 @@ def test_status_reports_every_component_healthy(settings):
     result = run_cli("status")
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
-    assert [line.split()[0] for line in lines] == ["postgres", "redis", "kafka", "connect", "feast", "archiver"]
+    assert [line.split()[0] for line in lines] == ["postgres", "redis", "kafka", "connect", "feast", "archiver",
+                                                      "streaming"]
     assert all(" OK " in line for line in lines), result.stdout
     assert all(h.healthy for h in status(settings))
 

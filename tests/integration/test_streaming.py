@@ -1,0 +1,223 @@
+"""The streaming feature job on the real stack, read back through Feast and compared with the oracle.
+
+Every check reads what `get_online_features` serves (values and as-of time T), asks the oracle (tests/oracle.py:
+the change history, in plain Python) for the values at T, and finds the same row at T in the offline store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import threading
+import time
+from datetime import datetime, timedelta
+
+import psycopg2
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from cdcf import features as decl
+from cdcf.feast_config import feature_store
+from cdcf.stack.background import STREAMING
+from cdcf.workload import Workload
+from tests import oracle
+
+pytestmark = pytest.mark.integration
+
+USER_VIEWS = (decl.USER_PROFILE, decl.USER_ACTIVITY, decl.TRANSACTION_RISK)
+
+
+@pytest.fixture(scope="module")
+def store(settings):
+    return feature_store(settings)
+
+
+def _sql(settings, statement: str, params=None) -> datetime:
+    """Run one statement in its own transaction; return the transaction's start time (<= its commit time)."""
+    with psycopg2.connect(settings.pg_dsn()) as conn, conn.cursor() as cur:
+        cur.execute(statement, params)
+        cur.execute("SELECT now()")
+        started = cur.fetchone()[0]
+    conn.close()
+    return started
+
+
+def _ids(n: int) -> list[int]:
+    base = random.randrange(10**12, 10**13)
+    return list(range(base, base + n))
+
+
+def served(store, view: decl.FeatureView, entity_id: int) -> tuple[dict, datetime | None]:
+    """What Feast serves for one entity: the view's values and their as-of time."""
+    response = store.get_online_features(features=[f"{view.name}:{f.name}" for f in view.features],
+                                        entity_rows=[{view.entity.join_key: entity_id}])
+    names = list(response.proto.metadata.feature_names.val)
+    values = response.to_dict()
+    stamps = [r.event_timestamps[0].ToDatetime(tzinfo=datetime.now().astimezone().tzinfo)
+              for name, r in zip(names, response.proto.results, strict=True)
+              if name != view.entity.join_key and r.event_timestamps and r.event_timestamps[0].seconds]
+    return {f.name: values[f.name][0] for f in view.features}, (max(stamps) if stamps else None)
+
+
+def offline_row(settings, view: decl.FeatureView, entity_id: int, as_of: datetime) -> dict | None:
+    with psycopg2.connect(settings.pg_dsn(settings.offline_db, user=settings.feast_user)) as conn:
+        with conn.cursor() as cur:
+            cur.execute(f"SELECT {', '.join(f.name for f in view.features)} FROM {view.name} "
+                        f"WHERE {view.entity.join_key} = %s AND {decl.EVENT_TIMESTAMP} = %s", (entity_id, as_of))
+            row = cur.fetchone()
+    conn.close()
+    return None if row is None else dict(zip([f.name for f in view.features], row, strict=True))
+
+
+def assert_exact(settings, store, view, entity_id: int, since: datetime | None, timeout_s: float = 60) -> datetime:
+    """Wait until the view serves a value (as of ``since`` or later, if given); then it must equal the oracle at
+    its as-of time (given the archive a moment to catch up) and the offline row at that time. Return the as-of
+    time."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        values, as_of = served(store, view, entity_id)
+        if as_of is not None and (since is None or as_of >= since):
+            break
+        assert time.monotonic() < deadline, f"{view.name}[{entity_id}] not served as of {since} (last {as_of})"
+        time.sleep(0.2)
+    while wrong := oracle.mismatches(view, values, oracle.expected(settings, view, entity_id, as_of)):
+        assert time.monotonic() < deadline, f"{view.name}[{entity_id}] as of {as_of}: (served, oracle) {wrong}"
+        time.sleep(0.5)
+    offline = offline_row(settings, view, entity_id, as_of)
+    assert offline is not None and not oracle.mismatches(view, offline, values), (offline, values)
+    return as_of
+
+
+def test_the_cdc_story_is_exact_for_every_aggregate(settings, store):
+    user, other, product = _ids(3)
+    txn = _ids(6)
+    views = [(v, user) for v in USER_VIEWS] + [(v, other) for v in USER_VIEWS] + [(decl.PRODUCT_STATS, product)]
+
+    def check(since: datetime, *changed: int) -> None:
+        """Every value exact; those of the ``changed`` entities (default all) served as of ``since`` or later."""
+        for v, i in views:
+            assert_exact(settings, store, v, i, since if i in (changed or (user, other, product)) else None)
+
+    def values() -> dict:
+        return {(v.name, i): served(store, v, i) for v, i in views}
+
+    _sql(settings, "INSERT INTO users VALUES (%s, 30, 1000.50, 'active', '2026-01-01', now())", (user,))
+    _sql(settings, "INSERT INTO users VALUES (%s, 41, 99.99, 'trial', '2026-02-01', now())", (other,))
+    rows = [(txn[0], user, product, "10.10", "10 minutes"), (txn[1], user, product, "20.00", "3 days"),
+            (txn[2], user, product, "7.50", "20 days"), (txn[3], other, product, "1.00", "2 hours"),
+            (txn[5], user, None, "15.00", "3 hours")]
+    for key, owner, prod, amount, ago in rows:
+        _sql(settings, "INSERT INTO transactions VALUES (%s, %s, %s, %s, 'm', now() - %s::interval, now())",
+             (key, owner, prod, amount, ago))
+    _sql(settings, "INSERT INTO sessions VALUES (%s, %s, now() - interval '2 days', 300), "
+                   "(%s, %s, now() - interval '8 days', 60)", (txn[0], user, txn[1], user))
+    last = _sql(settings, "INSERT INTO reviews VALUES (%s, %s, %s, 4, now() - interval '1 day'), "
+                          "(%s, %s, %s, 2, now() - interval '40 days')", (txn[0], product, user, txn[1], product, user))
+    check(last, product)
+    check(last - timedelta(seconds=1))
+    assert served(store, decl.TRANSACTION_RISK, user)[0] == {
+        "txn_count_1h": 1, "txn_amount_sum_1h": 10.10, "txn_amount_max_24h": 15.0}  # spelled out once
+
+    check(_sql(settings, "UPDATE transactions SET amount = 99.99 WHERE txn_id = %s", (txn[0],)), user, product)
+    check(_sql(settings, "UPDATE transactions SET created_at = now() - interval '40 days' WHERE txn_id = %s",
+               (txn[1],)), user, product)  # leaves every window
+    check(_sql(settings, "UPDATE transactions SET user_id = %s WHERE txn_id = %s", (other, txn[0])),
+          user, other)  # owner move
+    check(_sql(settings, "INSERT INTO transactions VALUES (%s, %s, %s, 500.00, 'm', now() - interval '5 minutes', "
+                         "now())", (txn[4], user, product)), user, product)  # a new maximum is served ...
+    assert served(store, decl.TRANSACTION_RISK, user)[0]["txn_amount_max_24h"] == 500.0
+    check(_sql(settings, "DELETE FROM transactions WHERE txn_id = %s", (txn[4],)), user, product)  # ... and retracted
+    assert served(store, decl.TRANSACTION_RISK, user)[0]["txn_amount_max_24h"] == 15.0
+    check(_sql(settings, "INSERT INTO transactions VALUES (%s, %s, %s, 3.33, 'late', now() - interval '29 days', "
+                         "now())", (_ids(1)[0], user, product)), user, product)  # a late row inside 30 days counts
+    check(_sql(settings, "UPDATE users SET income = 2000.00, account_status = 'vip' WHERE user_id = %s", (user,)), user)
+    check(_sql(settings, "DELETE FROM users WHERE user_id = %s", (user,)), user)
+    assert served(store, decl.USER_PROFILE, user)[0] == {"age": None, "income": None, "account_status": None}
+
+    # Debezium is at-least-once: the same change events again change nothing, not even the as-of times
+    before, read_before = values(), _status(settings)["changes"]
+    replayed = _replay(settings, set(txn))
+    assert replayed >= 8
+    _wait(lambda: _status(settings)["changes"] >= read_before + replayed, 60, "the job to read the duplicates")
+    assert values() == before
+
+
+def _replay(settings, keys: set[int]) -> int:
+    """Produce every change event of the given transactions again, as Debezium does after a crash."""
+
+    topic = f"{settings.topic_prefix}.public.transactions"
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"replay-{time.time()}",
+                         "enable.auto.commit": False, "log_level": 0})
+    _, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
+    consumer.assign([TopicPartition(topic, 0, 0)])
+    ours = []
+    while True:
+        msg = consumer.poll(1.0)
+        if msg is None or msg.error():
+            continue
+        if msg.value() is not None and json.loads(msg.key())["txn_id"] in keys:
+            ours.append(msg)
+        if msg.offset() >= high - 1:
+            break
+    consumer.close()
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
+    for msg in ours:
+        producer.produce(topic, key=msg.key(), value=msg.value())
+    assert producer.flush(10) == 0
+    return len(ours)
+
+
+def _status(settings) -> dict:
+    return json.loads(STREAMING.status_file(settings).read_text())
+
+
+def _wait(check, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while not (result := check()):
+        assert time.monotonic() < deadline, f"timed out after {timeout_s:.0f} s waiting for {what}"
+        time.sleep(0.5)
+    return result
+
+
+def test_a_window_decays_with_no_new_events(settings, store):
+    user, txn = _ids(1)[0], _ids(1)[0]
+    now = _sql(settings, "SELECT 1")
+    leaves = (now + timedelta(seconds=70)).replace(second=0, microsecond=0)  # a minute boundary 10-70 s ahead
+    _sql(settings, "INSERT INTO transactions VALUES (%s, %s, NULL, 42.00, 'edge', %s, now())",
+         (txn, user, leaves - timedelta(hours=1)))
+    assert_exact(settings, store, decl.TRANSACTION_RISK, user, now)
+    assert served(store, decl.TRANSACTION_RISK, user)[0]["txn_count_1h"] == 1
+    as_of = assert_exact(settings, store, decl.TRANSACTION_RISK, user, leaves, timeout_s=120)  # no new event
+    values, _ = served(store, decl.TRANSACTION_RISK, user)
+    assert (values["txn_count_1h"], values["txn_amount_sum_1h"], values["txn_amount_max_24h"]) == (0, 0.0, 42.0)
+    assert as_of - leaves < timedelta(minutes=1)  # within the declared hop
+
+
+def test_kill_9_mid_load_loses_and_double_counts_nothing(settings, store):
+    started = _sql(settings, "SELECT 1")
+    load = threading.Thread(target=lambda: Workload(settings, seed=random.randrange(10**6)).run(300, 20))
+    load.start()
+    time.sleep(8)
+    os.kill(STREAMING.pid(settings), signal.SIGKILL)
+    _wait(lambda: STREAMING.pid(settings) is None, 30, "the job to die")
+    load.join()
+    STREAMING.start(settings)
+    last_change = _last_change_by_user(settings, started)
+    assert len(last_change) > 20
+    for user in random.sample(sorted(last_change), 20):  # each must be served as of its last change, exactly
+        for view in (decl.USER_ACTIVITY, decl.TRANSACTION_RISK):
+            assert_exact(settings, store, view, user, last_change[user], timeout_s=120)
+
+
+def _last_change_by_user(settings, since: datetime) -> dict[int, datetime]:
+    """The commit time of the last change, since ``since``, to a row each user owned before or after it."""
+    with psycopg2.connect(settings.pg_dsn(settings.offline_db, user=settings.feast_user)) as conn:
+        with conn.cursor() as cur:
+            cur.execute("SELECT owner, max(commit_ts) FROM cdc_changelog, LATERAL (VALUES (after->>'user_id'), "
+                        "(before->>'user_id')) o(owner) WHERE source_table IN ('transactions', 'sessions') "
+                        "AND commit_ts >= %s AND owner IS NOT NULL GROUP BY owner", (since,))
+            result = {int(owner): at for owner, at in cur.fetchall()}
+    conn.close()
+    return result
