@@ -1,82 +1,82 @@
-"""Kafka records of Debezium's change topics -> one row per change, with the columns the features read (pure:
-DataFrame in, DataFrame out; no clients).
+"""Kafka records of Debezium's change topics -> one row per change, with the columns the features read.
 
-The JSON is parsed once, with one schema covering every mirrored table (derived from the Avro contracts, as
-Debezium writes them: decimals and timestamps as strings, dates as epoch days). A message that breaks the
-contract (the archiver dead-letters it with its reason) yields no row here: the job must never stop on it.
+Validity has one definition, the decoder (connectors.decoder) that the archiver uses too: a message it
+dead-letters (the archiver routes it to the dead-letter topic with its reason) yields no row here, so the job never
+stops on bad input and never counts what the archive refused. Spark runs the decoder on its executors, one Arrow
+batch at a time (``mapInArrow``); ``decode_batch`` is the pure core.
 """
 
 from __future__ import annotations
 
-from pyspark.sql import Column as SparkColumn
+from collections.abc import Iterator
+from functools import cache
+
+import pyarrow as pa
 from pyspark.sql import DataFrame
-from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from connectors.contracts import Column
-from streaming.sql import Mirror, mirrors
+from connectors.decoder import Change, Position, decode
+from streaming.sql import mirrors
 
-WIRE_TYPES = {"long": T.LongType(), "int": T.LongType(), "string": T.StringType(), "decimal": T.StringType(),
-              "timestamp": T.StringType(), "date": T.LongType()}
-OPS = ("c", "u", "r", "d")
-
-
-def topic_of(topic_prefix: str, m: Mirror) -> str:
-    return f"{topic_prefix}.public.{m.table.name}"
-
-
-def mirrored_columns() -> dict[str, Column]:
-    """Every column some mirror keeps, by name (a name means the same type in every table)."""
-    return {c.name: c for m in mirrors() for c in m.columns}
+ARROW_TYPES = {"long": pa.int64(), "int": pa.int32(), "string": pa.string(), "date": pa.date32(),
+               "timestamp": pa.timestamp("us", tz="UTC")}
+SPARK_TYPES = {"long": T.LongType(), "int": T.IntegerType(), "string": T.StringType(), "date": T.DateType(),
+               "timestamp": T.TimestampType()}
+HEAD = (("table", pa.string(), T.StringType()), ("key", pa.int64(), T.LongType()), ("lsn", pa.int64(), T.LongType()),
+        ("deleted", pa.bool_(), T.BooleanType()), ("commit_ts", pa.timestamp("us", tz="UTC"), T.TimestampType()))
 
 
-def _wire_columns() -> dict[str, Column]:
-    return {**{m.key: Column(m.key, "long", False) for m in mirrors()}, **mirrored_columns()}
+def topics(topic_prefix: str) -> list[str]:
+    return [f"{topic_prefix}.public.{m.table.name}" for m in mirrors()]
 
 
-def envelope_schema() -> T.StructType:
-    row = T.StructType([T.StructField(n, WIRE_TYPES[c.kind]) for n, c in sorted(_wire_columns().items())])
-    source = T.StructType([T.StructField("lsn", T.LongType()), T.StructField("ts_us", T.LongType()),
-                           T.StructField("ts_ms", T.LongType())])
-    return T.StructType([T.StructField("op", T.StringType()), T.StructField("before", row),
-                         T.StructField("after", row), T.StructField("source", source)])
+@cache
+def mirrored_columns() -> tuple[Column, ...]:
+    """Every column some mirror keeps (a name means the same type in every table), in name order."""
+    return tuple(sorted({c.name: c for m in mirrors() for c in m.columns}.values(), key=lambda c: c.name))
 
 
-def _typed(expr: SparkColumn, column: Column) -> SparkColumn:
-    if column.kind == "decimal":
-        return expr.cast(T.DecimalType(column.precision, column.scale))
-    if column.kind == "timestamp":
-        return expr.cast(T.TimestampType())
-    if column.kind == "date":
-        return F.date_from_unix_date(expr.cast("int"))
-    return expr.cast(WIRE_TYPES[column.kind] if column.kind != "int" else T.IntegerType())
+@cache
+def arrow_schema() -> pa.Schema:
+    cols = [(c.name, pa.decimal128(c.precision, c.scale) if c.kind == "decimal" else ARROW_TYPES[c.kind])
+            for c in mirrored_columns()]
+    return pa.schema([(name, arrow) for name, arrow, _ in HEAD] + cols)
+
+
+def spark_schema() -> T.StructType:
+    cols = [T.StructField(c.name, T.DecimalType(c.precision, c.scale) if c.kind == "decimal" else SPARK_TYPES[c.kind])
+            for c in mirrored_columns()]
+    return T.StructType([T.StructField(name, spark) for name, _, spark in HEAD] + cols)
+
+
+def change_row(change: Change) -> dict:
+    """The row of one decoded change: the after image's mirrored columns, none for a delete."""
+    row = {"table": change.table, "key": change.key, "lsn": change.lsn, "deleted": change.op == "d",
+           "commit_ts": change.commit_ts}
+    if change.after is not None and change.op != "d":
+        row.update({c.name: change.after.get(c.name) for c in mirrored_columns()})
+    return row
+
+
+def decode_batch(topic_prefix: str, batch: pa.RecordBatch) -> pa.RecordBatch:
+    """Decode a batch of Kafka records (topic, partition, offset, key, value) into change rows of mirrored
+    tables; tombstones, bad messages and tables no feature reads are left out."""
+    wanted = {m.table.name for m in mirrors()}
+    rows = []
+    columns = [batch.column(name).to_pylist() for name in ("topic", "partition", "offset", "key", "value")]
+    for topic, partition, offset, key, value in zip(*columns, strict=True):
+        change = decode(topic_prefix, Position(topic, partition, offset), key, value)
+        if isinstance(change, Change) and change.table in wanted:
+            rows.append(change_row(change))
+    return pa.RecordBatch.from_pylist(rows, schema=arrow_schema())
 
 
 def change_rows(records: DataFrame, topic_prefix: str) -> DataFrame:
-    """One row per valid change: table, key, lsn, deleted, commit_ts and every mirrored column (null where the
-    table has no such column, or the row was deleted)."""
-    e = F.from_json(F.col("value").cast("string"), envelope_schema())
-    parsed = records.select(F.col("topic"), e.alias("e"))
-    table = F.col("table")
-    key = F.lit(None).cast("long")
-    for m in mirrors():
-        # the key comes from the after image, or from the before image of a delete
-        key = F.when(table == m.table.name, F.coalesce(F.col(f"e.after.{m.key}"), F.col(f"e.before.{m.key}"))) \
-            .otherwise(key)
-    tables = {topic_of(topic_prefix, m): m.table.name for m in mirrors()}
-    table_of = F.create_map(*[F.lit(x) for pair in tables.items() for x in pair])[F.col("topic")]
-    deleted = F.col("e.op") == "d"
-    columns = [F.when(~deleted, _typed(F.col(f"e.after.{name}"), c)).alias(name)
-               for name, c in sorted(mirrored_columns().items())]
-    commit_us = F.coalesce(F.col("e.source.ts_us"), F.col("e.source.ts_ms") * 1000)
-    rows = parsed.withColumn("table", table_of).select(
-        table, key.alias("key"), F.col("e.source.lsn").alias("lsn"), deleted.alias("deleted"),
-        F.timestamp_micros(commit_us).alias("commit_ts"), F.col("e.op").alias("op"), *columns,
-        F.col("e.after").alias("_after"))
-    valid = (table.isNotNull() & F.col("key").isNotNull() & F.col("lsn").isNotNull() & F.col("commit_ts").isNotNull()
-             & F.col("op").isin(*OPS) & (deleted | F.col("_after").isNotNull()))
-    for m in mirrors():  # a kept row has what its contract requires (owner, event time), or it is bad input
-        for c in m.columns:
-            if not c.nullable and c.name != m.key:
-                valid = valid & ((table != m.table.name) | deleted | F.col(c.name).isNotNull())
-    return rows.where(valid).drop("op", "_after")
+    """Spark's Kafka source rows -> change rows (``spark_schema()``), decoded on the executors."""
+
+    def decode_all(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            yield decode_batch(topic_prefix, batch)
+
+    return records.select("topic", "partition", "offset", "key", "value").mapInArrow(decode_all, spark_schema())

@@ -22,8 +22,7 @@ from pyspark.sql.streaming import StreamingQuery
 
 from cdcf.settings import Settings
 from cdcf.spark import spark_session
-from streaming.changes import change_rows, topic_of
-from streaming.sql import mirrors
+from streaming.changes import change_rows, topics
 from streaming.state import FeatureState, Written
 
 log = logging.getLogger(__name__)
@@ -34,7 +33,7 @@ def build_stream(spark: SparkSession, settings: Settings, sink: Callable[[DataFr
     records = (
         spark.readStream.format("kafka")
         .option("kafka.bootstrap.servers", settings.kafka_bootstrap)
-        .option("subscribe", ",".join(topic_of(settings.topic_prefix, m) for m in mirrors()))
+        .option("subscribe", ",".join(topics(settings.topic_prefix)))
         .option("startingOffsets", "earliest")
         .option("maxOffsetsPerTrigger", settings.stream_max_changes_per_batch)
         .load()
