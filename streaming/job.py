@@ -59,13 +59,14 @@ class StreamJob:
     def write_batch(self, batch: DataFrame, batch_id: int) -> None:
         started = time.monotonic()
         changes = batch.toArrow()
+        read_s = time.monotonic() - started
         with self.lock:
             written = self.state.apply(changes)
         self._count(written, decayed=False)
         self.totals["batches"] += 1
         self._report()
-        log.info("batch %d: %d changes, %d entities, %d feature rows in %.3f s", batch_id, written.changes,
-                 written.entities, written.rows, time.monotonic() - started)
+        log.info("batch %d: %d changes, %d entities, %d feature rows in %.3f s (%.3f s reading)", batch_id,
+                 written.changes, written.entities, written.rows, time.monotonic() - started, read_s)
 
     def decay_loop(self) -> None:
         """Every second, emit what time alone changed, as of a clock held back by the settle delay (changes
