@@ -1,26 +1,60 @@
-"""`make demo`: the stack's story so far — source data seeded, Feast registry and online store answering."""
+"""`make demo`: the pipeline's story so far — source data seeded, changes streaming into live features that Feast
+serves, with their as-of times and how fresh they are."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+
+import psycopg2
 
 from cdcf import features as decl
 from cdcf import sample_data, stack
 from cdcf.feast_config import feature_store
 from cdcf.settings import Settings
+from cdcf.workload import Workload
+
+DEMO_USERS = (1, 2, 3)
+PROBE_USER = -1  # outside the sample data's and the workload's users
 
 
-def run(settings: Settings, out: Callable[[str], None]) -> None:
+def run(settings: Settings, out: Callable[[str], None], workload_s: float = 30) -> None:
     counts = sample_data.seed(settings)
     out("source database '{}': {}".format(settings.app_db, ", ".join(f"{n} {t}" for t, n in counts.items())))
+    store = feature_store(settings)
+    changes = Workload(settings, seed=int(time.time())).run(200, workload_s)
+    out(f"workload: {sum(changes.values())} changes in {workload_s:.0f} s "
+        f"({', '.join(f'{k}={n}' for k, n in sorted(changes.items()))})")
+    out(f"freshness: COMMIT -> get_online_features in {_probe(settings, store):.2f} s")
+    for service in ("fraud_detection_v1", "product_ranking_v1"):
+        keys = [{"product_id": p} for p in DEMO_USERS] if service.startswith("product") else \
+            [{"user_id": u} for u in DEMO_USERS]
+        rows = store.get_online_features(features=store.get_feature_service(service), entity_rows=keys).to_dict()
+        out(f"get_online_features({service}):")
+        for i, key in enumerate(keys):
+            values = ", ".join(f"{name}={_fmt(col[i])}" for name, col in sorted(rows.items()) if name not in key)
+            out(f"  {key}: {values}")
     for health in stack.status(settings):
         out(health.line())
-    store = feature_store(settings)
-    for service in decl.FEATURE_SERVICES:
-        views = ", ".join(v.name for v in service.views)
-        out(f"feature service {service.name}: {views}")
-    rows = store.get_online_features(features=store.get_feature_service("recommendation_v1"),
-                                     entity_rows=[{"user_id": u} for u in (1, 2, 3)]).to_dict()
-    filled = sum(v is not None for k, col in rows.items() if k != "user_id" for v in col)
-    out(f"get_online_features(recommendation_v1, users 1-3): {filled} of "
-        f"{(len(rows) - 1) * 3} values present (the streaming job that fills them is not built yet)")
+
+
+def _probe(settings: Settings, store) -> float:
+    """Commit a transaction of a probe user with an amount larger than any before it (the clock) and time until
+    Feast serves it as the user's 24h maximum."""
+    amount = round(time.time(), 2)
+    with psycopg2.connect(settings.pg_dsn()) as conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO transactions VALUES (%s, %s, NULL, %s, 'demo probe', now(), now())",
+                    (-int(amount * 100), PROBE_USER, amount))
+    committed = time.monotonic()
+    conn.close()
+    feature = f"{decl.TRANSACTION_RISK.name}:txn_amount_max_24h"
+    while time.monotonic() - committed < 30:
+        served = store.get_online_features(features=[feature], entity_rows=[{"user_id": PROBE_USER}]).to_dict()
+        if served["txn_amount_max_24h"][0] == float(amount):
+            break
+        time.sleep(0.01)
+    return time.monotonic() - committed
+
+
+def _fmt(value) -> str:
+    return f"{value:.2f}" if isinstance(value, float) else str(value)

@@ -69,7 +69,7 @@ class Settings(BaseSettings):
     java: str = Field("java", description="Java 17 executable (name on PATH or absolute path).")
     maven: str = Field("mvn", description="Maven executable, used only while the jar cache is empty.")
     maven_repo_url: str = Field("", description="Maven repository mirror; empty means Maven Central.")
-    stream_trigger_ms: int = Field(200, gt=0, description="Micro-batch interval of the streaming job.")
+    stream_trigger_ms: int = Field(100, gt=0, description="Micro-batch interval of the streaming job.")
     stream_max_changes_per_batch: int = Field(50_000, gt=0, description="Cap on Kafka records per micro-batch.")
     stream_settle_s: float = Field(
         2.0, ge=0, description="Decay evaluates windows this long in the past, so in-flight commits are in.")

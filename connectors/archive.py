@@ -22,6 +22,7 @@ import psycopg2
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 
 from cdcf.settings import Settings
+from cdcf.status import report
 from connectors.decoder import Change, DeadLetter, Position, decode
 
 log = logging.getLogger(__name__)
@@ -192,7 +193,7 @@ class Archiver:
             low, high = self.consumer.get_watermark_offsets(tp, cached=True) or (0, 0)
             position = self.consumer.position([tp])[0].offset
             lag += max(0, high - (position if position >= 0 else low))
-        self.status_file.write_text(json.dumps({**self.totals, "lag": lag, "at": time.time()}))
+        report(self.status_file, {**self.totals, "lag": lag})
 
 
 def _json(row: dict[str, Any] | None) -> str | None:

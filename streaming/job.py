@@ -8,7 +8,6 @@ windows due to decay every second, under the same lock, so emissions never inter
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import threading
@@ -21,6 +20,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.streaming import StreamingQuery
 
 from cdcf.settings import Settings
+from cdcf.status import report
 from cdcf.spark import spark_session
 from streaming.changes import change_rows, topics
 from streaming.state import FeatureState, Written
@@ -36,6 +36,7 @@ def build_stream(spark: SparkSession, settings: Settings, sink: Callable[[DataFr
         .option("subscribe", ",".join(topics(settings.topic_prefix)))
         .option("startingOffsets", "earliest")
         .option("maxOffsetsPerTrigger", settings.stream_max_changes_per_batch)
+        .option("kafka.fetch.max.wait.ms", "10")
         .load()
     )
     return (
@@ -116,5 +117,4 @@ class StreamJob:
             self.totals["decayed"] += written.rows
 
     def _report(self) -> None:
-        if self.status_file is not None:
-            self.status_file.write_text(json.dumps({**self.totals, "at": time.time()}, default=str))
+        report(self.status_file, self.totals)

@@ -138,42 +138,65 @@ def views_of(entity: Entity) -> tuple[FeatureView, ...]:
     return tuple(v for v in decl.FEATURE_VIEWS if v.entity == entity)
 
 
-def compute_view(view: FeatureView) -> str:
-    """Compute the view for every entity in the due table at its as-of time, append the rows to the view's
-    offline table (idempotent on replay) and return them."""
-    key = view.entity.join_key
-    names = [f.name for f in view.features]
-    if view.table is not None:
-        m = _mirror(view.table)
-        values = ", ".join(_cast(f"r.{f.column}", f.dtype) for f in view.features)
-        source = f"LEFT JOIN {m.name} r ON r.{m.key} = d.id AND NOT r.deleted"
-    else:
-        values, laterals = _window_values(view)
-        source = " ".join(laterals)
-    return (
-        f"INSERT INTO {view.name} ({key}, {EVENT_TIMESTAMP}, {', '.join(names)}) "
-        f"SELECT d.id, d.as_of, {values} FROM {DUE} d {source} "
-        f"ON CONFLICT ({key}, {EVENT_TIMESTAMP}) DO UPDATE SET "
-        f"{', '.join(f'{n} = excluded.{n}' for n in names)} "
-        f"RETURNING {key}, {EVENT_TIMESTAMP}, {', '.join(names)}"
-    )
+def features_of(entity: Entity) -> list:
+    """Every feature of the entity's views, in the order ``emit`` returns them."""
+    return [f for view in views_of(entity) for f in view.features]
 
 
-def _window_values(view: FeatureView) -> tuple[str, list[str]]:
-    """The select list and one LATERAL aggregate per source table of a view of window features."""
-    key = view.entity.join_key
-    by_table: dict[Table, list[WindowFeature]] = {}
-    for f in view.features:
-        by_table.setdefault(f.table, []).append(f)
-    laterals, alias = [], {}
-    for i, (table, feats) in enumerate(by_table.items()):
+def emit(entity: Entity) -> str:
+    """One statement for every entity in the due table: compute all its views at its as-of time T, with one
+    scan per source table of the owner's rows in the widest window (plus rows dated after T, for decay); append
+    each view's row to its offline table (idempotent on replay); store T and the next decay time; return
+    ``id, T, *features_of(entity)``."""
+    key = entity.join_key
+    selects, joins, dues = [], [], []
+    for i, (table, feats) in enumerate(_window_features_by_table(entity).items()):
         t, widest = table.event_time, max(f.window for f in feats)
-        aggs = ", ".join(f"{_aggregate(f, f'r.{t} > d.as_of - {_interval(f.window)}')} AS {f.name}" for f in feats)
-        laterals.append(
-            f"LEFT JOIN LATERAL (SELECT {aggs} FROM {_mirror(table).name} r WHERE r.{key} = d.id AND NOT r.deleted "
-            f"AND r.{t} > d.as_of - {_interval(widest)} AND r.{t} <= d.as_of) s{i} ON true")
-        alias.update({f.name: f"s{i}" for f in feats})
-    return ", ".join(f"{alias[f.name]}.{f.name}" for f in view.features), laterals
+        aggs = [f"{_aggregate(f, f'r.{t} <= d.as_of AND r.{t} > d.as_of - {_interval(f.window)}')} AS {f.name}"
+                for f in feats]
+        for k, (window, hop) in enumerate(sorted({(f.window, f.hop) for f in feats})):
+            # the next moment this window changes: a row dated after T enters, a row inside leaves at t + W
+            aggs.append(f"min(CASE WHEN r.{t} > d.as_of THEN r.{t} ELSE r.{t} + {_interval(window)} END) "
+                        f"FILTER (WHERE r.{t} > d.as_of - {_interval(window)}) AS due{k}")
+            hop_s = int(hop.total_seconds())
+            dues.append(f"to_timestamp(ceil(extract(epoch FROM s{i}.due{k}) / {hop_s}) * {hop_s})")
+        joins.append(f"LEFT JOIN LATERAL (SELECT {', '.join(aggs)} FROM {_mirror(table).name} r "
+                     f"WHERE r.{key} = d.id AND NOT r.deleted AND r.{t} > d.as_of - {_interval(widest)}) s{i} ON true")
+        selects += [f"s{i}.{f.name}" for f in feats]
+    for view in views_of(entity):
+        if view.table is not None:
+            m = _mirror(view.table)
+            joins.append(f"LEFT JOIN {m.name} {view.name} ON {view.name}.{m.key} = d.id AND NOT {view.name}.deleted")
+            selects += [f"{_cast(f'{view.name}.{f.column}', f.dtype)} AS {f.name}" for f in view.features]
+    names = [f.name for f in features_of(entity)]
+    ordered = {n: sel for n, sel in zip([f.name for f in _window_first(entity)], selects, strict=True)}
+    due = f"LEAST({', '.join(dues)})" if dues else "NULL::timestamptz"
+    steps = [f"v AS (SELECT d.id, d.as_of, {', '.join(ordered[n] for n in names)}, {due} AS due_at "
+             f"FROM {DUE} d {' '.join(joins)})"]
+    for n, view in enumerate(views_of(entity)):
+        cols = [f.name for f in view.features]
+        steps.append(
+            f"o{n} AS (INSERT INTO {view.name} ({key}, {EVENT_TIMESTAMP}, {', '.join(cols)}) "
+            f"SELECT id, as_of, {', '.join(cols)} FROM v ON CONFLICT ({key}, {EVENT_TIMESTAMP}) DO UPDATE SET "
+            f"{', '.join(f'{c} = excluded.{c}' for c in cols)})")
+    steps.append(f"e AS (INSERT INTO {ENTITIES_TABLE} (entity, id, as_of, due_at) SELECT '{entity.name}', id, as_of, "
+                 f"due_at FROM v ON CONFLICT (entity, id) DO UPDATE SET as_of = excluded.as_of, "
+                 f"due_at = excluded.due_at)")
+    return f"WITH {', '.join(steps)} SELECT id, as_of, {', '.join(names)} FROM v"
+
+
+def _window_features_by_table(entity: Entity) -> dict[Table, list[WindowFeature]]:
+    result: dict[Table, list[WindowFeature]] = {}
+    for f in features_of(entity):
+        if isinstance(f, WindowFeature):
+            result.setdefault(f.table, []).append(f)
+    return result
+
+
+def _window_first(entity: Entity) -> list:
+    """Features in the order ``emit`` builds their select expressions: window features by table, then columns."""
+    by_table = [f for feats in _window_features_by_table(entity).values() for f in feats]
+    return by_table + [f for f in features_of(entity) if isinstance(f, ColumnFeature)]
 
 
 def _aggregate(f: WindowFeature, in_window: str) -> str:
@@ -189,32 +212,6 @@ def _cast(expr: str, dtype: str) -> str:
 
 def _interval(window) -> str:
     return f"interval '{int(window.total_seconds())} seconds'"
-
-
-def record_due(entity: Entity) -> str:
-    """Store each computed entity's as-of time and the next time one of its windows changes with no new event:
-    a row's event time (it enters) or event time + window (it leaves), rounded up to the window's hop."""
-    candidates = []
-    for table, windows in _windows_by_table(entity).items():
-        t, m = table.event_time, _mirror(table)
-        for window, hop in windows:
-            hop_s = int(hop.total_seconds())
-            moment = (f"(SELECT min(CASE WHEN r.{t} > d.as_of THEN r.{t} ELSE r.{t} + {_interval(window)} END) "
-                      f"FROM {m.name} r WHERE r.{entity.join_key} = d.id AND NOT r.deleted "
-                      f"AND r.{t} > d.as_of - {_interval(window)})")
-            candidates.append(f"to_timestamp(ceil(extract(epoch FROM {moment}) / {hop_s}) * {hop_s})")
-    due = f"LEAST({', '.join(candidates)})" if candidates else "NULL::timestamptz"
-    return (f"INSERT INTO {ENTITIES_TABLE} (entity, id, as_of, due_at) SELECT '{entity.name}', d.id, d.as_of, {due} "
-            f"FROM {DUE} d ON CONFLICT (entity, id) DO UPDATE SET as_of = excluded.as_of, due_at = excluded.due_at")
-
-
-def _windows_by_table(entity: Entity) -> dict[Table, list[tuple]]:
-    result: dict[Table, list[tuple]] = {}
-    for view in views_of(entity):
-        for f in view.features:
-            if isinstance(f, WindowFeature) and (f.window, f.hop) not in result.setdefault(f.table, []):
-                result[f.table].append((f.window, f.hop))
-    return result
 
 
 def _mirror(table: Table) -> Mirror:

@@ -43,8 +43,7 @@ class FeatureState:
             for statement in sql.ddl() + sql.session_ddl():
                 cur.execute(statement)
         self._apply = {m.table.name: sql.apply_changes(m) for m in self.mirrors}
-        self._compute = {v.name: sql.compute_view(v) for v in decl.FEATURE_VIEWS}
-        self._record = {e.name: sql.record_due(e) for e in decl.ENTITIES}
+        self._emit_sql = {e.name: sql.emit(e) for e in decl.ENTITIES}
         self._from_touched = {e.name: sql.due_from_touched(e) for e in decl.ENTITIES}
         self._from_decay = {e.name: sql.due_from_decay(e) for e in decl.ENTITIES}
 
@@ -83,10 +82,13 @@ class FeatureState:
             if cur.rowcount == 0:
                 continue
             written.entities += cur.rowcount
-            for view in sql.views_of(entity):
-                cur.execute(self._compute[view.name])
-                written.rows += self.online.write(view, cur.fetchall())
-            cur.execute(self._record[entity.name])
+            cur.execute(self._emit_sql[entity.name])
+            rows = cur.fetchall()
+            first = 2
+            for view in sql.views_of(entity):  # each view's slice of the row: id, as-of time, its features
+                last = first + len(view.features)
+                written.rows += self.online.write(view, [(r[0], r[1], *r[first:last]) for r in rows])
+                first = last
         return written
 
     def close(self) -> None:

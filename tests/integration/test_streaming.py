@@ -85,8 +85,9 @@ def assert_exact(settings, store, view, entity_id: int, since: datetime | None, 
     while wrong := oracle.mismatches(view, values, oracle.expected(settings, view, entity_id, as_of)):
         assert time.monotonic() < deadline, f"{view.name}[{entity_id}] as of {as_of}: (served, oracle) {wrong}"
         time.sleep(0.5)
-    offline = offline_row(settings, view, entity_id, as_of)
-    assert offline is not None and not oracle.mismatches(view, offline, values), (offline, values)
+    # Redis is written just before the offline rows commit (so a crash can never lose the online write)
+    offline = _wait(lambda: offline_row(settings, view, entity_id, as_of), 10, f"the offline row at {as_of}")
+    assert not oracle.mismatches(view, offline, values), (offline, values)
     return as_of
 
 

@@ -31,6 +31,20 @@ def test_the_homelab_nodes_are_all_there():
     assert sorted(workers) == ["spark-worker-cpu-node2", "spark-worker-node3"]
 
 
+def test_the_streaming_job_runs_its_executors_on_the_spark_workers():
+    job = SERVICES["streaming"]
+    assert job["command"][:2] == ["cdcf", "stream"]
+    assert job["environment"]["CDCF_SPARK_MASTER"] == "spark://spark-master:7077"
+    assert {"spark-master", "spark-worker-cpu-node2", "spark-worker-node3"} <= set(job["depends_on"])
+    assert job["hostname"] == "streaming"  # the driver's name, resolvable from the workers
+
+
+def test_the_image_holds_everything_the_jobs_read_at_run_time():
+    dockerfile = (PROJECT_ROOT / "deploy" / "Dockerfile").read_text()
+    copied = set(re.findall(r"^COPY (\S+) ", dockerfile, re.M))
+    assert {"cdcf", "connectors", "schemas", "streaming", "batch", "feature_repo"} <= copied
+
+
 @pytest.mark.parametrize("name", sorted(SERVICES))
 def test_every_image_is_pinned_in_the_env_file(name):
     ref = re.fullmatch(r"\$\{(\w+)\}", SERVICES[name]["image"])

@@ -1,0 +1,17 @@
+"""Status files of our long-running jobs: what `make status` reads."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+
+def report(status_file: Path | None, state: dict[str, Any]) -> None:
+    """Write a job's status file atomically (readers never see half of it), stamped with the time."""
+    if status_file is None:
+        return
+    partial = status_file.with_suffix(".partial")
+    partial.write_text(json.dumps({**state, "at": time.time()}, default=str))
+    partial.replace(status_file)
