@@ -27,6 +27,8 @@ from streaming.state import FeatureState, Written
 
 log = logging.getLogger(__name__)
 
+RESTART_DELAY_S = 5.0
+
 
 def build_stream(spark: SparkSession, settings: Settings, sink: Callable[[DataFrame, int], None]) -> StreamingQuery:
     """Start the query: every mirrored table's change topic, from the earliest offset on a fresh checkpoint."""
@@ -55,7 +57,8 @@ class StreamJob:
         self.status_file = status_file
         self.lock = threading.Lock()
         self.stopping = threading.Event()
-        self.totals = {"batches": 0, "changes": 0, "rows_written": 0, "decayed": 0, "last_as_of": None}
+        self.totals = {"batches": 0, "changes": 0, "rows_written": 0, "decayed": 0, "last_as_of": None,
+                       "restarts": 0, "last_error": None}
 
     def write_batch(self, batch: DataFrame, batch_id: int) -> None:
         started = time.monotonic()
@@ -89,20 +92,29 @@ class StreamJob:
         spark = spark_session(self.settings, "cdcf-streaming-features")
         spark.sparkContext.setLogLevel("WARN")
         self.state = FeatureState(self.settings)
-        query = build_stream(spark, self.settings, self.write_batch)
         decayer = threading.Thread(target=self.decay_loop, name="decay", daemon=True)
         decayer.start()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stopping.set())
         self._report()
+        query = None
         try:
-            while not self.stopping.is_set() and query.isActive:
-                self.stopping.wait(1.0)
-            if query.exception():
-                raise RuntimeError(f"the streaming query failed: {query.exception()}")
+            while not self.stopping.is_set():
+                query = build_stream(spark, self.settings, self.write_batch)
+                while not self.stopping.is_set() and query.isActive:
+                    self.stopping.wait(1.0)
+                if not self.stopping.is_set():
+                    # a broker or database outage fails the query; the checkpoint lets it resume exactly
+                    self.totals["restarts"] += 1
+                    self.totals["last_error"] = str(query.exception()).splitlines()[0][:300]
+                    log.error("the streaming query failed (%s); restarting it in %.0f s from its checkpoint",
+                              self.totals["last_error"], RESTART_DELAY_S)
+                    self._report()
+                    self.stopping.wait(RESTART_DELAY_S)
         finally:
             self.stopping.set()
-            query.stop()
+            if query is not None:
+                query.stop()
             decayer.join(timeout=10)
             self.state.close()
             spark.stop()

@@ -150,18 +150,21 @@ def emit(entity: Entity) -> str:
     ``id, T, *features_of(entity)``."""
     key = entity.join_key
     selects, joins, dues = [], [], []
+    windows = sorted({f.window for f in features_of(entity) if isinstance(f, WindowFeature)})
+    # each window's lower bound, once per entity: the row filters below compare timestamps, no arithmetic
+    bounds = "".join(f", as_of - {_interval(w)} AS {_low(w)}" for w in windows)
     for i, (table, feats) in enumerate(_window_features_by_table(entity).items()):
-        t, widest = table.event_time, max(f.window for f in feats)
-        aggs = [f"{_aggregate(f, f'r.{t} <= d.as_of AND r.{t} > d.as_of - {_interval(f.window)}')} AS {f.name}"
-                for f in feats]
+        t, widest = f"r.{table.event_time}", max(f.window for f in feats)
+        aggs = [f"{_aggregate(f, f'{t} <= d.as_of AND {t} > d.{_low(f.window)}')} AS {f.name}" for f in feats]
+        aggs.append(f"min({t}) FILTER (WHERE {t} > d.as_of) AS entering")
         for k, (window, hop) in enumerate(sorted({(f.window, f.hop) for f in feats})):
-            # the next moment this window changes: a row dated after T enters, a row inside leaves at t + W
-            aggs.append(f"min(CASE WHEN r.{t} > d.as_of THEN r.{t} ELSE r.{t} + {_interval(window)} END) "
-                        f"FILTER (WHERE r.{t} > d.as_of - {_interval(window)}) AS due{k}")
+            # the next moment this window changes: a row dated after T enters, the oldest row inside leaves
+            aggs.append(f"min({t}) FILTER (WHERE {t} <= d.as_of AND {t} > d.{_low(window)}) AS oldest{k}")
             hop_s = int(hop.total_seconds())
-            dues.append(f"to_timestamp(ceil(extract(epoch FROM s{i}.due{k}) / {hop_s}) * {hop_s})")
+            moment = f"LEAST(s{i}.entering, s{i}.oldest{k} + {_interval(window)})"
+            dues.append(f"to_timestamp(ceil(extract(epoch FROM {moment}) / {hop_s}) * {hop_s})")
         joins.append(f"LEFT JOIN LATERAL (SELECT {', '.join(aggs)} FROM {_mirror(table).name} r "
-                     f"WHERE r.{key} = d.id AND NOT r.deleted AND r.{t} > d.as_of - {_interval(widest)}) s{i} ON true")
+                     f"WHERE r.{key} = d.id AND NOT r.deleted AND {t} > d.{_low(widest)}) s{i} ON true")
         selects += [f"s{i}.{f.name}" for f in feats]
     for view in views_of(entity):
         if view.table is not None:
@@ -171,8 +174,9 @@ def emit(entity: Entity) -> str:
     names = [f.name for f in features_of(entity)]
     ordered = {n: sel for n, sel in zip([f.name for f in _window_first(entity)], selects, strict=True)}
     due = f"LEAST({', '.join(dues)})" if dues else "NULL::timestamptz"
-    steps = [f"v AS (SELECT d.id, d.as_of, {', '.join(ordered[n] for n in names)}, {due} AS due_at "
-             f"FROM {DUE} d {' '.join(joins)})"]
+    steps = [f"d AS MATERIALIZED (SELECT id, as_of{bounds} FROM {DUE})",
+             f"v AS (SELECT d.id, d.as_of, {', '.join(ordered[n] for n in names)}, {due} AS due_at "
+             f"FROM d {' '.join(joins)})"]
     for n, view in enumerate(views_of(entity)):
         cols = [f.name for f in view.features]
         steps.append(
@@ -208,6 +212,10 @@ def _aggregate(f: WindowFeature, in_window: str) -> str:
 
 def _cast(expr: str, dtype: str) -> str:
     return {"int64": f"{expr}::bigint", "float64": f"{expr}::float8", "string": f"{expr}::text"}[dtype]
+
+
+def _low(window) -> str:
+    return f"low_{int(window.total_seconds())}"
 
 
 def _interval(window) -> str:

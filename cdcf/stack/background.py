@@ -65,4 +65,6 @@ ARCHIVER = Job("archiver", "archive", lambda s: (
 
 STREAMING = Job("streaming", "stream", lambda s: (
     f"{s['batches']} batches, {s['changes']} changes, {s['rows_written']} feature rows "
-    f"({s['decayed']} by decay), last as-of {s['last_as_of'] or '-'}"), start_timeout_s=180)
+    f"({s['decayed']} by decay), last as-of {s['last_as_of'] or '-'}"
+    + (f", {s['restarts']} restart(s), last error: {s['last_error']}" if s["restarts"] else "")),
+    start_timeout_s=180)
