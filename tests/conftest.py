@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,15 @@ def side_home(tmp_path, settings):
     (home / "cache" / "jars").symlink_to(settings.paths.jars)
     shutil.copy(settings.paths.secrets, home / "secrets.env")
     return home
+
+
+def wait_for(check, timeout_s: float, what: str):
+    """Poll ``check`` every 0.5 s until it returns something truthy (returned); fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not (result := check()):
+        assert time.monotonic() < deadline, f"timed out after {timeout_s:.0f} s waiting for {what}"
+        time.sleep(0.5)
+    return result
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:

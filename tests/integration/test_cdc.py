@@ -20,7 +20,7 @@ from cdcf.stack.background import ARCHIVER
 from cdcf.workload import Workload
 from connectors.connect import ConnectClient, connector_config
 from tests.cdc_cases import BAD_INPUTS
-from tests.conftest import run_cli
+from tests.conftest import run_cli, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -43,14 +43,6 @@ def _archived(settings, table: str, low: int, high: int) -> list[tuple]:
     return rows
 
 
-def _wait(check, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"timed out after {timeout_s:.0f} s waiting for {what}"
-        time.sleep(0.5)
 
 
 def _ids(n: int = 1) -> list[int]:
@@ -105,7 +97,7 @@ def test_the_cdc_story_reaches_kafka_and_the_archive(settings):
     assert (values[2]["before"]["user_id"], values[2]["after"]["user_id"]) == (1, 3)
     assert values[3]["after"]["created_at"] == "2026-11-21T11:30:00.000000Z"
 
-    rows = _wait(lambda: (r := _archived(settings, "transactions", txn, txn)) and len(r) == 5 and r,
+    rows = wait_for(lambda: (r := _archived(settings, "transactions", txn, txn)) and len(r) == 5 and r,
                  60, "the archive")
     assert [r[0] for r in rows] == ["c", "u", "u", "u", "d"]
     assert [r[2] for r in rows] == [json.loads(m.value())["source"]["lsn"] for m in messages[:5]]
@@ -135,7 +127,7 @@ def test_a_new_connector_snapshots_existing_rows_as_reads(settings):
     finally:
         reader.close()
         client.delete(name)
-        _wait(lambda: _drop_slot(settings, f"snap_{suffix}"), 30, "the test slot to be released")
+        wait_for(lambda: _drop_slot(settings, f"snap_{suffix}"), 30, "the test slot to be released")
         client.close()
     values = [json.loads(m.value()) for m in messages]
     assert {v["op"] for v in values} == {"r"}
@@ -171,7 +163,8 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_later_changes_still_arrive(
         assert reason in letter["reason"], name
         assert letter["topic"] == topic and isinstance(letter["offset"], int)
         assert letter["value"] == value.decode("utf-8", errors="replace")
-    assert [r[0] for r in _wait(lambda: _archived(settings, "transactions", txn, txn), 60, "the good change")] == ["c"]
+    good = wait_for(lambda: _archived(settings, "transactions", txn, txn), 60, "the good change")
+    assert [r[0] for r in good] == ["c"]
 
 
 def test_schema_drift_in_postgres_is_dead_lettered_until_the_contract_holds_again(settings):
@@ -195,7 +188,7 @@ def test_schema_drift_in_postgres_is_dead_lettered_until_the_contract_holds_agai
     reasons = {json.loads(m.key())["review_id"]: json.loads(m.value())["reason"] for m in letters}
     assert "unexpected column(s) helpful" in reasons[first]
     assert "wrong type for reviews.rating" in reasons[second]
-    assert [r[0] for r in _wait(lambda: _archived(settings, "reviews", third, third), 60, "the third")] == ["c"]
+    assert [r[0] for r in wait_for(lambda: _archived(settings, "reviews", third, third), 60, "the third")] == ["c"]
     assert _archived(settings, "reviews", first, second) == []
 
 
@@ -207,7 +200,7 @@ def test_kill_9_mid_stream_loses_and_duplicates_nothing(settings, victim):
     writer = threading.Thread(target=_fifty_thousand_changes, args=(settings, ids), daemon=True)
     archiver_pid = ARCHIVER.pid(settings)
     writer.start()
-    _wait(lambda: len(_archived(settings, "transactions", low, high)) >= 2_000, 120, "the first changes")
+    wait_for(lambda: len(_archived(settings, "transactions", low, high)) >= 2_000, 120, "the first changes")
     os.kill(kafka.service_pid(settings, victim), signal.SIGKILL)
     time.sleep(2)
     (kafka.start_connect if victim == kafka.CONNECT else kafka.start_kafka)(settings)
@@ -220,7 +213,7 @@ def test_kill_9_mid_stream_loses_and_duplicates_nothing(settings, victim):
     finally:
         client.close()
 
-    rows = _wait(lambda: (r := _archived(settings, "transactions", low, high)) and len(r) >= 50_000 and r,
+    rows = wait_for(lambda: (r := _archived(settings, "transactions", low, high)) and len(r) >= 50_000 and r,
                  240, "all 50,000 changes in the archive")
     assert len(rows) == 50_000
     assert ARCHIVER.pid(settings) == archiver_pid, "the archiver must ride out the outage, not be restarted"
@@ -263,12 +256,12 @@ def test_connector_cli_pauses_resumes_and_shows_offsets(settings):
     paused = run_cli("connector", "pause")
     assert paused.returncode == 0, paused.stderr
     try:
-        status = _wait(lambda: (s := json.loads(run_cli("connector", "status").stdout))["connector"]["state"]
+        status = wait_for(lambda: (s := json.loads(run_cli("connector", "status").stdout))["connector"]["state"]
                        == "PAUSED" and s, 60, "PAUSED")
         assert status["name"] == "cdcf-app"
     finally:
         assert run_cli("connector", "resume").returncode == 0
-    _wait(lambda: json.loads(run_cli("connector", "status").stdout)["connector"]["state"] == "RUNNING", 60,
+    wait_for(lambda: json.loads(run_cli("connector", "status").stdout)["connector"]["state"] == "RUNNING", 60,
           "RUNNING again")
     offsets = json.loads(run_cli("connector", "offsets").stdout)["offsets"]
     assert offsets and offsets[0]["partition"] == {"server": settings.topic_prefix}
@@ -291,6 +284,6 @@ def test_every_workload_change_is_archived_once(settings):
     assert {"insert_txn", "update_amount", "move_owner", "delete_txn", "backdated_txn"} <= set(counts)
     total = sum(counts.values())
     assert total >= 1_000
-    _wait(lambda: archived_total() - before >= total, 60, f"{total} archived changes")
+    wait_for(lambda: archived_total() - before >= total, 60, f"{total} archived changes")
     time.sleep(2)  # nothing more may arrive
     assert archived_total() - before == total

@@ -23,6 +23,7 @@ from cdcf.feast_config import feature_store
 from cdcf.stack.background import STREAMING
 from cdcf.workload import Workload
 from tests import oracle
+from tests.conftest import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -86,7 +87,7 @@ def assert_exact(settings, store, view, entity_id: int, since: datetime | None, 
         assert time.monotonic() < deadline, f"{view.name}[{entity_id}] as of {as_of}: (served, oracle) {wrong}"
         time.sleep(0.5)
     # Redis is written just before the offline rows commit (so a crash can never lose the online write)
-    offline = _wait(lambda: offline_row(settings, view, entity_id, as_of), 10, f"the offline row at {as_of}")
+    offline = wait_for(lambda: offline_row(settings, view, entity_id, as_of), 10, f"the offline row at {as_of}")
     assert not oracle.mismatches(view, offline, values), (offline, values)
     return as_of
 
@@ -141,7 +142,7 @@ def test_the_cdc_story_is_exact_for_every_aggregate(settings, store):
     before, read_before = values(), _status(settings)["changes"]
     replayed = _replay(settings, set(txn))
     assert replayed >= 8
-    _wait(lambda: _status(settings)["changes"] >= read_before + replayed, 60, "the job to read the duplicates")
+    wait_for(lambda: _status(settings)["changes"] >= read_before + replayed, 60, "the job to read the duplicates")
     assert values() == before
 
 
@@ -174,12 +175,6 @@ def _status(settings) -> dict:
     return json.loads(STREAMING.status_file(settings).read_text())
 
 
-def _wait(check, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while not (result := check()):
-        assert time.monotonic() < deadline, f"timed out after {timeout_s:.0f} s waiting for {what}"
-        time.sleep(0.5)
-    return result
 
 
 def test_a_window_decays_with_no_new_events(settings, store):
@@ -202,7 +197,7 @@ def test_kill_9_mid_load_loses_and_double_counts_nothing(settings, store):
     load.start()
     time.sleep(8)
     os.kill(STREAMING.pid(settings), signal.SIGKILL)
-    _wait(lambda: STREAMING.pid(settings) is None, 30, "the job to die")
+    wait_for(lambda: STREAMING.pid(settings) is None, 30, "the job to die")
     load.join()
     STREAMING.start(settings)
     last_change = _last_change_by_user(settings, started)
