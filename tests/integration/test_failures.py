@@ -25,9 +25,13 @@ def test_port_in_use_names_the_port_and_the_setting(settings, side_home):
         squatter.bind((settings.redis_host, 0))
         squatter.listen()
         port = squatter.getsockname()[1]
-        result = run_cli("up", env={"CDCF_HOME": str(side_home), "CDCF_REDIS_PORT": str(port)}, timeout=120)
+        env = {"CDCF_HOME": str(side_home), "CDCF_PG_CLUSTER": "cdcf_squatted", "CDCF_PG_PORT": str(port)}
+        try:
+            result = run_cli("up", env=env, timeout=120)
+        finally:
+            run_cli("down", "--purge", env=env, timeout=120)
     line = _one_error_line(result)
-    assert f"Port {port}" in line and "CDCF_REDIS_PORT" in line
+    assert f"Port {port}" in line and "CDCF_PG_PORT" in line
 
 
 def test_missing_java_and_maven_are_named_with_their_fix(settings, tmp_path):
