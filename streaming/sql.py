@@ -13,6 +13,7 @@ sum, average and max are all exact, whatever the order of updates, deletes and o
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
 from cdcf import features as decl
 from cdcf.features import EVENT_TIMESTAMP, ColumnFeature, Entity, FeatureView, Table, WindowFeature
@@ -46,6 +47,7 @@ class Mirror:
         return (self.key, "lsn", "deleted", *(c.name for c in self.columns if c.name != self.key))
 
 
+@cache
 def mirrors() -> tuple[Mirror, ...]:
     """The tables some feature reads, in declaration order, each with the columns it needs."""
     needed: dict[Table, set[str]] = {}
@@ -110,7 +112,7 @@ def apply_changes(m: Mirror) -> str:
     record every entity that owned the row before or owns it after."""
     cols = m.copy_columns
     updates = ", ".join(f"{c} = excluded.{c}" for c in cols[1:])
-    owners = [e for e in m.owners]
+    owners = m.owners
     old = ", ".join(f"m.{e.join_key} AS o_{e.join_key}" for e in owners)
     new = ", ".join(f"m.{e.join_key} AS n_{e.join_key}" for e in owners)
     touched = " UNION ".join(
@@ -154,7 +156,8 @@ def emit(entity: Entity) -> str:
     each view's row to its offline table (idempotent on replay); store T and the next decay time; return
     ``id, T, *features_of(entity)``."""
     key = entity.join_key
-    selects, joins, dues = [], [], []
+    selects: dict[str, str] = {}  # feature name -> its select expression
+    joins, dues = [], []
     windows = sorted({f.window for f in features_of(entity) if isinstance(f, WindowFeature)})
     # each window's lower bound, once per entity: the row filters below compare timestamps, no arithmetic
     bounds = "".join(f", as_of - {_interval(w)} AS {_low(w)}" for w in windows)
@@ -170,17 +173,16 @@ def emit(entity: Entity) -> str:
             dues.append(f"to_timestamp(ceil(extract(epoch FROM {moment}) / {hop_s}) * {hop_s})")
         joins.append(f"LEFT JOIN LATERAL (SELECT {', '.join(aggs)} FROM {_mirror(table).name} r "
                      f"WHERE r.{key} = d.id AND NOT r.deleted AND {t} > d.{_low(widest)}) s{i} ON true")
-        selects += [f"s{i}.{f.name}" for f in feats]
+        selects.update({f.name: f"s{i}.{f.name}" for f in feats})
     for view in views_of(entity):
         if view.table is not None:
             m = _mirror(view.table)
             joins.append(f"LEFT JOIN {m.name} {view.name} ON {view.name}.{m.key} = d.id AND NOT {view.name}.deleted")
-            selects += [f"{_cast(f'{view.name}.{f.column}', f.dtype)} AS {f.name}" for f in view.features]
+            selects.update({f.name: f"{_cast(f'{view.name}.{f.column}', f.dtype)} AS {f.name}" for f in view.features})
     names = [f.name for f in features_of(entity)]
-    ordered = {n: sel for n, sel in zip([f.name for f in _window_first(entity)], selects, strict=True)}
     due = f"LEAST({', '.join(dues)})" if dues else "NULL::timestamptz"
     steps = [f"d AS MATERIALIZED (SELECT id, as_of{bounds} FROM {DUE})",
-             f"v AS (SELECT d.id, d.as_of, {', '.join(ordered[n] for n in names)}, {due} AS due_at "
+             f"v AS (SELECT d.id, d.as_of, {', '.join(selects[n] for n in names)}, {due} AS due_at "
              f"FROM d {' '.join(joins)})"]
     for n, view in enumerate(views_of(entity)):
         cols = [f.name for f in view.features]
@@ -204,12 +206,6 @@ def _window_features_by_table(entity: Entity) -> dict[Table, list[WindowFeature]
         if isinstance(f, WindowFeature):
             result.setdefault(f.table, []).append(f)
     return result
-
-
-def _window_first(entity: Entity) -> list:
-    """Features in the order ``emit`` builds their select expressions: window features by table, then columns."""
-    by_table = [f for feats in _window_features_by_table(entity).values() for f in feats]
-    return by_table + [f for f in features_of(entity) if isinstance(f, ColumnFeature)]
 
 
 def _aggregate(f: WindowFeature, in_window: str) -> str:
