@@ -44,7 +44,7 @@ class Mirror:
 
     @property
     def copy_columns(self) -> tuple[str, ...]:
-        return (self.key, "lsn", "deleted", *(c.name for c in self.columns if c.name != self.key))
+        return (self.key, "lsn", "commit_ts", "deleted", *(c.name for c in self.columns if c.name != self.key))
 
 
 @cache
@@ -79,7 +79,8 @@ def ddl() -> list[str]:
     for m in mirrors():
         columns = "".join(f", {c.name} {_pg_type(c)}" for c in m.columns if c.name != m.key)
         statements.append(f"CREATE TABLE IF NOT EXISTS {m.name} ({m.key} BIGINT PRIMARY KEY, lsn BIGINT NOT NULL, "
-                          f"deleted BOOLEAN NOT NULL{columns})")
+                          f"commit_ts TIMESTAMPTZ, deleted BOOLEAN NOT NULL{columns})")
+        statements.append(f"ALTER TABLE {m.name} ADD COLUMN IF NOT EXISTS commit_ts TIMESTAMPTZ")  # older states
         # vacuum often: index-only scans need the visibility map of these hot tables kept current
         statements.append(f"ALTER TABLE {m.name} SET (autovacuum_vacuum_scale_factor = 0.01, "
                           "autovacuum_vacuum_insert_scale_factor = 0.01, autovacuum_analyze_scale_factor = 0.02)")
@@ -100,8 +101,8 @@ def ddl() -> list[str]:
 def session_ddl() -> list[str]:
     """Per-connection temporary tables: staged changes, touched entities, entities to compute."""
     statements = [f"CREATE TEMP TABLE IF NOT EXISTS {m.stage} (LIKE {m.name}) ON COMMIT DELETE ROWS" for m in mirrors()]
-    statements.append(f"CREATE TEMP TABLE IF NOT EXISTS {TOUCHED} (entity TEXT, id BIGINT, PRIMARY KEY (entity, id)) "
-                      "ON COMMIT DELETE ROWS")
+    statements.append(f"CREATE TEMP TABLE IF NOT EXISTS {TOUCHED} (entity TEXT, id BIGINT, as_of TIMESTAMPTZ NOT NULL, "
+                      "PRIMARY KEY (entity, id)) ON COMMIT DELETE ROWS")
     statements.append(f"CREATE TEMP TABLE IF NOT EXISTS {DUE} (id BIGINT PRIMARY KEY, as_of TIMESTAMPTZ NOT NULL) "
                       "ON COMMIT DELETE ROWS")
     return statements
@@ -109,28 +110,35 @@ def session_ddl() -> list[str]:
 
 def apply_changes(m: Mirror) -> str:
     """Move the staged changes of one table into its mirror (newest LSN per row wins, older ones are no-ops) and
-    record every entity that owned the row before or owns it after."""
+    record every entity that owned any version of a changed row — stored, intermediate in this batch, or new —
+    with the commit time of the change that made or ended that version: the entity's values are exact as of the
+    latest such commit, since no later change in the batch concerns it."""
     cols = m.copy_columns
     updates = ", ".join(f"{c} = excluded.{c}" for c in cols[1:])
-    owners = m.owners
-    old = ", ".join(f"m.{e.join_key} AS o_{e.join_key}" for e in owners)
-    new = ", ".join(f"m.{e.join_key} AS n_{e.join_key}" for e in owners)
-    touched = " UNION ".join(
-        f"SELECT '{e.name}', o_{e.join_key} FROM old UNION SELECT '{e.name}', n_{e.join_key} FROM new" for e in owners)
+    keys = [e.join_key for e in m.owners]
+    stored = "".join(f", CASE WHEN NOT m.deleted THEN m.{k} END AS m_{k}" for k in keys)
+    versions = "".join(f", {k} AS n_{k}, CASE WHEN row_number() OVER w = 1 THEN m_{k} ELSE lag({k}) OVER w END "
+                       f"AS o_{k}" for k in keys)
+    touched = " UNION ALL ".join(f"SELECT '{e.name}', {side}_{e.join_key}, commit_ts FROM versions"
+                                 for e in m.owners for side in ("o", "n"))
     return (
-        f"WITH incoming AS (SELECT DISTINCT ON ({m.key}) * FROM {m.stage} ORDER BY {m.key}, lsn DESC), "
-        f"old AS (SELECT {old} FROM {m.name} m JOIN incoming i USING ({m.key}) "
-        f"WHERE m.lsn < i.lsn AND NOT m.deleted), "
-        f"new AS (INSERT INTO {m.name} AS m ({', '.join(cols)}) SELECT {', '.join(cols)} FROM incoming "
-        f"ON CONFLICT ({m.key}) DO UPDATE SET {updates} WHERE m.lsn < excluded.lsn RETURNING {new}) "
-        f"INSERT INTO {TOUCHED} SELECT * FROM ({touched}) t(entity, id) WHERE id IS NOT NULL ON CONFLICT DO NOTHING"
+        f"WITH newer AS (SELECT DISTINCT ON (s.{m.key}, s.lsn) s.*{stored} FROM {m.stage} s "
+        f"LEFT JOIN {m.name} m USING ({m.key}) WHERE m.lsn IS NULL OR s.lsn > m.lsn ORDER BY s.{m.key}, s.lsn), "
+        f"versions AS (SELECT commit_ts{versions} FROM newer WINDOW w AS (PARTITION BY {m.key} ORDER BY lsn)), "
+        f"applied AS (INSERT INTO {m.name} AS m ({', '.join(cols)}) SELECT DISTINCT ON ({m.key}) {', '.join(cols)} "
+        f"FROM newer ORDER BY {m.key}, lsn DESC "
+        f"ON CONFLICT ({m.key}) DO UPDATE SET {updates} WHERE m.lsn < excluded.lsn) "
+        f"INSERT INTO {TOUCHED} SELECT entity, id, max(as_of) FROM ({touched}) t(entity, id, as_of) "
+        f"WHERE id IS NOT NULL GROUP BY entity, id "
+        f"ON CONFLICT (entity, id) DO UPDATE SET as_of = GREATEST({TOUCHED}.as_of, excluded.as_of)"
     )
 
 
 def due_from_touched(entity: Entity) -> str:
-    """Entities touched by this batch, computed at the batch's time %(as_of)s — or just after their last
-    emitted as-of time, so that a correction is always newer than the value it replaces."""
-    return (f"INSERT INTO {DUE} SELECT t.id, GREATEST(%(as_of)s, e.as_of + interval '1 microsecond') "
+    """Entities touched by this batch, computed as of the commit of their latest change — or just after their
+    last emitted as-of time, so that a correction is always newer than the value it replaces. (The batch backfill
+    computes every entity at the commit of each of its changes, so the two paths meet at the same as-of times.)"""
+    return (f"INSERT INTO {DUE} SELECT t.id, GREATEST(t.as_of, e.as_of + interval '1 microsecond') "
             f"FROM {TOUCHED} t LEFT JOIN {ENTITIES_TABLE} e ON e.entity = t.entity AND e.id = t.id "
             f"WHERE t.entity = '{entity.name}'")
 
@@ -209,8 +217,13 @@ def _window_features_by_table(entity: Entity) -> dict[Table, list[WindowFeature]
 
 
 def _aggregate(f: WindowFeature, in_window: str) -> str:
+    """Exact in NUMERIC, then one rounding to a double; an average is float8(sum) / count, the same two IEEE
+    operations the backfill and the oracle do, so every path gives the same bits."""
     if f.aggregate == "count":
         return f"count(*) FILTER (WHERE {in_window})"
+    if f.aggregate == "avg":
+        return (f"(sum(r.{f.column}) FILTER (WHERE {in_window}))::float8 / "
+                f"nullif(count(r.{f.column}) FILTER (WHERE {in_window}), 0)")
     inner = f"{f.aggregate}(r.{f.column}) FILTER (WHERE {in_window})"
     return f"coalesce({inner}, 0)::float8" if f.aggregate == "sum" else f"({inner})::float8"
 

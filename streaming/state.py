@@ -46,8 +46,8 @@ class FeatureState:
         self._from_decay = {e.name: sql.due_from_decay(e) for e in decl.ENTITIES}
 
     def apply(self, changes: pa.Table) -> Written:
-        """Apply a batch of change rows (streaming.changes.change_rows) and emit the touched entities' values at
-        the batch's time: its latest commit."""
+        """Apply a batch of change rows (streaming.changes.change_rows) and emit each touched entity's values as
+        of the commit of its latest change."""
         if changes.num_rows == 0:
             return Written()
         as_of = pc.max(changes["commit_ts"]).as_py()
@@ -60,7 +60,7 @@ class FeatureState:
                     cur.copy_expert(f"COPY {m.stage} ({', '.join(m.copy_columns)}) FROM STDIN WITH (FORMAT csv)",
                                     _csv(staged))
                     cur.execute(self._apply[m.table.name])
-            written = self._emit(cur, lambda entity: cur.execute(self._from_touched[entity], {"as_of": as_of}))
+            written = self._emit(cur, lambda entity: cur.execute(self._from_touched[entity]))
         written.changes, written.as_of = changes.num_rows, as_of
         return written
 

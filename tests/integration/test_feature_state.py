@@ -65,3 +65,29 @@ def test_newest_lsn_wins_in_any_order_and_batching(settings, order):
         assert final.get(other, (0, 0.0, None)) == (0, 0.0, None)  # touched only if the move came before the rest
     finally:
         state.close()
+
+
+def test_the_owner_of_a_version_born_and_gone_within_one_batch_is_emitted_as_of_its_end(settings):
+    """Insert for A, a second insert for A, then the first moved to B, all in one batch: the mirror only ever
+    holds the final version, yet A must be emitted as of the move (its values were different before it)."""
+    state = FeatureState(settings)
+    try:
+        t0 = datetime.now(UTC)
+        base = random.randrange(10**12, 10**13)
+        a, b, first, second = base, base + 1, base + 2, base + 3
+
+        def change(lsn: int, txn: int, owner: int, amount: str) -> dict:
+            return {"table": "transactions", "key": txn, "lsn": lsn, "deleted": False,
+                    "commit_ts": t0 + timedelta(milliseconds=lsn), "user_id": owner, "product_id": None,
+                    "amount": Decimal(amount), "created_at": t0 - timedelta(minutes=1)}
+
+        state.apply(pa.Table.from_pylist([change(10, first, a, "4.00"), change(20, second, a, "6.00"),
+                                          change(30, first, b, "4.00")], schema=arrow_schema()))
+        with psycopg2.connect(settings.pg_dsn(settings.offline_db, user=settings.feast_user)) as conn:
+            with conn.cursor() as cur:
+                cur.execute("SELECT id, as_of FROM stream_entities WHERE entity = 'user' AND id IN (%s, %s)", (a, b))
+                as_of = dict(cur.fetchall())
+        assert as_of == {a: t0 + timedelta(milliseconds=30), b: t0 + timedelta(milliseconds=30)}
+        assert _served_state(settings, [a, b]) == {a: (1, 6.0, 6.0), b: (1, 4.0, 4.0)}
+    finally:
+        state.close()
