@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import typer
@@ -219,3 +220,54 @@ def workload(rate: float = typer.Option(200, help="Changes per second."),
     counts = _run(lambda s: Workload(s, seed=seed).run(rate, duration, burst_every_s=burst_every,
                                                         burst_factor=burst_factor, progress=show))
     typer.echo("\n" + ", ".join(f"{kind}={n}" for kind, n in sorted(counts.items())))
+
+
+@app.command()
+def backfill(start: datetime | None = typer.Option(None, help="First as-of time to rebuild (default: all)."),
+             end: datetime | None = typer.Option(None, help="As-of times before this (default: the archive's last "
+                                                              "commit)."),
+             incremental: bool = typer.Option(False, help="Continue from the last run: new as-of times, and the "
+                                                          "entities touched by changes archived since.")) -> None:
+    """Rebuild the offline feature tables from the changelog archive (Spark batch), with progress."""
+    from batch.backfill import run_backfill
+    from cdcf.spark import spark_session
+
+    def run(settings: Settings):
+        spark = spark_session(settings, "cdcf-backfill")
+        spark.sparkContext.setLogLevel("ERROR")
+        try:
+            return run_backfill(spark, settings, _utc(start), _utc(end), incremental=incremental, progress=typer.echo)
+        finally:
+            spark.stop()
+
+    result = _run(run)
+    if result.rejects:
+        typer.echo(f"{len(result.rejects)} changes broke their row contract; see table backfill_rejects")
+
+
+@app.command("training-set")
+def training_set(entities: str = typer.Argument(..., help="Entity rows: a .parquet or .csv file, or an offline-store "
+                                                           "table, with the join key and event_timestamp."),
+                 features: str = typer.Option(..., help="A feature service, or view:feature,view:feature..."),
+                 out: Path = typer.Option(..., help="Parquet file to write."),
+                 label: list[str] = typer.Option([], help="A label to join from the history (txn_next_7d).")) -> None:
+    """Write a point-in-time training set (values as of each row's timestamp) to Parquet."""
+    from batch.training import training_set as build
+
+    wanted = features if "," not in features and ":" not in features else features.split(",")
+    table = _run(lambda s: build(s, entities, wanted, labels=label, out=out))
+    typer.echo(f"{table.num_rows} rows x {table.num_columns} columns -> {out}")
+
+
+@app.command("seed-online")
+def seed_online() -> None:
+    """Rebuild the online store (Redis) from the offline store's latest rows, e.g. after losing Redis."""
+    from batch.seed import seed_online as seed
+
+    written = _run(lambda s: seed(s, progress=typer.echo))
+    typer.echo(f"{sum(written.values())} rows written")
+
+
+def _utc(at: datetime | None) -> datetime | None:
+    """Times given without a zone are UTC."""
+    return at if at is None or at.tzinfo else at.replace(tzinfo=UTC)

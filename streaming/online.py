@@ -32,11 +32,20 @@ class OnlineWriter:
                                   password=settings.redis_password.get_secret_value())
         self._fields: dict[str, tuple[bytes, ...]] = {}
 
-    def write(self, view: FeatureView, rows: Iterable[tuple]) -> int:
-        """Write rows ``(entity id, as-of time, *values in declaration order)`` of ``view``; return the count."""
+    def write(self, view: FeatureView, rows: Iterable[tuple], *, only_newer: bool = False) -> int:
+        """Write rows ``(entity id, as-of time, *values in declaration order)`` of ``view``; return the count.
+        ``only_newer`` skips rows not newer than what Redis holds (as Feast's own writer does), at the cost of a
+        read first: for writers that may race the streaming job."""
         fields = self._fields.setdefault(view.name, tuple(_mmh3(f"{view.name}:{f.name}") for f in view.features))
         kinds = [VALUE_FIELD[f.dtype] for f in view.features]
         ts_field = f"_ts:{view.name}".encode()
+        rows = list(rows)
+        if only_newer:
+            with self.client.pipeline(transaction=False) as pipe:
+                for entity_id, *_ in rows:
+                    pipe.hget(self._key(view, entity_id), ts_field)
+                held = pipe.execute()
+            rows = [row for row, stamp in zip(rows, held, strict=True) if _newer(row[1], stamp)]
         count = 0
         with self.client.pipeline(transaction=False) as pipe:
             for entity_id, as_of, *values in rows:
@@ -60,3 +69,12 @@ def _timestamp(as_of: datetime) -> bytes:
     ts = Timestamp()
     ts.FromDatetime(as_of)
     return ts.SerializeToString()
+
+
+def _newer(as_of: datetime, held: bytes | None) -> bool:
+    if held is None:
+        return True
+    stamp, ours = Timestamp(), Timestamp()
+    stamp.ParseFromString(held)
+    ours.FromDatetime(as_of)
+    return ours.ToMicroseconds() > stamp.ToMicroseconds()

@@ -58,7 +58,7 @@ class FeatureState:
                     staged = pa.table([rows["key" if c == m.key else c] for c in m.copy_columns],
                                       names=list(m.copy_columns))
                     cur.copy_expert(f"COPY {m.stage} ({', '.join(m.copy_columns)}) FROM STDIN WITH (FORMAT csv)",
-                                    _csv(staged))
+                                    csv_buffer(staged))
                     cur.execute(self._apply[m.table.name])
             written = self._emit(cur, lambda entity: cur.execute(self._from_touched[entity]))
         written.changes, written.as_of = changes.num_rows, as_of
@@ -112,7 +112,7 @@ class FeatureState:
         self.online.close()
 
 
-def _csv(table: pa.Table) -> io.BytesIO:
+def csv_buffer(table: pa.Table) -> io.BytesIO:
     out = io.BytesIO()
     pa_csv.write_csv(table, out, pa_csv.WriteOptions(include_header=False, quoting_style="needed"))
     out.seek(0)

@@ -10,6 +10,7 @@ cluster starts with an empty data folder, and a data folder with a new id gets a
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import subprocess
 import uuid
@@ -155,6 +156,14 @@ def _bootstrap(settings: Settings) -> None:
     }
     _psql_file(settings, HERE / "roles.sql", "postgres", vars_)
     _psql_file(settings, HERE / "app_schema.sql", settings.app_db, vars_, role=settings.app_user)
+
+
+def ensure_database(settings: Settings, name: str) -> None:
+    """A scratch database owned by the feast role (the batch benchmarks' offline store), created once."""
+    if not re.fullmatch(r"[a-z_][a-z0-9_]*", name):
+        raise ValueError(f"not a plain database name: {name!r}")
+    if not _psql(settings, f"SELECT 1 FROM pg_database WHERE datname = '{name}'", db="postgres").strip():
+        _psql(settings, f'CREATE DATABASE {name} OWNER "{settings.feast_user}"', db="postgres")
 
 
 def _psql(settings: Settings, sql: str, db: str) -> str:

@@ -1,0 +1,236 @@
+"""The backfill job: rebuild the offline feature tables from the change history (Spark batch).
+
+``run_backfill(spark, settings, start, end)`` recomputes every entity's rows with as-of times in [start, end) from
+the changelog archive (the initial snapshot is in it as ``op = r``) with the same declaration and semantics as the
+streaming job (batch.features), then replaces that range of each offline table in one transaction: rerunning a
+range rewrites the same rows. ``incremental=True`` continues from the last run: every entity from the last run's
+end, and the entities touched by changes archived since the last run from the commit of their first such change,
+so a late change recomputes its entities and nothing else before the last end.
+
+Changes that break their row contract are stored in ``backfill_rejects`` with their LSN and reason; the run goes
+on without them. One run at a time (an advisory lock).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import reduce
+
+import psycopg2
+import pyarrow as pa
+from psycopg2.extras import execute_values
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from batch import features as bf
+from batch.history import history, read_changes
+from cdcf import features as decl
+from cdcf.errors import PipelineError
+from cdcf.features import EVENT_TIMESTAMP
+from cdcf.settings import Settings
+from connectors.archive import TABLE as CHANGELOG
+from streaming.sql import mirrors, views_of
+from streaming.state import csv_buffer
+
+log = logging.getLogger(__name__)
+
+RUNS, REJECTS, TOUCHED = "backfill_runs", "backfill_rejects", "backfill_touched"
+LOCK_KEY = 7_311_001  # pg_advisory_lock key of the backfill
+# a change archived this long before the last run's newest one may still have been in flight during that run
+ARCHIVE_SLACK = timedelta(minutes=5)
+DDL = [
+    f"CREATE TABLE IF NOT EXISTS {RUNS} (run_id BIGSERIAL PRIMARY KEY, started_at TIMESTAMPTZ NOT NULL, "
+    "finished_at TIMESTAMPTZ NOT NULL, start_ts TIMESTAMPTZ, end_ts TIMESTAMPTZ NOT NULL, "
+    "archived_until TIMESTAMPTZ, incremental BOOLEAN NOT NULL, changes BIGINT NOT NULL, rejects BIGINT NOT NULL, "
+    "touched BIGINT NOT NULL, rows BIGINT NOT NULL)",
+    f"CREATE TABLE IF NOT EXISTS {REJECTS} (run_id BIGINT NOT NULL, source_table TEXT NOT NULL, row_key BIGINT, "
+    "lsn BIGINT NOT NULL, reason TEXT NOT NULL)",
+]
+
+
+class BackfillError(PipelineError):
+    """The backfill cannot run (no history, another run holding the lock)."""
+
+
+@dataclass
+class BackfillResult:
+    start: datetime | None
+    end: datetime
+    incremental: bool
+    changes: int = 0
+    rejects: list[tuple[str, int, int, str]] = field(default_factory=list)  # table, key, LSN, reason
+    touched: int = 0
+    rows: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def run_backfill(spark: SparkSession, settings: Settings, start: datetime | None = None, end: datetime | None = None,
+                 *, incremental: bool = False, progress: Callable[[str], None] = log.info) -> BackfillResult:
+    began, started_at = time.monotonic(), datetime.now(UTC)
+    db = psycopg2.connect(settings.pg_dsn(settings.offline_db, user=settings.feast_user))
+    try:
+        with db, db.cursor() as cur:
+            for statement in DDL + [f"CREATE UNLOGGED TABLE IF NOT EXISTS {_stage(v)} (LIKE {v.name})"
+                                    for v in decl.FEATURE_VIEWS]:
+                cur.execute(statement)
+            cur.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,))
+            if not cur.fetchone()[0]:
+                raise BackfillError("another backfill is running on this offline store; wait for it to finish")
+            cur.execute(f"SELECT max(commit_ts) + interval '1 microsecond', max(archived_at) FROM {CHANGELOG}")
+            newest, archived_until = cur.fetchone()
+            last = _last_run(cur) if incremental else None
+        end = end or newest
+        if end is None:
+            raise BackfillError("the changelog archive is empty: nothing to backfill (is `make up` running?)")
+        result = BackfillResult(start, end, incremental=last is not None)
+        if last is not None:
+            result.start = last[0]
+        progress(f"backfill of as-of times [{result.start or 'the beginning'}, {end})"
+                 + (f", and entities with changes archived after {last[1]}" if last else ""))
+        versions = _versions(spark, settings, db, end, result, progress)
+        since_us = None if last is None else _micros(last[1] - ARCHIVE_SLACK)
+        touched = _touched(versions, since_us) if last is not None else {}
+        result.touched = sum(len(ids) for ids in touched.values())
+        _write_stages(spark, settings, db, versions, result, touched, progress)
+        _swap(db, result, touched, started_at, archived_until)
+        for frame in versions.values():
+            frame.unpersist()
+        result.seconds = time.monotonic() - began
+        progress(f"done in {result.seconds:.1f} s: {result.changes} changes, {len(result.rejects)} rejected, "
+                 f"{sum(result.rows.values())} rows")
+        return result
+    finally:
+        db.close()  # also releases the advisory lock
+
+
+def _versions(spark, settings, db, end: datetime, result: BackfillResult, progress) -> dict[str, DataFrame]:
+    """Each mirrored table's versions (cached), counting changes and storing rejects."""
+    versions = {}
+    for m in mirrors():
+        with db.cursor() as cur:
+            cur.execute(f"SELECT min(lsn), max(lsn) FROM {CHANGELOG} WHERE source_table = %s", (m.table.name,))
+            low, high = cur.fetchone()
+        changes = read_changes(spark, settings, m, end.isoformat(), (low or 0, high or 0))
+        found = history(changes, m)
+        versions[m.table.name] = found.versions.cache()
+        count = versions[m.table.name].count()
+        rejects = [tuple(r) for r in found.rejects.collect()]
+        result.changes += count + len(rejects)
+        result.rejects += rejects
+        progress(f"{m.table.name}: {count} changes" + (f", {len(rejects)} rejected" if rejects else ""))
+        for table, key, lsn, reason in rejects[:5]:
+            progress(f"  rejected {table} row {key} at LSN {lsn}: {reason}")
+    return versions
+
+
+def _touched(versions: dict[str, DataFrame], since_us: int) -> dict[str, list[tuple[int, int]]]:
+    """Per entity kind, (id, first commit in µs) of every entity that owned a row before or after a change archived
+    since ``since_us``."""
+    found: dict[str, list[DataFrame]] = {}
+    for m in mirrors():
+        frame = versions[m.table.name]
+        row = Window.partitionBy("key").orderBy("lsn")
+        for entity in m.owners:
+            owner = F.when(~F.col("deleted"), F.col(entity.join_key))
+            marked = frame.select("valid_from", F.unix_micros("archived_at").alias("archived"),
+                                  owner.alias("now"), F.lag(owner).over(row).alias("before"))
+            new = marked.where(F.col("archived") >= since_us)
+            for side in ("now", "before"):
+                found.setdefault(entity.name, []).append(
+                    new.where(F.col(side).isNotNull()).select(F.col(side).alias("id"), "valid_from"))
+    return {name: [(r.id, r.start_us) for r in reduce(DataFrame.unionByName, frames).groupBy("id")
+                   .agg(F.min("valid_from").alias("start_us")).collect()]
+            for name, frames in found.items()}
+
+
+def _write_stages(spark, settings, db, versions, result: BackfillResult, touched, progress) -> None:
+    """Compute every view's rows in scope and COPY them into its stage table from the executors."""
+    with db, db.cursor() as cur:
+        for view in decl.FEATURE_VIEWS:
+            cur.execute(f"TRUNCATE {_stage(view)}")
+    start_us = None if result.start is None else _micros(result.start)
+    for entity in decl.ENTITIES:
+        ids = touched.get(entity.name)
+        scope = bf.Scope(start_us, _micros(result.end),
+                         spark.createDataFrame(ids, "id long, start_us long") if ids else None)
+        points = bf.in_scope(bf.points(entity, versions), scope)
+        rows = bf.values(entity, versions, points).withColumn("t", F.timestamp_micros("t")).cache()
+        for view in views_of(entity):
+            columns = [entity.join_key, EVENT_TIMESTAMP, *(f.name for f in view.features)]
+            frame = rows.select(F.col("id").alias(entity.join_key), F.col("t").alias(EVENT_TIMESTAMP),
+                                *(f.name for f in view.features))
+            result.rows[view.name] = _copy(frame, settings.pg_dsn(settings.offline_db, user=settings.feast_user),
+                                           _stage(view), columns)
+            progress(f"{view.name}: {result.rows[view.name]} rows computed")
+        rows.unpersist()
+
+
+def _copy(frame: DataFrame, dsn: str, table: str, columns: list[str]) -> int:
+    """COPY a DataFrame into ``table``, each partition over its own connection in one transaction (a failed task
+    leaves nothing; its retry copies the whole partition again)."""
+    statement = f"COPY {table} ({', '.join(columns)}) FROM STDIN WITH (FORMAT csv)"
+
+    def copy(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        conn, count = psycopg2.connect(dsn), 0
+        try:
+            with conn, conn.cursor() as cur:
+                for batch in batches:
+                    if batch.num_rows:
+                        cur.copy_expert(statement, csv_buffer(pa.Table.from_batches([batch])))
+                        count += batch.num_rows
+        finally:
+            conn.close()
+        yield pa.RecordBatch.from_pydict({"rows": [count]})
+
+    return frame.mapInArrow(copy, "rows long").agg(F.sum("rows")).first()[0] or 0
+
+
+def _swap(db, result: BackfillResult, touched, started_at: datetime, archived_until) -> None:
+    """Replace the scope of every offline table with its stage, and record the run, in one transaction."""
+    with db, db.cursor() as cur:
+        cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {TOUCHED} (entity TEXT, id BIGINT, start_ts TIMESTAMPTZ) "
+                    "ON COMMIT DROP")
+        execute_values(cur, f"INSERT INTO {TOUCHED} VALUES %s",
+                       [(name, i, _from_micros(us)) for name, ids in touched.items() for i, us in ids])
+        for view in decl.FEATURE_VIEWS:
+            key, names = view.entity.join_key, [f.name for f in view.features]
+            ts = EVENT_TIMESTAMP
+            lower = "" if result.start is None else f" AND {ts} >= %(start)s"
+            cur.execute(f"DELETE FROM {view.name} WHERE {ts} < %(end)s{lower}", {"start": result.start,
+                                                                                "end": result.end})
+            cur.execute(f"DELETE FROM {view.name} v USING {TOUCHED} s WHERE s.entity = %(entity)s AND v.{key} = s.id "
+                        f"AND v.{ts} >= s.start_ts AND v.{ts} < %(end)s", {"entity": view.entity.name,
+                                                                            "end": result.end})
+            cur.execute(f"INSERT INTO {view.name} SELECT * FROM {_stage(view)} ON CONFLICT ({key}, {ts}) DO UPDATE "
+                        f"SET {', '.join(f'{n} = excluded.{n}' for n in names)}")
+            cur.execute(f"TRUNCATE {_stage(view)}")
+        cur.execute(f"INSERT INTO {RUNS} (started_at, finished_at, start_ts, end_ts, archived_until, incremental, "
+                    "changes, rejects, touched, rows) VALUES (%s, now(), %s, %s, %s, %s, %s, %s, %s, %s) "
+                    "RETURNING run_id", (started_at, result.start, result.end, archived_until, result.incremental,
+                                         result.changes, len(result.rejects), result.touched,
+                                         sum(result.rows.values())))
+        run_id = cur.fetchone()[0]
+        execute_values(cur, f"INSERT INTO {REJECTS} VALUES %s", [(run_id, *r) for r in result.rejects])
+
+
+def _last_run(cur) -> tuple[datetime, datetime] | None:
+    cur.execute(f"SELECT end_ts, archived_until FROM {RUNS} ORDER BY run_id DESC LIMIT 1")
+    row = cur.fetchone()
+    return None if row is None or row[1] is None else (row[0], row[1])
+
+
+def _stage(view: decl.FeatureView) -> str:
+    return f"backfill_stage_{view.name}"
+
+
+def _micros(at: datetime) -> int:
+    delta = at - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _from_micros(us: int) -> datetime:
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=us)
