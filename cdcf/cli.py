@@ -271,3 +271,52 @@ def seed_online() -> None:
 def _utc(at: datetime | None) -> datetime | None:
     """Times given without a zone are UTC."""
     return at if at is None or at.tzinfo else at.replace(tzinfo=UTC)
+
+
+@app.command("train-model")
+def train_model(rows: int = typer.Option(20_000, help="Point-in-time rows to train on."),
+                epochs: int = typer.Option(20, help="Passes over the training rows.")) -> None:
+    """Train the txn_next_7d model (fraud_detection_v1 features) on CUDA when present, CPU otherwise."""
+    from inference.train import train_from_store
+
+    model, path = _run(lambda s: train_from_store(s, rows=rows, epochs=epochs))
+    typer.echo(f"saved {path}: {model.metrics}")
+
+
+@app.command()
+def score(ids: list[int] = typer.Argument(..., help="Entity ids to score."),
+          model: Path | None = typer.Option(None, help="Model file (default: the stack's trained model).")) -> None:
+    """Fetch fresh features from Redis and score them; one JSON line per entity."""
+    import json
+
+    from inference.service import ScoringError, ScoringService
+
+    def run(settings: Settings) -> dict:
+        try:
+            return ScoringService.from_settings(settings, model).score(list(ids))
+        except ScoringError as exc:
+            raise PipelineError(str(exc)) from exc
+
+    answer = _run(run)
+    for result in answer["results"]:
+        typer.echo(json.dumps(result))
+    typer.echo(f"{len(ids)} scored on {answer['device']} in {answer['elapsed_ms']} ms", err=True)
+
+
+@app.command("serve-scores")
+def serve_scores(port: int = typer.Option(6570, help="HTTP port."),
+                 bind: str = typer.Option("127.0.0.1", help="Address to listen on."),
+                 cache_ttl: float = typer.Option(0.0, help="Seconds to cache each entity's features (0: off).")) -> None:
+    """Serve POST /score {"ids": [...]} and GET /health over HTTP."""
+    import uvicorn
+
+    from inference.service import ScoringError, ScoringService, create_app
+
+    def run(settings: Settings) -> None:
+        try:
+            service = ScoringService.from_settings(settings, cache_ttl_s=cache_ttl)
+        except ScoringError as exc:
+            raise PipelineError(str(exc)) from exc
+        uvicorn.run(create_app(service), host=bind, port=port, log_level="warning")
+
+    _run(run)
