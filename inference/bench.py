@@ -31,7 +31,7 @@ import torch
 from cdcf import features as decl
 from inference import layout
 from inference.client import FeatureClient
-from inference.model import Scorer, TrainedModel
+from inference.model import Scorer, TrainedModel, freeze_heap
 
 SERVICE = "fraud_detection_v1"
 PROJECT = "homelab_ml_platform"
@@ -135,6 +135,7 @@ def main() -> None:
                   "entities_in_redis": args.entities, "feature_service": SERVICE, "features": len(features),
                   "repeats": args.repeats}
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+        freeze_heap()
         for name in devices:
             n = len(features)
             model = TrainedModel(Scorer(n, np.zeros(n), np.ones(n)).to(name).eval(), SERVICE, features,

@@ -12,6 +12,6 @@ rm -rf "$out/debs"
 for py in 3.10 3.11 3.12 3.13; do
     .venv/bin/pip download -q --disable-pip-version-check --only-binary=:all: --python-version "$py" \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-        -d "$out/wheels" redis hiredis mmh3
+        -d "$out/wheels" redis==7.4.1 hiredis==3.5.0 mmh3==5.3.1
 done
 du -sh "$out"
