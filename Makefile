@@ -30,7 +30,10 @@ test: install
 demo: install
 	$(CDCF) demo
 
-# The full benchmark of SPEC section 6 is not built yet; this runs the capture and streaming benchmarks that exist.
+# The full benchmark of SPEC section 6 (one latest.json, BENCHMARKS.md) is not built yet; this runs the capture,
+# streaming, batch and inference benchmarks that exist, each writing bench/results/<name>.json.
 bench: up
 	$(VENV)/bin/python bench/cdc_capture.py
 	$(VENV)/bin/python bench/streaming.py
+	$(VENV)/bin/python -m bench.offline
+	$(VENV)/bin/python -m inference.bench --redis-server /usr/bin/redis-server --out bench/results/inference_cpu.json

@@ -310,6 +310,7 @@ def serve_scores(port: int = typer.Option(6570, help="HTTP port."),
     """Serve POST /score {"ids": [...]} and GET /health over HTTP."""
     import uvicorn
 
+    from inference.model import frozen_heap
     from inference.service import ScoringError, ScoringService, create_app
 
     def run(settings: Settings) -> None:
@@ -317,6 +318,7 @@ def serve_scores(port: int = typer.Option(6570, help="HTTP port."),
             service = ScoringService.from_settings(settings, cache_ttl_s=cache_ttl)
         except ScoringError as exc:
             raise PipelineError(str(exc)) from exc
-        uvicorn.run(create_app(service), host=bind, port=port, log_level="warning")
+        with frozen_heap():
+            uvicorn.run(create_app(service), host=bind, port=port, log_level="warning")
 
     _run(run)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,11 +21,17 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 
-def freeze_heap() -> None:
-    """Move everything loaded so far (torch, numpy, the model) out of the cyclic collector's reach: with torch
-    imported a full collection walks millions of objects, a pause that otherwise lands in a request's p99."""
+@contextmanager
+def frozen_heap():
+    """Keep everything loaded so far (torch, numpy, the model) out of the cyclic collector's reach while serving:
+    with torch imported a full collection walks millions of objects, a pause that otherwise lands in a request's
+    p99. Unfrozen on exit, so that the interpreter's shutdown still frees it."""
     gc.collect()
     gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def device() -> torch.device:

@@ -19,7 +19,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 
 from inference.client import FeatureClient
-from inference.model import TrainedModel, freeze_heap
+from inference.model import TrainedModel
 
 log = logging.getLogger(__name__)
 MAX_BATCH = 4096
@@ -49,9 +49,7 @@ class ScoringService:
         from cdcf import features as decl
 
         join_key = {v.entity.join_key for v in decl.FEATURE_VIEWS if v.name in {f[0] for f in model.features}}.pop()
-        service = cls(model, FeatureClient(client, settings.feast_project, join_key, model.features, cache_ttl_s))
-        freeze_heap()
-        return service
+        return cls(model, FeatureClient(client, settings.feast_project, join_key, model.features, cache_ttl_s))
 
     def score(self, ids: list) -> dict:
         if not isinstance(ids, list) or not ids:
