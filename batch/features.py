@@ -19,8 +19,8 @@ from functools import reduce
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from cdcf.features import Entity, Table, WindowFeature
-from streaming.sql import Mirror, features_of, mirrors, views_of
+from cdcf.features import Entity, WindowFeature
+from streaming.sql import features_of, mirror_of, mirrors, views_of, window_features_by_table
 
 NEVER = 2**62  # valid_to of a version still current
 DAY_US = 86_400_000_000
@@ -49,19 +49,6 @@ def _live(versions: DataFrame, entity: Entity) -> DataFrame:
         .withColumn("id", F.col(entity.join_key)).withColumn("valid_to", F.coalesce("valid_to", F.lit(NEVER)))
 
 
-def _window_tables(entity: Entity) -> dict[Table, list[WindowFeature]]:
-    tables: dict[Table, list[WindowFeature]] = {}
-    for f in features_of(entity):
-        if isinstance(f, WindowFeature):
-            tables.setdefault(f.table, []).append(f)
-    return tables
-
-
-def _mirror(table: Table) -> Mirror:
-    (m,) = [m for m in mirrors() if m.table == table]
-    return m
-
-
 def points(entity: Entity, versions: dict[str, DataFrame]) -> DataFrame:
     """Every as-of time of the entity: ``id, t``."""
     found = []
@@ -71,7 +58,7 @@ def points(entity: Entity, versions: dict[str, DataFrame]) -> DataFrame:
         live = _live(versions[m.table.name], entity)
         found.append(live.select("id", F.col("valid_from").alias("t")))
         found.append(live.where(F.col("valid_to") < NEVER).select("id", F.col("valid_to").alias("t")))
-    for table, feats in _window_tables(entity).items():
+    for table, feats in window_features_by_table(entity).items():
         live = _live(versions[table.name], entity)
         t = F.col(table.event_time)
         entering_hop = min(_us(f.hop) for f in feats)  # streaming takes the earliest window change
@@ -109,7 +96,7 @@ def values(entity: Entity, versions: dict[str, DataFrame], pts: DataFrame) -> Da
         return frame.select(*cells)
 
     events = [row(pts, F.col("t"), 1, F.lit(0), {})]
-    for table, table_features in _window_tables(entity).items():
+    for table, table_features in window_features_by_table(entity).items():
         mine = [f for f in table_features if f.aggregate != "max"]
         if not mine:
             continue
@@ -124,7 +111,7 @@ def values(entity: Entity, versions: dict[str, DataFrame], pts: DataFrame) -> Da
                 given = {name: cell for f in same for name, cell in _delta_cells(f, sign)}
                 events.append(row(spans, F.col(at), 0, F.lit(0), given))
     for view in profile_views:
-        m = _mirror(view.table)
+        m = mirror_of(view.table)
         image = F.when(~F.col("deleted"), F.struct(*[F.col(f.column).cast(_SPARK[f.dtype]).alias(f.name)
                                                      for f in view.features])) \
             .otherwise(F.struct(*[F.lit(None).cast(_SPARK[f.dtype]).alias(f.name) for f in view.features]))

@@ -306,7 +306,7 @@ def score(ids: list[int] = typer.Argument(..., help="Entity ids to score."),
 @app.command("serve-scores")
 def serve_scores(port: int = typer.Option(6570, help="HTTP port."),
                  bind: str = typer.Option("127.0.0.1", help="Address to listen on."),
-                 cache_ttl: float = typer.Option(0.0, help="Seconds to cache each entity's features (0: off).")) -> None:
+                 cache_ttl: float = typer.Option(0.0, help="Seconds to cache an entity's features (0: off).")) -> None:
     """Serve POST /score {"ids": [...]} and GET /health over HTTP."""
     import uvicorn
 

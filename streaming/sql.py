@@ -169,7 +169,7 @@ def emit(entity: Entity) -> str:
     windows = sorted({f.window for f in features_of(entity) if isinstance(f, WindowFeature)})
     # each window's lower bound, once per entity: the row filters below compare timestamps, no arithmetic
     bounds = "".join(f", as_of - {_interval(w)} AS {_low(w)}" for w in windows)
-    for i, (table, feats) in enumerate(_window_features_by_table(entity).items()):
+    for i, (table, feats) in enumerate(window_features_by_table(entity).items()):
         t, widest = f"r.{table.event_time}", max(f.window for f in feats)
         aggs = [f"{_aggregate(f, f'{t} <= d.as_of AND {t} > d.{_low(f.window)}')} AS {f.name}" for f in feats]
         aggs.append(f"min({t}) FILTER (WHERE {t} > d.as_of) AS entering")
@@ -179,12 +179,12 @@ def emit(entity: Entity) -> str:
             hop_s = int(hop.total_seconds())
             moment = f"LEAST(s{i}.entering, s{i}.oldest{k} + {_interval(window)})"
             dues.append(f"to_timestamp(ceil(extract(epoch FROM {moment}) / {hop_s}) * {hop_s})")
-        joins.append(f"LEFT JOIN LATERAL (SELECT {', '.join(aggs)} FROM {_mirror(table).name} r "
+        joins.append(f"LEFT JOIN LATERAL (SELECT {', '.join(aggs)} FROM {mirror_of(table).name} r "
                      f"WHERE r.{key} = d.id AND NOT r.deleted AND {t} > d.{_low(widest)}) s{i} ON true")
         selects.update({f.name: f"s{i}.{f.name}" for f in feats})
     for view in views_of(entity):
         if view.table is not None:
-            m = _mirror(view.table)
+            m = mirror_of(view.table)
             joins.append(f"LEFT JOIN {m.name} {view.name} ON {view.name}.{m.key} = d.id AND NOT {view.name}.deleted")
             selects.update({f.name: f"{_cast(f'{view.name}.{f.column}', f.dtype)} AS {f.name}" for f in view.features})
     names = [f.name for f in features_of(entity)]
@@ -208,7 +208,7 @@ def _window_features(table: Table) -> list[WindowFeature]:
     return [f for v in decl.FEATURE_VIEWS for f in v.features if isinstance(f, WindowFeature) and f.table == table]
 
 
-def _window_features_by_table(entity: Entity) -> dict[Table, list[WindowFeature]]:
+def window_features_by_table(entity: Entity) -> dict[Table, list[WindowFeature]]:
     result: dict[Table, list[WindowFeature]] = {}
     for f in features_of(entity):
         if isinstance(f, WindowFeature):
@@ -240,6 +240,6 @@ def _interval(window) -> str:
     return f"interval '{int(window.total_seconds())} seconds'"
 
 
-def _mirror(table: Table) -> Mirror:
+def mirror_of(table: Table) -> Mirror:
     (m,) = [m for m in mirrors() if m.table == table]
     return m
