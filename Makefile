@@ -36,4 +36,4 @@ bench: up
 	$(VENV)/bin/python bench/cdc_capture.py
 	$(VENV)/bin/python bench/streaming.py
 	$(VENV)/bin/python -m bench.offline
-	$(VENV)/bin/python -m inference.bench --redis-server /usr/bin/redis-server --out bench/results/inference_cpu.json
+	$(VENV)/bin/python -m bench.inference --redis-server /usr/bin/redis-server --out bench/results/inference_cpu.json

@@ -70,11 +70,17 @@ class FeatureClient:
         from cdcf import features as decl
 
         (chosen,) = [s for s in decl.FEATURE_SERVICES if s.name == service]
-        (join_key,) = {v.entity.join_key for v in chosen.views}
+        return cls.for_features(settings, [(v.name, f.name) for v in chosen.views for f in v.features], cache_ttl_s)
+
+    @classmethod
+    def for_features(cls, settings, features: Sequence[tuple[str, str]], cache_ttl_s: float = 0.0) -> FeatureClient:
+        """A client of (view, feature) pairs of one entity's views, on the settings' Redis."""
+        from cdcf import features as decl
+
+        (join_key,) = {v.entity.join_key for v in decl.FEATURE_VIEWS if v.name in {view for view, _ in features}}
         client = redis.Redis(host=settings.redis_host, port=settings.redis_port,
                              password=settings.redis_password.get_secret_value())
-        return cls(client, settings.feast_project, join_key,
-                   [(v.name, f.name) for v in chosen.views for f in v.features], cache_ttl_s)
+        return cls(client, settings.feast_project, join_key, features, cache_ttl_s)
 
     def fetch(self, ids: Sequence[int]) -> Fetched:
         replies = self._raw(ids)

@@ -44,12 +44,7 @@ class ScoringService:
         if not path.exists():
             raise ScoringError(f"no model at {path}: train one first (`cdcf train-model`)")
         model = TrainedModel.load(path)
-        client = redis.Redis(host=settings.redis_host, port=settings.redis_port,
-                             password=settings.redis_password.get_secret_value())
-        from cdcf import features as decl
-
-        join_key = {v.entity.join_key for v in decl.FEATURE_VIEWS if v.name in {f[0] for f in model.features}}.pop()
-        return cls(model, FeatureClient(client, settings.feast_project, join_key, model.features, cache_ttl_s))
+        return cls(model, FeatureClient.for_features(settings, model.features, cache_ttl_s))
 
     def score(self, ids: list) -> dict:
         if not isinstance(ids, list) or not ids:

@@ -16,25 +16,33 @@ from fastapi.testclient import TestClient
 
 from cdcf import features as decl
 from cdcf.feast_config import feature_store
+from cdcf.workload import Workload
 from inference import layout
 from inference.client import FeatureClient
 from inference.model import TrainedModel
 from inference.service import MAX_BATCH, ScoringError, ScoringService, create_app, model_path
 from inference.train import train_from_store
-from tests.conftest import run_cli
+from tests.conftest import run_cli, wait_for
 
 pytestmark = pytest.mark.integration
 SERVICE = "fraud_detection_v1"
 
 
-@pytest.fixture(scope="module")
-def users(settings) -> list[int]:
-    """Users the streaming job has served (the sample data and other tests' workloads make them)."""
+def _served_users(settings) -> list[int]:
     with psycopg2.connect(settings.pg_dsn(settings.offline_db, user=settings.feast_user)) as conn:
         with conn.cursor() as cur:
             cur.execute(f"SELECT DISTINCT user_id FROM {decl.TRANSACTION_RISK.name} ORDER BY 1 LIMIT 200")
             found = [r[0] for r in cur.fetchall()]
     conn.close()
+    return found
+
+
+@pytest.fixture(scope="module")
+def users(settings) -> list[int]:
+    """Users the streaming job has served (a short workload makes them on a fresh stack)."""
+    if len(_served_users(settings)) < 20:
+        Workload(settings, seed=random.randrange(10**6)).run(200, 10, burst_every_s=0)
+    found = wait_for(lambda: (u := _served_users(settings)) and len(u) >= 20 and u, 120, "served users")
     assert len(found) >= 20
     return found
 

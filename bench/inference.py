@@ -6,7 +6,7 @@ Redis pipeline of the same keys (HGETALL, no decoding) as the baseline.
 It needs only numpy, torch, redis, hiredis and mmh3, so it runs on a GPU host with no network and no Redis:
 `scripts/prepare-gpu-bench.sh` packs a redis-server unpacked from Debian's packages and the small wheels.
 
-    python -m inference.bench --redis-server /usr/bin/redis-server [--out results.json]
+    python -m bench.inference --redis-server /usr/bin/redis-server [--out results.json]
 """
 
 from __future__ import annotations
