@@ -12,7 +12,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml scripts/install-system.sh
 	bash scripts/install-system.sh
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[test,inference]'
+	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[test,inference,bench]'
 	touch $@
 
 up: install

@@ -115,6 +115,35 @@ def measure(feature_client: FeatureClient, model: TrainedModel, entities: int, s
     return out
 
 
+def run(redis_server: str = "redis-server", redis_libs: str | None = None, entities: int = 100_000,
+        repeats: int = 300) -> dict:
+    (service,) = [s for s in decl.FEATURE_SERVICES if s.name == SERVICE]
+    features = [(v.name, f.name) for v in service.views for f in v.features]
+    server, port = start_redis(redis_server, redis_libs)
+    try:
+        client = redis.Redis(port=port)
+        fill(client, features, entities)
+        result = {"machine": f"{platform.node()}: {os.cpu_count()} cores, {platform.platform()}",
+                  "python": platform.python_version(), "torch": torch.__version__,
+                  "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+                  "entities_in_redis": entities, "feature_service": SERVICE, "features": len(features),
+                  "repeats": repeats}
+        devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+        for name in devices:
+            n = len(features)
+            model = TrainedModel(Scorer(n, np.zeros(n), np.ones(n)).to(name).eval(), SERVICE, features,
+                                 "txn_next_7d", {})
+            feature_client = FeatureClient(client, PROJECT, "user_id", features)
+            with frozen_heap():  # as the scoring service serves
+                result[name] = measure(feature_client, model, entities, repeats=repeats)
+        best = result[devices[-1]]
+        result.update({"infer_device": devices[-1],
+                       **{f"infer_{size}_p99_ms": best[size]["fetch_and_score"]["p99_ms"] for size in (1, 100, 1024)}})
+    finally:
+        server.kill()
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--redis-server", default="redis-server")
@@ -123,30 +152,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=300)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    (service,) = [s for s in decl.FEATURE_SERVICES if s.name == SERVICE]
-    features = [(v.name, f.name) for v in service.views for f in v.features]
-    server, port = start_redis(args.redis_server, args.redis_libs)
-    try:
-        client = redis.Redis(port=port)
-        fill(client, features, args.entities)
-        result = {"machine": f"{platform.node()}: {os.cpu_count()} cores, {platform.platform()}",
-                  "python": platform.python_version(), "torch": torch.__version__,
-                  "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-                  "entities_in_redis": args.entities, "feature_service": SERVICE, "features": len(features),
-                  "repeats": args.repeats}
-        devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-        for name in devices:
-            n = len(features)
-            model = TrainedModel(Scorer(n, np.zeros(n), np.ones(n)).to(name).eval(), SERVICE, features,
-                                 "txn_next_7d", {})
-            feature_client = FeatureClient(client, PROJECT, "user_id", features)
-            with frozen_heap():  # as the scoring service serves
-                result[name] = measure(feature_client, model, args.entities, repeats=args.repeats)
-        best = result[devices[-1]]
-        result.update({"infer_device": devices[-1],
-                       **{f"infer_{size}_p99_ms": best[size]["fetch_and_score"]["p99_ms"] for size in (1, 100, 1024)}})
-    finally:
-        server.kill()
+    result = run(args.redis_server, args.redis_libs, args.entities, args.repeats)
     text = json.dumps(result, indent=2, default=str)
     print(text)
     if args.out:

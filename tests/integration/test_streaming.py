@@ -16,12 +16,11 @@ from datetime import datetime, timedelta
 
 import psycopg2
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
 
 from cdcf import features as decl
 from cdcf.feast_config import feature_store
 from cdcf.stack.background import STREAMING
-from cdcf.workload import Workload
+from cdcf.workload import Workload, redeliver
 from tests import oracle
 from tests.conftest import wait_for
 
@@ -140,35 +139,10 @@ def test_the_cdc_story_is_exact_for_every_aggregate(settings, store):
 
     # Debezium is at-least-once: the same change events again change nothing, not even the as-of times
     before, read_before = values(), _status(settings)["changes"]
-    replayed = _replay(settings, set(txn))
+    replayed = redeliver(settings, "transactions", lambda msg: _txn_id(msg.key()) in set(txn))
     assert replayed >= 8
     wait_for(lambda: _status(settings)["changes"] >= read_before + replayed, 60, "the job to read the duplicates")
     assert values() == before
-
-
-def _replay(settings, keys: set[int]) -> int:
-    """Produce every change event of the given transactions again, as Debezium does after a crash."""
-
-    topic = f"{settings.topic_prefix}.public.transactions"
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"replay-{time.time()}",
-                         "enable.auto.commit": False, "log_level": 0})
-    _, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
-    consumer.assign([TopicPartition(topic, 0, 0)])
-    ours = []
-    while True:
-        msg = consumer.poll(1.0)
-        if msg is None or msg.error():
-            continue
-        if msg.value() is not None and _txn_id(msg.key()) in keys:
-            ours.append(msg)
-        if msg.offset() >= high - 1:
-            break
-    consumer.close()
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
-    for msg in ours:
-        producer.produce(topic, key=msg.key(), value=msg.value())
-    assert producer.flush(10) == 0
-    return len(ours)
 
 
 def _txn_id(key: bytes | None) -> int | None:

@@ -1,0 +1,241 @@
+"""BENCHMARKS.md and its PNG plots, rendered from one latest.json (bench.run)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402 - after the backend is chosen
+
+# (key, what, baseline key or None, target as text, met(result) or None)
+ROWS = [
+    ("freshness_p50_s", "freshness p50 (s), COMMIT -> get_online_features", None, "<= 1 s",
+     lambda r: r["freshness_p50_s"] <= 1),
+    ("freshness_p99_s", "freshness p99 (s)", None, "<= 2 s", lambda r: r["freshness_p99_s"] <= 2),
+    ("capacity_changes_per_s", "capacity (changes/s held 3 min)", None, ">= 20,000",
+     lambda r: r["capacity_changes_per_s"] >= 20_000),
+    ("online_read_1_p50_ms", "online read, 1 entity, p50 (ms)", "online_read_1_raw_p50_ms", "<= 1.3x raw",
+     lambda r: r["online_read_1_p50_ms"] <= 1.3 * r["online_read_1_raw_p50_ms"]),
+    ("online_read_1_p99_ms", "online read, 1 entity, p99 (ms)", None, "", None),
+    ("online_read_1_feast_p50_ms", "Feast get_online_features, 1 entity, p50 (ms)", None, "", None),
+    ("online_read_100_p50_ms", "online read, 100 entities, p50 (ms)", "online_read_100_raw_p50_ms", "<= 1.3x raw",
+     lambda r: r["online_read_100_p50_ms"] <= 1.3 * r["online_read_100_raw_p50_ms"]),
+    ("online_read_100_p99_ms", "online read, 100 entities, p99 (ms)", None, "", None),
+    ("online_read_100_feast_p50_ms", "Feast get_online_features, 100 entities, p50 (ms)", None, "", None),
+    ("write_rows_per_s", "online writes (rows/s)", "write_feast_push_rows_per_s", ">= 100,000",
+     lambda r: r["write_rows_per_s"] >= 100_000),
+    ("pit_s", "point-in-time training set (s)", None, "1M rows <= 30 s (scaled linearly)",
+     lambda r: r["pit_s"] * 1_000_000 / r["pit_rows"] <= 30),
+    ("pit_same_rows_s", "training set on Feast's rows (s)", "pit_feast_s", "", None),
+    ("backfill_s", "backfill (s)", None, "10M changes <= 300 s (scaled linearly)",
+     lambda r: r["backfill_s"] * 10_000_000 / r["backfill_changes"] <= 300),
+    ("oracle_online_match", "oracle: online values equal", None, "1.0", lambda r: r["oracle_online_match"] == 1),
+    ("oracle_offline_match", "oracle: offline values equal", None, "1.0", lambda r: r["oracle_offline_match"] == 1),
+    ("infer_1024_p99_ms", "fetch + score, 1,024 entities, p99 (ms)", None, "<= 10 ms on a GPU",
+     lambda r: r["infer_device"] == "cuda" and r["infer_1024_p99_ms"] <= 10),
+]
+
+
+def fmt(value) -> str:
+    if isinstance(value, float):
+        if abs(value) >= 100:
+            return f"{value:,.0f}"
+        text = f"{value:.3f}".rstrip("0")
+        return text + "0" if text.endswith(".") else text
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def plots(r: dict, out: Path) -> dict[str, str]:
+    made = {}
+
+    def save(fig, name: str, title: str) -> None:
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        made[title] = name
+
+    samples = r["freshness_samples_s"]
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    ax.plot(samples, [(i + 1) / len(samples) for i in range(len(samples))], drawstyle="steps-post")
+    for target, label in ((1, "p50 target"), (2, "p99 target")):
+        ax.axvline(target, color="grey", linestyle="--", linewidth=0.8)
+        ax.text(target, 0.03, f" {label}", fontsize=8, color="grey")
+    ax.set(xlabel="COMMIT -> served by get_online_features (s)", ylabel="fraction of probes",
+           title=f"Freshness at {fmt(r['workload']['freshness_rate'])} changes/s ({len(samples)} probes)")
+    save(fig, "freshness_cdf.png", "Freshness CDF")
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for step in r["capacity_steps"]:
+        points = sorted(step["probes"] + step["unserved"])
+        left.plot([t for t, _ in points], [s for _, s in points], marker=".", linewidth=0.8,
+                  label=f"{fmt(step['target_changes_per_s'])}/s{'' if step['held'] else ' (not held)'}")
+    left.axhline(r["capacity_bound_s"], color="grey", linestyle="--", linewidth=0.8)
+    left.set(xlabel="seconds into the step (probe committed)", ylabel="COMMIT -> served (s)", yscale="log",
+             title="Probe lag during each step")
+    left.legend(fontsize=7)
+    steps = r["capacity_steps"]
+    right.plot([s["target_changes_per_s"] for s in steps], [s["achieved_changes_per_s"] for s in steps], marker="o")
+    for s in steps:
+        right.annotate("held" if s["held"] else "not held", (s["target_changes_per_s"], s["achieved_changes_per_s"]),
+                       fontsize=7, textcoords="offset points", xytext=(4, -10))
+    right.set(xlabel="target rate (changes/s)", ylabel="achieved rate (changes/s)", title="Capacity sweep")
+    save(fig, "capacity_sweep.png", "Capacity sweep")
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    paths = [("ours", "FeatureClient (ours)"), ("raw", "raw Redis pipeline"), ("feast", "Feast SDK")]
+    for k, (path, label) in enumerate(paths):
+        xs = [n + (k - 1) * 0.27 for n in range(2)]
+        ax.bar(xs, [r["online_reads"][size][path]["p50_ms"] for size in ("1", "100")], width=0.27, label=label)
+    ax.set_xticks([0, 1], ["1 entity", "100 entities"])
+    ax.set(ylabel="p50 latency (ms, log)", yscale="log", title="Online reads of fraud_detection_v1")
+    ax.legend(fontsize=8)
+    save(fig, "read_latency.png", "Online read latency")
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    bars = [(f"Feast get_historical_features\n{fmt(r['pit_feast_rows'])} rows", r["pit_feast_s"]),
+            (f"ours, same {fmt(r['pit_feast_rows'])} rows", r["pit_same_rows_s"]),
+            (f"ours, {fmt(r['pit_rows'])} rows", r["pit_s"])]
+    ax.bar([b[0] for b in bars], [b[1] for b in bars], color=["tab:orange", "tab:blue", "tab:blue"])
+    for n, (_, s) in enumerate(bars):
+        ax.text(n, s, f"{s:.2f} s", ha="center", va="bottom", fontsize=8)
+    ax.set(ylabel="seconds", title="Point-in-time training set")
+    ax.tick_params(axis="x", labelsize=8)
+    save(fig, "training_set.png", "Training-set time")
+    return made
+
+
+def render(r: dict, out: Path, markdown: Path) -> None:
+    """Write the plots into ``out`` and the report to ``markdown`` (plots linked relative to it)."""
+    images = plots(r, out)
+    rel = Path(os.path.relpath(out, markdown.parent))
+    m, w = r["machine"], r["workload"]
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Rendered by `python -m bench.run` ({w['size']} run, seed {w['seed']}) from "
+        f"[`{rel / 'latest.json'}`]({rel / 'latest.json'}); rerun with `make bench`. Every figure below was measured "
+        "in that one run, each beside its baseline, on the machine described here.",
+        "",
+        f"**Machine:** {m['description']}. Python {m['python']}; "
+        + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if k != "jars")
+        + f"; jars: {', '.join(m['versions']['jars'])}. The whole stack (Postgres, Kafka, Connect + Debezium, Spark, "
+        "Redis) and the load generator share these cores.",
+        "",
+        "## Summary",
+        "",
+        "| measure | value | baseline (same run) | target | met? |",
+        "|---|---|---|---|---|",
+    ]
+    for key, what, baseline, target, met in ROWS:
+        verdict = "" if met is None else ("yes" if met(r) else "**no**")
+        base = f"{fmt(r[baseline])} (`{baseline}`)" if baseline else ""
+        lines.append(f"| {what} (`{key}`) | {fmt(r[key])} | {base} | {target} | {verdict} |")
+    lines += [
+        "",
+        f"Sizes: training set {fmt(r['pit_rows'])} rows, Feast baseline {fmt(r['pit_feast_rows'])} rows; backfill "
+        f"{fmt(r['backfill_changes'])} changes of {w['backfill_users']:,} users over 30 days -> "
+        f"{fmt(r['backfill_rows_written'])} offline rows; inference on `{r['infer_device']}` "
+        f"(1 / 100 / 1,024 entities p99: {r['infer_1_p99_ms']} / {r['infer_100_p99_ms']} / {r['infer_1024_p99_ms']} "
+        "ms).",
+        "",
+        "## Freshness",
+        "",
+        f"The workload commits {fmt(w['freshness_rate'])} changes/s (one per transaction) for "
+        f"{w['freshness_seconds']} s, {w['freshness_runs']} runs. A prober updates a probe transaction every 0.25 s; "
+        "an independent poller calls `get_online_features` every 10 ms until it returns the new value. The figures "
+        "are the medians over runs of each run's p50 and p99; the plot has every probe.",
+        "",
+        "| run | probes | served | p50 (s) | p99 (s) |",
+        "|---|---|---|---|---|",
+        *[f"| {n + 1} | {x['probes']} | {x['served']} | {x['p50_s']} | {x['p99_s']} |"
+          for n, x in enumerate(r["freshness_runs"])],
+        "",
+        f"![freshness]({rel / images['Freshness CDF']})",
+        "",
+        "## Capacity",
+        "",
+        f"Each step holds a rate for {w['capacity_hold_s']} s (transactions of up to rate/500 changes); a probe a "
+        f"second measures COMMIT -> served. A step is held when the generator reached 95% of its rate and every "
+        f"probe of the second half was served within {w['capacity_bound_s']} s; the sweep stops at the first step "
+        "not held. Capacity is the highest achieved rate held.",
+        "",
+        "| target (changes/s) | achieved | second-half max lag (s) | held | generator-limited |",
+        "|---|---|---|---|---|",
+        *[f"| {fmt(s['target_changes_per_s'])} | {fmt(s['achieved_changes_per_s'])} | "
+          f"{s['second_half_max_lag_s']} | {'yes' if s['held'] else 'no'} | {'yes' if s['generator_limited'] else ''} |"
+          for s in r["capacity_steps"]],
+        "",
+        f"![capacity]({rel / images['Capacity sweep']})",
+        "",
+        "## Online reads and writes",
+        "",
+        f"Reads of `{r['online_read_service']}` ({r['online_read_entities']} entities with values), the three paths "
+        f"interleaved on the same random ids, {r['online_read_repeats']} reads per run, median of "
+        f"{r['online_read_runs']} runs:",
+        "",
+        "| entities | ours p50 / p99 (ms) | raw pipeline p50 / p99 | Feast SDK p50 / p99 |",
+        "|---|---|---|---|",
+        *[f"| {size} | " + " | ".join(f"{v[p]['p50_ms']} / {v[p]['p99_ms']}" for p in ("ours", "raw", "feast")) + " |"
+          for size, v in r["online_reads"].items()],
+        "",
+        f"![reads]({rel / images['Online read latency']})",
+        "",
+        f"Writes of `{r['write_view']}` rows (one entity's values and as-of time): the streaming job's writer "
+        f"{fmt(r['write_rows_per_s'])} rows/s ({fmt(r['write_rows'])} rows per run) against Feast `push(to=ONLINE)` "
+        f"{fmt(r['write_feast_push_rows_per_s'])} rows/s ({fmt(r['write_feast_rows'])} rows per run); medians of "
+        f"{r['write_runs']} runs.",
+        "",
+        "## Training sets and backfill",
+        "",
+        f"A synthetic history of {fmt(r['backfill_changes'])} changes in the archive's format (scratch database), "
+        f"backfilled by Spark in {r['backfill_s']} s ({r['backfill_rejects']} rejects). Point-in-time sets of "
+        "`fraud_detection_v1` for random users at random times:",
+        "",
+        f"![training]({rel / images['Training-set time']})",
+        "",
+        "## Oracle",
+        "",
+    ]
+    o = r["oracle_workload"]
+    lines += [
+        f"A randomized workload ({sum(o['changes'].values()):,} changes: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(o["changes"].items()))
+        + f") on a fresh entity range, then {o['duplicates_redelivered']:,} of its change events produced to Kafka "
+        "again (Debezium's at-least-once redelivery). A brute-force SQL query over the change history "
+        "(`bench/oracle.py`, no pipeline code) recomputes each value at the as-of time it was served with, "
+        "compared to the bit and by type.",
+        "",
+        f"- online: {r['oracle_online_compared']:,} values (every feature of every entity of the range), match "
+        f"**{r['oracle_online_match']}**",
+        f"- offline: {r['oracle_offline_compared']:,} values ({r['oracle_offline_streamed_compared']:,} from rows "
+        f"the streaming job wrote, {r['oracle_offline_backfilled_compared']:,} from backfilled rows), match "
+        f"**{r['oracle_offline_match']}**",
+        "",
+    ]
+    if r["oracle_mismatches"]:
+        lines += ["| where | view | entity | as of | feature | served | oracle |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {x['where']} | {x['view']} | {x['entity']} | {x['as_of']} | {x['feature']} | {x['served']!r} | "
+                  f"{x['oracle']!r} |" for x in r["oracle_mismatches"]]
+    else:
+        lines.append("No mismatches.")
+    gpu = r.get("gpu_inference")
+    lines += ["", "## Inference", "",
+              f"Fetch + score on this machine ({r['infer_device']}), its own Redis holding "
+              f"{r['inference']['entities_in_redis']:,} entities:", "",
+              *_inference_table(r["inference"][r["infer_device"]])]
+    if gpu:
+        lines += ["", f"Recorded separately on a GPU host ({gpu['gpu']}; {gpu['machine']}; torch {gpu['torch']}) by "
+                  "`scripts/gpu-bench.sh`, from `bench/results/inference_gpu.json`:", "",
+                  *_inference_table(gpu["cuda"])]
+    lines += ["", "## Phases", "", ", ".join(f"{k} {v} s" for k, v in r["phase_s"].items()) + "."]
+    markdown.write_text("\n".join(lines) + "\n")
+
+
+def _inference_table(sizes: dict) -> list[str]:
+    return ["| entities | fetch + score p50 / p99 (ms) | fetch alone p50 | raw Redis pipeline p50 |",
+            "|---|---|---|---|",
+            *[f"| {n} | {v['fetch_and_score']['p50_ms']} / {v['fetch_and_score']['p99_ms']} | {v['fetch']['p50_ms']} | "
+              f"{v['raw_redis_pipeline']['p50_ms']} |" for n, v in sizes.items()]]

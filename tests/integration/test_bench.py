@@ -1,0 +1,68 @@
+"""The benchmark harness at tiny sizes (`python -m bench.run --smoke`), so that it cannot rot: every SPEC section 6
+key is a number, the report and its plots are written, and the oracle finds every online and offline value of the
+randomized workload (duplicates included) equal to its brute-force SQL computation."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from numbers import Number
+
+import pytest
+
+from bench.report import fmt
+from cdcf.settings import PROJECT_ROOT
+
+KEYS = ("freshness_p50_s freshness_p99_s capacity_changes_per_s online_read_1_p50_ms online_read_1_p99_ms "
+        "online_read_1_raw_p50_ms online_read_100_p50_ms online_read_100_p99_ms online_read_100_raw_p50_ms "
+        "online_read_100_feast_p50_ms write_rows_per_s write_feast_push_rows_per_s pit_rows pit_s pit_feast_rows "
+        "pit_feast_s backfill_changes backfill_s oracle_online_match oracle_offline_match infer_1_p99_ms "
+        "infer_100_p99_ms infer_1024_p99_ms").split()
+
+
+@pytest.fixture(scope="module")
+def smoke(settings, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    run = subprocess.run([sys.executable, "-m", "bench.run", "--smoke", "--out", str(out), "--seed", "4242"],
+                         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return out, json.loads((out / "latest.json").read_text())
+
+
+def test_every_spec_key_is_measured_beside_its_baseline(smoke):
+    _, result = smoke
+    for key in KEYS:
+        assert isinstance(result[key], Number) and not isinstance(result[key], bool), key
+    assert result["infer_device"] in ("cpu", "cuda")
+    assert result["pit_rows"] == 500 and result["pit_feast_rows"] == 100 and result["backfill_changes"] > 2_000
+    assert result["online_read_100_raw_p50_ms"] > 0 and result["write_feast_push_rows_per_s"] > 0
+    assert result["machine"]["cpus"] >= 1 and result["machine"]["versions"]["feast"]
+    assert result["workload"]["size"] == "smoke" and result["workload"]["seed"] == 4242
+    assert len(result["freshness_runs"]) == 2 and all(r["served"] > 0 for r in result["freshness_runs"])
+    assert result["capacity_steps"] and result["capacity_steps"][0]["target_changes_per_s"] == 100
+
+
+def test_the_oracle_finds_every_value_exact(smoke):
+    _, result = smoke
+    work = result["oracle_workload"]
+    assert work["caught_up"] and work["duplicates_redelivered"] > 0
+    assert {"insert_txn", "move_owner", "delete_txn", "backdated_txn"} <= set(work["changes"])
+    assert result["oracle_online_compared"] > 100 and result["oracle_offline_streamed_compared"] > 50
+    assert result["oracle_offline_backfilled_compared"] > 50
+    assert result["oracle_mismatches"] == []
+    assert result["oracle_online_match"] == 1.0 and result["oracle_offline_match"] == 1.0
+
+
+def test_the_report_and_its_plots_are_written(smoke):
+    out, result = smoke
+    report = (out / "BENCHMARKS.md").read_text()
+    for name in ("freshness_cdf.png", "capacity_sweep.png", "read_latency.png", "training_set.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert f"]({name})" in report
+    for key in KEYS:
+        if key not in ("pit_rows", "pit_feast_rows", "backfill_changes", "online_read_1_raw_p50_ms",
+                       "online_read_100_raw_p50_ms", "write_feast_push_rows_per_s", "pit_feast_s", "infer_1_p99_ms",
+                       "infer_100_p99_ms"):
+            assert f"(`{key}`) | {fmt(result[key])} |" in report, key
+    assert "No mismatches." in report
