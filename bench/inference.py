@@ -29,7 +29,7 @@ import redis
 import torch
 
 from cdcf import features as decl
-from inference import layout
+from cdcf import layout
 from inference.client import FeatureClient
 from inference.model import Scorer, TrainedModel, frozen_heap
 

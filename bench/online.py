@@ -9,13 +9,13 @@ from __future__ import annotations
 import random
 import statistics
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 from feast.data_source import PushMode
 
 from cdcf import features as decl
-from inference import layout
+from cdcf import layout
 from inference.client import FeatureClient
 from streaming.online import OnlineWriter
 
@@ -79,17 +79,18 @@ def writes(settings, store, rows: int, feast_rows: int, runs: int = 3) -> dict:
     rng = random.Random(6)
     now = datetime.now(UTC)
 
-    def values() -> tuple:
-        return rng.randrange(50), round(rng.random() * 900, 2), round(rng.random() * 500, 2)
+    def values() -> tuple:  # an as-of time (each entity its own, as in a streaming batch) and the view's values
+        return (now - timedelta(microseconds=rng.randrange(60_000_000)), rng.randrange(50),
+                round(rng.random() * 900, 2), round(rng.random() * 500, 2))
 
     writer = OnlineWriter(settings)
     ours, feast = [], []
     for _ in range(runs):
-        batch = [(SCRATCH_BASE + i, now, *values()) for i in range(rows)]
+        batch = [(SCRATCH_BASE + i, *values()) for i in range(rows)]
         started = time.perf_counter()
         writer.write(view, batch)
         ours.append(rows / (time.perf_counter() - started))
-        frame = pd.DataFrame([(SCRATCH_BASE + i, now, *values()) for i in range(feast_rows)],
+        frame = pd.DataFrame([(SCRATCH_BASE + i, *values()) for i in range(feast_rows)],
                              columns=[view.entity.join_key, decl.EVENT_TIMESTAMP, *(f.name for f in view.features)])
         started = time.perf_counter()
         store.push(view.push_source, frame, to=PushMode.ONLINE)

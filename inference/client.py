@@ -1,5 +1,5 @@
 """The hot-path feature client: a feature service's values for a batch of entities, straight from Redis in Feast's
-layout (inference.layout), with each view's as-of time.
+layout (cdcf.layout), with each view's as-of time.
 
 One HMGET per entity of only the fields the model needs (never HGETALL), all written in one send: the commands are
 packed by hand (the fields part once) and the replies read by hiredis, which skips redis-py's per-command pipeline
@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 import numpy as np
 import redis
 
-from inference import layout
+from cdcf import layout
 
 
 @dataclass(frozen=True)
@@ -105,22 +105,8 @@ class FeatureClient:
         return [found[i] for i in ids]
 
     def _hmget_all(self, ids: list[int]) -> list[list]:
-        keys = [layout.entity_key(self.prefix, i, self.project) for i in ids]
-        packed = b"".join(b"%s$%d\r\n%s\r\n%s" % (self._head, len(k), k, self._tail) for k in keys)
-        pool = self.client.connection_pool
-        conn = pool.get_connection()
-        try:
-            conn.send_packed_command([packed])
-            replies = [conn.read_response() for _ in keys]
-        except BaseException:
-            conn.disconnect()  # replies may be half read: never hand this connection out again as it is
-            raise
-        finally:
-            pool.release(conn)
-        for reply in replies:
-            if isinstance(reply, redis.ResponseError):
-                raise reply
-        return replies
+        return layout.execute_packed(self.client, [b"%s%s%s" % (self._head, layout.bulk(
+            layout.entity_key(self.prefix, i, self.project)), self._tail) for i in ids], chunk=len(ids) or 1)
 
     def close(self) -> None:
         self.client.close()

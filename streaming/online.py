@@ -1,28 +1,21 @@
 """Write feature rows into Redis in Feast's own layout, so that get_online_features and `feast serve` read them.
 
-Layout (feast.infra.online_stores.redis): one hash per entity, key = serialized EntityKey + project; field =
-murmur3 of "view:feature" holding a ValueProto; "_ts:view" holding the as-of time as a protobuf Timestamp. The
-keys and hashes come from Feast's own helpers; one pipeline per batch. Rows must carry increasing as-of times
-per entity (the state guarantees it), as Feast's own writer would skip older ones.
+Layout (feast.infra.online_stores.redis, spelled out in cdcf/layout.py and checked against Feast's helpers by the
+unit tests): one hash per entity, key = serialized EntityKey + project; field = murmur3 of "view:feature" holding a
+ValueProto typed by the feature's declared dtype; "_ts:view" holding the as-of time as a protobuf Timestamp. The
+HSET commands are packed by hand and sent a few thousand per write. Rows must carry increasing as-of times per
+entity (the state guarantees it), as Feast's own writer would skip older ones.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
 
 import redis
-from feast.infra.key_encoding_utils import serialize_entity_key
-from feast.infra.online_stores.helpers import _mmh3
-from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-from feast.protos.feast.types.Value_pb2 import Value
-from google.protobuf.timestamp_pb2 import Timestamp
 
+from cdcf import layout
 from cdcf.features import FeatureView
 from cdcf.settings import Settings
-
-ENTITY_KEY_VERSION = 3
-VALUE_FIELD = {"int64": "int64_val", "float64": "double_val", "string": "string_val"}
 
 
 class OnlineWriter:
@@ -30,51 +23,48 @@ class OnlineWriter:
         self.project = settings.feast_project.encode()
         self.client = redis.Redis(host=settings.redis_host, port=settings.redis_port,
                                   password=settings.redis_password.get_secret_value())
-        self._fields: dict[str, tuple[bytes, ...]] = {}
+        self._views: dict[str, tuple] = {}
+
+    def _layout(self, view: FeatureView) -> tuple:
+        """Per view: key prefix, the packed "_ts" field, value encoders, and the HSET command as a template of
+        key, as-of time and each value (both lengths given, values as whole bulk strings)."""
+        if view.name not in self._views:
+            ts_field = layout.bulk(layout.ts_field(view.name)).replace(b"%", b"%%")
+            fields = b"".join(layout.bulk(layout.field(view.name, f.name)).replace(b"%", b"%%") + b"%s"
+                              for f in view.features)
+            self._views[view.name] = (
+                layout.key_prefix(view.entity.join_key), layout.bulk(layout.ts_field(view.name)),
+                [layout.BULK_ENCODERS[f.dtype] for f in view.features],
+                b"*%d\r\n$4\r\nHSET\r\n" % (4 + 2 * len(view.features)) + b"$%d\r\n%s\r\n" + ts_field
+                + b"$%d\r\n%s\r\n" + fields)
+        return self._views[view.name]
 
     def write(self, view: FeatureView, rows: Iterable[tuple], *, only_newer: bool = False) -> int:
         """Write rows ``(entity id, as-of time, *values in declaration order)`` of ``view``; return the count.
         ``only_newer`` skips rows not newer than what Redis holds (as Feast's own writer does), at the cost of a
         read first: for writers that may race the streaming job."""
-        fields = self._fields.setdefault(view.name, tuple(_mmh3(f"{view.name}:{f.name}") for f in view.features))
-        kinds = [VALUE_FIELD[f.dtype] for f in view.features]
-        ts_field = f"_ts:{view.name}".encode()
+        prefix, ts_bulk, encoders, template = self._layout(view)
         rows = list(rows)
         if only_newer:
-            with self.client.pipeline(transaction=False) as pipe:
-                for entity_id, *_ in rows:
-                    pipe.hget(self._key(view, entity_id), ts_field)
-                held = pipe.execute()
+            held = layout.execute_packed(self.client, [
+                b"*3\r\n$4\r\nHGET\r\n%s%s" % (layout.bulk(layout.entity_key(prefix, row[0], self.project)), ts_bulk)
+                for row in rows])
             rows = [row for row, stamp in zip(rows, held, strict=True) if _newer(row[1], stamp)]
-        count = 0
-        with self.client.pipeline(transaction=False) as pipe:
-            for entity_id, as_of, *values in rows:
-                mapping = {ts_field: _timestamp(as_of)}
-                for field, kind, value in zip(fields, kinds, values, strict=True):
-                    mapping[field] = (Value() if value is None else Value(**{kind: value})).SerializeToString()
-                pipe.hset(self._key(view, entity_id), mapping=mapping)
-                count += 1
-            pipe.execute()
-        return count
-
-    def _key(self, view: FeatureView, entity_id: int) -> bytes:
-        key = EntityKey(join_keys=[view.entity.join_key], entity_values=[Value(int64_val=entity_id)])
-        return serialize_entity_key(key, entity_key_serialization_version=ENTITY_KEY_VERSION) + self.project
+        stamps: dict = {}  # as-of time -> its encoding: rows of a batch share few
+        commands = []
+        for entity_id, as_of, *values in rows:
+            key = layout.entity_key(prefix, entity_id, self.project)
+            stamp = stamps.get(as_of) or stamps.setdefault(as_of, layout.encode_timestamp(as_of))
+            commands.append(template % (len(key), key, len(stamp), stamp, *[
+                layout.NULL_BULK if value is None else encode(value)
+                for encode, value in zip(encoders, values, strict=True)]))
+        layout.write_packed(self.client, commands)
+        return len(rows)
 
     def close(self) -> None:
         self.client.close()
 
 
-def _timestamp(as_of: datetime) -> bytes:
-    ts = Timestamp()
-    ts.FromDatetime(as_of)
-    return ts.SerializeToString()
-
-
-def _newer(as_of: datetime, held: bytes | None) -> bool:
-    if held is None:
-        return True
-    stamp, ours = Timestamp(), Timestamp()
-    stamp.ParseFromString(held)
-    ours.FromDatetime(as_of)
-    return ours.ToMicroseconds() > stamp.ToMicroseconds()
+def _newer(as_of, held: bytes | None) -> bool:
+    stamp = layout.decode_timestamp(held)
+    return stamp is None or layout.decode_timestamp(layout.encode_timestamp(as_of)) > stamp

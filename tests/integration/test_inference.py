@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from cdcf import features as decl
 from cdcf.feast_config import feature_store
 from cdcf.workload import Workload
-from inference import layout
+from cdcf import layout
 from inference.client import FeatureClient
 from inference.model import TrainedModel
 from inference.service import MAX_BATCH, ScoringError, ScoringService, create_app, model_path

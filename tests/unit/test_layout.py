@@ -1,4 +1,4 @@
-"""inference.layout writes and reads Feast's Redis layout byte for byte, checked against Feast's own helpers."""
+"""cdcf.layout writes and reads Feast's Redis layout byte for byte, checked against Feast's own helpers."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from inference import layout
+from cdcf import layout
 
 
 @pytest.mark.parametrize("entity_id", [0, 1, 42, 10**13, 2**63 - 1, -7])
