@@ -30,10 +30,7 @@ test: install
 demo: install
 	$(CDCF) demo
 
-# The full benchmark of SPEC section 6 (one latest.json, BENCHMARKS.md) is not built yet; this runs the capture,
-# streaming, batch and inference benchmarks that exist, each writing bench/results/<name>.json.
+# The open benchmark of SPEC section 6 (about 45 minutes on 2 cores): bench/results/latest.json, its plots and
+# BENCHMARKS.md. GPU inference figures come from scripts/gpu-bench.sh on a GPU host (bench/results/inference_gpu.json).
 bench: up
-	$(VENV)/bin/python bench/cdc_capture.py
-	$(VENV)/bin/python bench/streaming.py
-	$(VENV)/bin/python -m bench.offline
-	$(VENV)/bin/python -m bench.inference --redis-server /usr/bin/redis-server --out bench/results/inference_cpu.json
+	$(VENV)/bin/python -m bench.run

@@ -66,14 +66,13 @@ class Workload:
         return self.counts
 
     def changes(self, conn, n: int = 1) -> None:
-        """Commit ``n`` changes of kinds drawn from the mix in one transaction."""
-        done = []
+        """Commit ``n`` changes of kinds drawn from the mix in one transaction (one statement per kind)."""
+        done: Counter[str] = Counter()
         with conn.cursor() as cur:
-            for kind in self.rng.choices(self.kinds, self.weights, k=n):
-                if getattr(self, f"_{kind}")(cur):
-                    done.append(kind)
+            for kind, k in Counter(self.rng.choices(self.kinds, self.weights, k=n)).items():
+                done[kind] = getattr(self, f"_{kind}")(cur, k)
         conn.commit()
-        self.counts.update(done)
+        self.counts.update(+done)
 
     def _load_state(self, cur) -> None:
         self.next_id = {}
@@ -92,15 +91,16 @@ class Workload:
         self.live[table].append(self.next_id[table] - 1)
         return self.next_id[table] - 1
 
-    def _pick(self, table: str, remove: bool = False) -> int | None:
+    def _picks(self, table: str, k: int, remove: bool = False) -> list[int]:
+        """Up to ``k`` distinct live rows of ``table`` (taken out of the live ones with ``remove``)."""
         ids = self.live[table]
-        if not ids:
-            return None
-        i = self.rng.randrange(len(ids))
+        chosen = sorted(self.rng.sample(range(len(ids)), min(k, len(ids))), reverse=True)
+        picked = [ids[i] for i in chosen]
         if remove:
-            ids[i], ids[-1] = ids[-1], ids[i]
-            return ids.pop()
-        return ids[i]
+            for i in chosen:  # highest first, so each swap-and-pop leaves the lower positions valid
+                ids[i] = ids[-1]
+                ids.pop()
+        return picked
 
     def _user(self) -> int:
         return self.base + self.rng.randint(1, self.users)
@@ -111,72 +111,75 @@ class Workload:
     def _now(self) -> datetime:
         return datetime.now(UTC)
 
-    def _insert_txn(self, cur, backdate: timedelta = timedelta(0)) -> bool:
-        cur.execute("INSERT INTO transactions VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING", (
-            self._new_id("transactions"), self._user(), self._product(),
-            round(self.rng.uniform(1, 500), 2), self.rng.choice(("acme", "globex", "initech")),
-            self._now() - backdate, self._now()))
-        return cur.rowcount == 1
+    def _insert(self, cur, table: str, types: tuple[str, ...], rows: list[tuple], upsert: str = "DO NOTHING") -> int:
+        cur.execute(f"INSERT INTO {table} SELECT * FROM unnest({', '.join(f'%s::{t}[]' for t in types)}) "
+                    f"ON CONFLICT {upsert}", [list(column) for column in zip(*rows, strict=True)])
+        return cur.rowcount
 
-    def _backdated_txn(self, cur) -> bool:
-        return self._insert_txn(cur, timedelta(seconds=self.rng.randrange(60, 29 * 86_400)))
+    def _insert_txn(self, cur, k: int, backdate: Callable[[], timedelta] = lambda: timedelta(0)) -> int:
+        now = self._now()
+        return self._insert(cur, "transactions", ("bigint", "bigint", "bigint", "numeric", "text", "timestamptz",
+                                                  "timestamptz"), [
+            (self._new_id("transactions"), self._user(), self._product(), round(self.rng.uniform(1, 500), 2),
+             self.rng.choice(("acme", "globex", "initech")), now - backdate(), now) for _ in range(k)])
 
-    def _insert_session(self, cur) -> bool:
-        cur.execute("INSERT INTO sessions VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING", (
-            self._new_id("sessions"), self._user(), self._now(), self.rng.randint(5, 3600)))
-        return cur.rowcount == 1
+    def _backdated_txn(self, cur, k: int) -> int:
+        return self._insert_txn(cur, k, lambda: timedelta(seconds=self.rng.randrange(60, 29 * 86_400)))
 
-    def _insert_review(self, cur) -> bool:
-        cur.execute("INSERT INTO reviews VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING", (
-            self._new_id("reviews"), self._product(), self._user(),
-            self.rng.randint(1, 5), self._now()))
-        return cur.rowcount == 1
+    def _insert_session(self, cur, k: int) -> int:
+        return self._insert(cur, "sessions", ("bigint", "bigint", "timestamptz", "int"), [
+            (self._new_id("sessions"), self._user(), self._now(), self.rng.randint(5, 3600)) for _ in range(k)])
 
-    def _update(self, cur, sql: str, table: str, value: object) -> bool:
-        target = self._pick(table)
-        if target is None:
-            return False
-        cur.execute(sql, (value, target))
-        return cur.rowcount == 1
+    def _insert_review(self, cur, k: int) -> int:
+        return self._insert(cur, "reviews", ("bigint", "bigint", "bigint", "int", "timestamptz"), [
+            (self._new_id("reviews"), self._product(), self._user(), self.rng.randint(1, 5), self._now())
+            for _ in range(k)])
 
-    def _update_amount(self, cur) -> bool:
-        return self._update(cur, "UPDATE transactions SET amount = %s, updated_at = now() WHERE txn_id = %s",
-                            "transactions", round(self.rng.uniform(1, 500), 2))
+    def _update(self, cur, table: str, key: str, k: int, assign: str, cast: str, value: Callable[[], object]) -> int:
+        """Set ``assign`` (in terms of v.value) on up to ``k`` distinct live rows, each with its own value."""
+        targets = self._picks(table, k)
+        if not targets:
+            return 0
+        cur.execute(f"UPDATE {table} t SET {assign} FROM unnest(%s::bigint[], %s::{cast}[]) v(id, value) "
+                    f"WHERE t.{key} = v.id", (targets, [value() for _ in targets]))
+        return cur.rowcount
 
-    def _move_event_time(self, cur) -> bool:
-        shift = timedelta(seconds=self.rng.randint(-3 * 86_400, 3_600))
-        return self._update(cur, "UPDATE transactions SET created_at = least(created_at + %s, now()), "
-                                 "updated_at = now() WHERE txn_id = %s", "transactions", shift)
+    def _update_amount(self, cur, k: int) -> int:
+        return self._update(cur, "transactions", "txn_id", k, "amount = v.value, updated_at = now()", "numeric",
+                            lambda: round(self.rng.uniform(1, 500), 2))
 
-    def _move_owner(self, cur) -> bool:
-        return self._update(cur, "UPDATE transactions SET user_id = %s, updated_at = now() WHERE txn_id = %s",
-                            "transactions", self._user())
+    def _move_event_time(self, cur, k: int) -> int:
+        return self._update(cur, "transactions", "txn_id", k, "created_at = least(t.created_at + v.value * "
+                            "interval '1 second', now()), updated_at = now()", "int",
+                            lambda: self.rng.randint(-3 * 86_400, 3_600))
 
-    def _move_review(self, cur) -> bool:
-        return self._update(cur, "UPDATE reviews SET product_id = %s WHERE review_id = %s", "reviews",
-                            self._product())
+    def _move_owner(self, cur, k: int) -> int:
+        return self._update(cur, "transactions", "txn_id", k, "user_id = v.value, updated_at = now()", "bigint",
+                            self._user)
 
-    def _delete(self, cur, table: str, key: str) -> bool:
-        target = self._pick(table, remove=True)
-        if target is None:
-            return False
-        cur.execute(f"DELETE FROM {table} WHERE {key} = %s", (target,))
-        return cur.rowcount == 1
+    def _move_review(self, cur, k: int) -> int:
+        return self._update(cur, "reviews", "review_id", k, "product_id = v.value", "bigint", self._product)
 
-    def _delete_txn(self, cur) -> bool:
-        return self._delete(cur, "transactions", "txn_id")
+    def _delete(self, cur, table: str, key: str, k: int) -> int:
+        targets = self._picks(table, k, remove=True)
+        if not targets:
+            return 0
+        cur.execute(f"DELETE FROM {table} WHERE {key} = ANY(%s)", (targets,))
+        return cur.rowcount
 
-    def _delete_session(self, cur) -> bool:
-        return self._delete(cur, "sessions", "session_id")
+    def _delete_txn(self, cur, k: int) -> int:
+        return self._delete(cur, "transactions", "txn_id", k)
 
-    def _update_user(self, cur) -> bool:
-        cur.execute("INSERT INTO users (user_id, age, income, account_status, signup_date, updated_at) "
-                    "VALUES (%(u)s, %(age)s, %(inc)s, %(st)s, current_date, now()) ON CONFLICT (user_id) DO UPDATE "
-                    "SET income = EXCLUDED.income, account_status = EXCLUDED.account_status, updated_at = now()",
-                    {"u": self._user(), "age": self.rng.randint(18, 80),
-                     "inc": round(self.rng.uniform(15_000, 180_000), 2),
-                     "st": self.rng.choice(("active", "active", "suspended", "closed"))})
-        return cur.rowcount == 1
+    def _delete_session(self, cur, k: int) -> int:
+        return self._delete(cur, "sessions", "session_id", k)
+
+    def _update_user(self, cur, k: int) -> int:
+        users = list(dict.fromkeys(self._user() for _ in range(k)))  # an upsert may touch each row once
+        return self._insert(cur, "users", ("bigint", "int", "numeric", "text", "date", "timestamptz"), [
+            (u, self.rng.randint(18, 80), round(self.rng.uniform(15_000, 180_000), 2),
+             self.rng.choice(("active", "active", "suspended", "closed")), self._now().date(), self._now())
+            for u in users], "(user_id) DO UPDATE SET income = EXCLUDED.income, account_status = "
+                             "EXCLUDED.account_status, updated_at = now()")
 
 
 def topic_end(settings: Settings, table: str) -> int:
