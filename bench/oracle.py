@@ -132,7 +132,11 @@ def compare_online(settings, conn, entity_ranges: dict[str, tuple[int, int]]) ->
         wanted = expected(conn, view, [(i, t) for i, t in zip(ids, as_of, strict=True) if t is not None])
         for n, entity_id in enumerate(ids):
             served = dict(zip([f.name for f in view.features], fetched.row(n), strict=True))
-            verdict.add(view, entity_id, as_of[n], served, wanted.get((entity_id, as_of[n]), {}), "online")
+            if as_of[n] is None:
+                verdict.add(view, entity_id, None, served, {f.name: "(never served)" for f in view.features},
+                            "online")
+            else:
+                verdict.add(view, entity_id, as_of[n], served, wanted[(entity_id, as_of[n])], "online")
     return verdict
 
 
