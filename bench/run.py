@@ -39,7 +39,7 @@ SIZES = {
         "oracle_duplicate_fraction": 0.1, "oracle_offline_rows": 300,
         "read_repeats": 300, "read_runs": 3, "write_rows": 50_000, "write_feast_rows": 5_000, "write_runs": 3,
         "freshness_rate": 1000, "freshness_seconds": 60, "freshness_runs": 3,
-        "capacity_rates": [2000, 3000, 4000, 5000, 6000, 8000, 10000, 15000, 20000], "capacity_hold_s": 180,
+        "capacity_rates": [1000, 1500, 2000, 2500, 3000, 4000, 6000, 8000, 12000, 20000], "capacity_hold_s": 180,
         "capacity_bound_s": 10,
         "backfill_changes": 1_000_000, "backfill_users": 20_000, "backfill_products": 2_000, "pit_rows": 1_000_000,
         "pit_feast_rows": 10_000, "backfill_oracle_rows": 200,
