@@ -105,14 +105,15 @@ def quantile(samples: list[float], q: int) -> float:
     return statistics.quantiles(samples, n=100, method="inclusive")[q - 1]
 
 
-def freshness(settings, store, rate: float, seconds: float, runs: int, seed: int = 7) -> dict:
+def freshness(settings, store, rate: float, seconds: float, runs: int, population: dict, seed: int = 7) -> dict:
     """``runs`` runs of the workload at ``rate`` (transactions of rate/100 changes) for ``seconds`` with a probe
-    every 0.25 s; the median over runs of each run's p50 and p99, and every sample (for the CDF)."""
+    every 0.25 s; the median over runs of each run's p50 and p99, and every sample (for the CDF). ``population``:
+    the workload's users, products and entity_base."""
     prober = Prober(settings, store)
     prober.run(1, 1, timeout_s=180)  # the first probe waits out a cold job; it is not measured
     per_run, achieved = [], []
     for n in range(runs):
-        workload = Workload(settings, seed=seed + n)
+        workload = Workload(settings, seed=seed + n, **population)
         load = threading.Thread(target=lambda w=workload: w.run(rate, seconds, burst_every_s=0,
                                                                 per_commit=max(1, int(rate / 100))))
         load.start()
@@ -133,7 +134,8 @@ def freshness(settings, store, rate: float, seconds: float, runs: int, seed: int
     }
 
 
-def capacity(settings, store, rates: list[float], hold_s: float, bound_s: float, seed: int = 11) -> dict:
+def capacity(settings, store, rates: list[float], hold_s: float, bound_s: float, population: dict,
+             seed: int = 11) -> dict:
     """Hold each rate for ``hold_s`` while probing once a second. A rate is held when the generator reached 95% of
     it and every probe of the second half was served within ``bound_s`` (a lag that grows without bound fails
     this); the sweep stops at the first rate not held. Before each step the job must have drained."""
@@ -143,7 +145,7 @@ def capacity(settings, store, rates: list[float], hold_s: float, bound_s: float,
         drained = prober.run(1, 1, timeout_s=300)
         if not drained.served:
             break
-        workload = Workload(settings, seed=seed + n)
+        workload = Workload(settings, seed=seed + n, **population)
         load = threading.Thread(target=lambda w=workload, r=rate: w.run(
             r, hold_s, burst_every_s=0, per_commit=max(1, int(r * TICK_S))))
         started = time.monotonic()

@@ -143,7 +143,8 @@ def render(r: dict, out: Path, markdown: Path) -> None:
         "",
         "## Freshness",
         "",
-        f"The workload commits {fmt(w['freshness_rate'])} changes/s (transactions of rate/100 changes) for "
+        f"The workload commits {fmt(w['freshness_rate'])} changes/s (transactions of rate/100 changes) over a "
+        f"population of {w['load_users']:,} users and {w['load_products']:,} products of its own for "
         f"{w['freshness_seconds']} s, {w['freshness_runs']} runs. A prober updates a probe transaction every 0.25 s; "
         "an independent poller calls `get_online_features` every 10 ms until it returns the new value. The figures "
         "are the medians over runs of each run's p50 and p99; the plot has every probe.",

@@ -38,7 +38,8 @@ SIZES = {
         "oracle_seconds": 60, "oracle_rate": 300, "oracle_users": 200, "oracle_products": 50,
         "oracle_duplicate_fraction": 0.1, "oracle_offline_rows": 300,
         "read_repeats": 300, "read_runs": 3, "write_rows": 50_000, "write_feast_rows": 5_000, "write_runs": 3,
-        "freshness_rate": 1000, "freshness_seconds": 60, "freshness_runs": 3,
+        "load_users": 20_000, "load_products": 2_000, "freshness_rate": 1000, "freshness_seconds": 60,
+        "freshness_runs": 3,
         "capacity_rates": [1000, 1500, 2000, 2500, 3000, 4000, 6000, 8000, 12000, 20000], "capacity_hold_s": 180,
         "capacity_bound_s": 10,
         "backfill_changes": 1_000_000, "backfill_users": 20_000, "backfill_products": 2_000, "pit_rows": 1_000_000,
@@ -49,7 +50,7 @@ SIZES = {
         "oracle_seconds": 6, "oracle_rate": 100, "oracle_users": 120, "oracle_products": 8,
         "oracle_duplicate_fraction": 0.2, "oracle_offline_rows": 30,
         "read_repeats": 20, "read_runs": 2, "write_rows": 500, "write_feast_rows": 100, "write_runs": 2,
-        "freshness_rate": 100, "freshness_seconds": 4, "freshness_runs": 2,
+        "load_users": 200, "load_products": 20, "freshness_rate": 100, "freshness_seconds": 4, "freshness_runs": 2,
         "capacity_rates": [100, 200], "capacity_hold_s": 8, "capacity_bound_s": 6,
         "backfill_changes": 3_000, "backfill_users": 100, "backfill_products": 20, "pit_rows": 500,
         "pit_feast_rows": 100, "backfill_oracle_rows": 20,
@@ -136,10 +137,16 @@ def main() -> None:
         "read_repeats"], runs=size["read_runs"])))
     result.update(phase("writes", lambda: online.writes(settings, store, size["write_rows"], size["write_feast_rows"],
                                                         size["write_runs"])))
+    # the load of freshness and capacity: a population of its own, as a platform of that rate would have (a small
+    # one gives each entity an ever longer history to recompute, a cost of the workload, not of the rate)
+    population = {"users": size["load_users"], "products": size["load_products"],
+                  "entity_base": random.Random(seed + 1).randrange(1, 9000) * 10**11 + 10**10}
+    result["workload"]["load_entity_base"] = population["entity_base"]
     result.update(phase("freshness", lambda: freshness.freshness(
-        settings, store, size["freshness_rate"], size["freshness_seconds"], size["freshness_runs"], seed)))
+        settings, store, size["freshness_rate"], size["freshness_seconds"], size["freshness_runs"], population, seed)))
     result.update(phase("capacity", lambda: freshness.capacity(
-        settings, store, size["capacity_rates"], size["capacity_hold_s"], size["capacity_bound_s"], seed)))
+        settings, store, size["capacity_rates"], size["capacity_hold_s"], size["capacity_bound_s"], population,
+        seed)))
     batch = phase("offline", lambda: offline.run(
         settings, size["backfill_changes"], size["backfill_users"], size["backfill_products"], size["pit_rows"],
         size["pit_feast_rows"], size["backfill_oracle_rows"],
