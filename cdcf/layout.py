@@ -11,8 +11,8 @@ Tests check every function here against Feast's own helpers and get_online_featu
 from __future__ import annotations
 
 import struct
-from functools import lru_cache
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 
 import mmh3
 import numpy as np

@@ -20,11 +20,11 @@ from batch.backfill import run_backfill
 from batch.seed import seed_online
 from batch.training import TrainingSetError, training_set
 from cdcf import features as decl
+from cdcf import layout
 from cdcf.feast_config import feature_store
 from cdcf.spark import spark_session
 from cdcf.stack.background import STREAMING
 from cdcf.workload import Workload
-from streaming.online import OnlineWriter
 from tests import oracle
 from tests.conftest import wait_for
 
@@ -73,16 +73,15 @@ def _workload_entities(settings, since: datetime) -> dict[decl.Entity, list[int]
 
 
 def _redis_dump(settings, entities: dict[decl.Entity, list[int]]) -> dict[bytes, dict]:
-    writer = OnlineWriter(settings)
     client = redis.Redis(host=settings.redis_host, port=settings.redis_port,
                          password=settings.redis_password.get_secret_value())
+    project = settings.feast_project.encode()
     try:
-        keys = [writer._key(decl.USER_ACTIVITY if e == decl.USER else decl.PRODUCT_STATS, i)
-                for e, ids in entities.items() for i in ids]
+        keys = [layout.entity_key(layout.key_prefix(e.join_key), i, project) for e, ids in entities.items()
+                for i in ids]
         return {key: client.hgetall(key) for key in keys}
     finally:
         client.close()
-        writer.close()
 
 
 def test_seeding_rebuilds_a_flushed_online_store_exactly(settings, history):

@@ -15,9 +15,9 @@ import redis
 from fastapi.testclient import TestClient
 
 from cdcf import features as decl
+from cdcf import layout
 from cdcf.feast_config import feature_store
 from cdcf.workload import Workload
-from cdcf import layout
 from inference.client import FeatureClient
 from inference.model import TrainedModel
 from inference.service import MAX_BATCH, ScoringError, ScoringService, create_app, model_path
