@@ -33,8 +33,8 @@ from cdcf.errors import PipelineError
 from cdcf.features import EVENT_TIMESTAMP
 from cdcf.settings import Settings
 from connectors.archive import TABLE as CHANGELOG
-from streaming.sql import mirrors, views_of
-from streaming.state import csv_buffer
+from cdcf.sources import sources, views_of
+from cdcf.pgcopy import csv_buffer
 
 log = logging.getLogger(__name__)
 
@@ -108,9 +108,9 @@ def run_backfill(spark: SparkSession, settings: Settings, start: datetime | None
 
 
 def _versions(spark, settings, db, end: datetime, result: BackfillResult, progress) -> dict[str, DataFrame]:
-    """Each mirrored table's versions (cached), counting changes and storing rejects."""
+    """Each source table's versions (cached), counting changes and storing rejects."""
     versions = {}
-    for m in mirrors():
+    for m in sources():
         with db.cursor() as cur:
             cur.execute(f"SELECT min(lsn), max(lsn) FROM {CHANGELOG} WHERE source_table = %s", (m.table.name,))
             low, high = cur.fetchone()
@@ -131,7 +131,7 @@ def _touched(versions: dict[str, DataFrame], since_us: int) -> dict[str, list[tu
     """Per entity kind, (id, first commit in µs) of every entity that owned a row before or after a change archived
     since ``since_us``."""
     found: dict[str, list[DataFrame]] = {}
-    for m in mirrors():
+    for m in sources():
         frame = versions[m.table.name]
         row = Window.partitionBy("key").orderBy("lsn")
         for entity in m.owners:

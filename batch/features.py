@@ -20,7 +20,7 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from cdcf.features import Entity, WindowFeature
-from streaming.sql import features_of, mirror_of, mirrors, views_of, window_features_by_table
+from cdcf.sources import event_tables, features_of, source_of, sources, views_of
 
 NEVER = 2**62  # valid_to of a version still current
 DAY_US = 86_400_000_000
@@ -52,13 +52,13 @@ def _live(versions: DataFrame, entity: Entity) -> DataFrame:
 def points(entity: Entity, versions: dict[str, DataFrame]) -> DataFrame:
     """Every as-of time of the entity: ``id, t``."""
     found = []
-    for m in mirrors():
+    for m in sources():
         if entity not in m.owners:
             continue
         live = _live(versions[m.table.name], entity)
         found.append(live.select("id", F.col("valid_from").alias("t")))
         found.append(live.where(F.col("valid_to") < NEVER).select("id", F.col("valid_to").alias("t")))
-    for table, feats in window_features_by_table(entity).items():
+    for table, feats in event_tables(entity).items():
         live = _live(versions[table.name], entity)
         t = F.col(table.event_time)
         entering_hop = min(_us(f.hop) for f in feats)  # streaming takes the earliest window change
@@ -96,7 +96,7 @@ def values(entity: Entity, versions: dict[str, DataFrame], pts: DataFrame) -> Da
         return frame.select(*cells)
 
     events = [row(pts, F.col("t"), 1, F.lit(0), {})]
-    for table, table_features in window_features_by_table(entity).items():
+    for table, table_features in event_tables(entity).items():
         mine = [f for f in table_features if f.aggregate != "max"]
         if not mine:
             continue
@@ -111,7 +111,7 @@ def values(entity: Entity, versions: dict[str, DataFrame], pts: DataFrame) -> Da
                 given = {name: cell for f in same for name, cell in _delta_cells(f, sign)}
                 events.append(row(spans, F.col(at), 0, F.lit(0), given))
     for view in profile_views:
-        m = mirror_of(view.table)
+        m = source_of(view.table)
         image = F.when(~F.col("deleted"), F.struct(*[F.col(f.column).cast(_SPARK[f.dtype]).alias(f.name)
                                                      for f in view.features])) \
             .otherwise(F.struct(*[F.lit(None).cast(_SPARK[f.dtype]).alias(f.name) for f in view.features]))

@@ -23,14 +23,14 @@ from cdcf.settings import Settings
 from connectors.archive import TABLE as CHANGELOG
 from connectors.contracts import Column
 from connectors.decoder import INT_RANGE, MAX_TEXT
-from streaming.sql import Mirror
+from cdcf.sources import Source
 
 ZONED = r"(Z|[+-][0-9]{2}:?[0-9]{2})$"
 
 
 @dataclass(frozen=True)
 class History:
-    versions: DataFrame  # key, lsn, valid_from, valid_to, deleted, archived_at, <mirrored columns typed>
+    versions: DataFrame  # key, lsn, valid_from, valid_to, deleted, archived_at, <read columns typed>
     rejects: DataFrame  # source_table, key, lsn, reason
 
 
@@ -43,10 +43,10 @@ def jdbc_options(settings: Settings) -> dict[str, str]:
             "password": settings.feast_password.get_secret_value(), "fetchsize": "20000"}
 
 
-def read_changes(spark: SparkSession, settings: Settings, m: Mirror, until: str, lsn_range: tuple[int, int],
+def read_changes(spark: SparkSession, settings: Settings, m: Source, until: str, lsn_range: tuple[int, int],
                  partitions: int = 4) -> DataFrame:
     """The archived changes of ``m``'s table committed before ``until`` (an ISO time), with the after image's
-    mirrored columns as text: Postgres extracts them, Spark parses and checks them. ``lsn_range`` spreads the
+    read columns as text: Postgres extracts them, Spark parses and checks them. ``lsn_range`` spreads the
     read over ``partitions`` connections."""
     fields = "".join(f", after->>'{c.name}' AS {c.name}" for c in m.columns if c.name != m.key)
     query = (f"(SELECT row_key AS key, lsn, op, after IS NULL AS no_image, commit_ts, archived_at, "
@@ -58,7 +58,7 @@ def read_changes(spark: SparkSession, settings: Settings, m: Mirror, until: str,
             .option("numPartitions", str(partitions)).load())
 
 
-def history(changes: DataFrame, m: Mirror) -> History:
+def history(changes: DataFrame, m: Source) -> History:
     """Split changes into rejects and versions (pure: DataFrame in, DataFrames out)."""
     reason = problem(m)
     checked = changes.withColumn("reason", reason)
@@ -76,7 +76,7 @@ def history(changes: DataFrame, m: Mirror) -> History:
     return History(versions, rejects)
 
 
-def problem(m: Mirror) -> SparkColumn:
+def problem(m: Source) -> SparkColumn:
     """Why a change breaks the row contract (the first reason found), or null when it is valid."""
     checks: list[tuple[SparkColumn, SparkColumn]] = [
         (~F.col("op").isin("c", "u", "r", "d"), F.concat(F.lit("unknown operation "), F.col("op"))),

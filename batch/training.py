@@ -29,7 +29,7 @@ from cdcf.errors import PipelineError
 from cdcf.features import EVENT_TIMESTAMP, Entity, FeatureView, Table
 from cdcf.settings import Settings
 from connectors.archive import TABLE as CHANGELOG
-from streaming.state import csv_buffer
+from cdcf.pgcopy import csv_buffer
 
 ENTITY_ROWS = "training_entity_rows"
 ARROW = {"int64": pa.int64(), "float64": pa.float64(), "string": pa.string()}

@@ -199,7 +199,7 @@ def stream(status_file: Path | None = typer.Option(None, help="Where to report t
     """Run the streaming feature job in the foreground (`make up` runs it in the background)."""
     from streaming.job import StreamJob
 
-    logging.getLogger("streaming").setLevel(logging.INFO)
+    logging.getLogger("streaming").setLevel(logging.DEBUG)
     totals = _run(lambda s: StreamJob(s, status_file=status_file).run())
     typer.echo(f"{totals['batches']} batches, {totals['changes']} changes, {totals['rows_written']} feature rows")
 

@@ -135,6 +135,13 @@ def encode_timestamp(at: datetime) -> bytes:
     return out + (bytes([0x10]) + _encode_varint(nanos) if nanos else b"")
 
 
+def encode_timestamp_us(micros: int) -> bytes:
+    """The protobuf Timestamp of a time given in microseconds since the epoch (as encode_timestamp)."""
+    seconds, rest = divmod(micros, 1_000_000)
+    out = bytes([0x08]) + _encode_varint(seconds) if seconds else b""
+    return out + (bytes([0x10]) + _encode_varint(rest * 1000) if rest else b"")
+
+
 _DOUBLES = np.dtype([("tag", "u1"), ("value", "<f8")])
 _NULL_DOUBLE = bytes([DOUBLE_TAG]) + _DOUBLE.pack(float("nan"))
 _SMALL: dict[bytes, object] = {}  # decoded values (doubles too, in small batches): counts repeat a lot

@@ -64,15 +64,21 @@ class Settings(BaseSettings):
 
     spark_master: str = Field("local[2]", description="Spark master URL for jobs.")
     spark_shuffle_partitions: int = Field(2, ge=1, description="spark.sql.shuffle.partitions (small on 2 cores).")
+    stream_state_partitions: int = Field(
+        8, ge=1, description="State partitions of the streaming job (its shuffle partitions): fixed by the "
+        "checkpoint at first start, so sized for the largest cluster it will run on.")
+    stream_state_memory_mb: int = Field(512, ge=64, description="Memory bound of the job's RocksDB state stores.")
 
     feast_project: str = Field("homelab_ml_platform", description="Feast project name (SPEC section 3).")
     java: str = Field("java", description="Java 17 executable (name on PATH or absolute path).")
+    javac: str = Field("javac", description="Java 17 compiler, which builds the streaming window engine once.")
     maven: str = Field("mvn", description="Maven executable, used only while the jar cache is empty.")
     maven_repo_url: str = Field("", description="Maven repository mirror; empty means Maven Central.")
     stream_trigger_ms: int = Field(100, gt=0, description="Micro-batch interval of the streaming job.")
     stream_max_changes_per_batch: int = Field(50_000, gt=0, description="Cap on Kafka records per micro-batch.")
     stream_settle_s: float = Field(
-        2.0, ge=0, description="Decay evaluates windows this long in the past, so in-flight commits are in.")
+        2.0, ge=0, description="The decay clock trails the latest applied commit time by this much, so that "
+        "commits still in flight on other change topics are applied before a window decays past them.")
     start_timeout_s: float = Field(90.0, gt=0, description="Deadline for each service to become healthy.")
 
     @cached_property
@@ -112,7 +118,7 @@ class StackPaths:
         self.data = home / "data"
         self.logs = home / "logs"
         self.run = home / "run"
-        self.checkpoint = self.data / "checkpoints" / "features"
+        self.checkpoint = self.data / "checkpoints" / "engine"
         self.secrets = home / "secrets.env"
 
     def jar_dir(self, profile: str) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 from pyspark.sql import SparkSession
 
@@ -11,12 +12,14 @@ from cdcf.settings import Settings
 from cdcf.stack.jars import jar_files
 
 
-def spark_session(settings: Settings, app_name: str, master: str | None = None) -> SparkSession:
-    """A session for our jobs: UTC everywhere, few shuffle partitions, the venv's Python on the workers."""
+def spark_session(settings: Settings, app_name: str, master: str | None = None, extra_jars: list[Path] = (),
+                  conf: dict[str, str] | None = None) -> SparkSession:
+    """A session for our jobs: UTC everywhere, few shuffle partitions, the venv's Python on the workers; ``conf``
+    overrides or adds settings."""
     # Python workers must import pandas/feast/cdcf: point them at this interpreter (FACTS.md).
     os.environ["PYSPARK_PYTHON"] = os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
-    jars = ",".join(str(j) for j in jar_files(settings, "spark"))
-    return (
+    jars = ",".join(str(j) for j in [*jar_files(settings, "spark"), *extra_jars])
+    builder = (
         SparkSession.builder.master(master or settings.spark_master)
         .appName(app_name)
         .config("spark.jars", jars)
@@ -26,5 +29,7 @@ def spark_session(settings: Settings, app_name: str, master: str | None = None) 
         .config("spark.executor.extraJavaOptions", "-Duser.timezone=UTC")
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.warehouse.dir", str(settings.paths.data / "spark-warehouse"))
-        .getOrCreate()
     )
+    for key, value in (conf or {}).items():
+        builder = builder.config(key, value)
+    return builder.getOrCreate()

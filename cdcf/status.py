@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,6 @@ def report(status_file: Path | None, state: dict[str, Any]) -> None:
     """Write a job's status file atomically (readers never see half of it), stamped with the time."""
     if status_file is None:
         return
-    partial = status_file.with_suffix(".partial")
+    partial = status_file.with_suffix(f".{os.getpid()}.{threading.get_ident()}.partial")  # writers never share it
     partial.write_text(json.dumps({**state, "at": time.time()}, default=str))
     partial.replace(status_file)

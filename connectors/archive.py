@@ -23,6 +23,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from cdcf.settings import Settings
 from cdcf.status import report
+from connectors.contracts import HEARTBEAT
 from connectors.decoder import Change, DeadLetter, Position, decode
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,8 @@ def split(prefix: str, messages: Iterable[Message]) -> tuple[list[Change], list[
             continue
         result = decode(prefix, Position(msg.topic(), msg.partition(), msg.offset()), msg.key(), msg.value())
         if isinstance(result, Change):
-            changes.append(result)
+            if result.table != HEARTBEAT:  # only the streaming job's clock reads heartbeats
+                changes.append(result)
         elif isinstance(result, DeadLetter):
             dead.append(result)
     return changes, dead

@@ -13,6 +13,7 @@ import httpx
 from cdcf import features
 from cdcf.errors import PipelineError
 from cdcf.settings import Settings
+from connectors.contracts import HEARTBEAT
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +36,19 @@ def connector_config(settings: Settings, **overrides: str) -> tuple[str, dict[st
         "publication.name": settings.publication,
         "slot.name": settings.replication_slot,
         "topic.prefix": settings.topic_prefix,
-        "table.include.list": ",".join(f"public.{t.name}" for t in features.TABLES),
+        "table.include.list": ",".join(f"public.{t}" for t in captured_tables()),
         **overrides,
     }
     return overrides.get("name", spec["name"]), config
 
 
+def captured_tables() -> list[str]:
+    """The source tables, and the heartbeat table whose commits keep the streaming job's clock moving."""
+    return [t.name for t in features.TABLES] + [HEARTBEAT]
+
+
 def change_topics(settings: Settings) -> list[str]:
-    return [f"{settings.topic_prefix}.public.{t.name}" for t in features.TABLES]
+    return [f"{settings.topic_prefix}.public.{t}" for t in captured_tables()]
 
 
 class ConnectClient:

@@ -17,6 +17,7 @@ from typing import Any
 import fastavro
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
+HEARTBEAT = "cdc_heartbeat"  # the table Debezium's heartbeats update: captured for its commit times only
 ROW_PLACEHOLDER = "ROW"
 
 

@@ -1,9 +1,11 @@
-"""The streaming feature job: change topics -> Spark (parse, validate, project) -> feature state -> Redis + offline.
+"""The streaming feature job: change topics -> decode (JVM) -> route by entity -> window engine (state store, on
+the executors) -> Redis + offline tables (from the executors).
 
-``build_stream(spark, settings, sink)`` is the factory; ``run(settings)`` is the long-running process that
-`make up` starts. Spark reads Kafka with its offsets in the checkpoint; each micro-batch reaches the driver as
-Arrow and goes into the feature state (streaming.state) in one Postgres transaction. A driver thread emits the
-windows due to decay every second, under the same lock, so emissions never interleave.
+``build_stream(spark, settings, sink)`` is the factory; ``StreamJob.run`` is the long-running process that
+`make up` starts. Spark reads Kafka with its offsets in the checkpoint, and the engine's state lives in the same
+checkpoint (RocksDB, changelog checkpointing), so a restart resumes exactly. The query's watermark is the
+applied commit-time clock: the latest commit time applied (heartbeats included), held back by the settle delay
+and never ahead of the batch's wall clock; decay timers fire when it passes them.
 """
 
 from __future__ import annotations
@@ -13,25 +15,52 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 
 from cdcf.settings import Settings
-from cdcf.status import report
+from cdcf.sources import sources
 from cdcf.spark import spark_session
-from streaming.changes import change_rows, topics
-from streaming.state import FeatureState, Written
+from cdcf.status import report
+from connectors.contracts import HEARTBEAT
+from streaming import engine
+from streaming.decode import decode
+from streaming.sink import METRICS_DDL, partition_writer
 
 log = logging.getLogger(__name__)
 
 RESTART_DELAY_S = 5.0
+ROCKSDB = "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider"
+
+
+def tables() -> tuple[str, ...]:
+    """The tables whose change topics the job reads: every table some feature reads, and the heartbeat table
+    (the clock)."""
+    return (*[s.table.name for s in sources()], HEARTBEAT)
+
+
+def topics(topic_prefix: str) -> list[str]:
+    return [f"{topic_prefix}.public.{t}" for t in tables()]
+
+
+def feature_rows(records: DataFrame, settings: Settings) -> DataFrame:
+    """Kafka records -> the engine's output rows (entity, id, as_of_us, decay, <features>)."""
+    decoded = decode(records, settings.topic_prefix, engine.image_columns())
+    clock = F.least(F.timestamp_micros("commit_us"), F.current_timestamp())
+    changes = (decoded.where(F.col("reason").isNull())
+               .withColumn("clock", clock)
+               .withWatermark("clock", f"{int(settings.stream_settle_s * 1000)} milliseconds")
+               .drop("clock"))  # the engine gets no event-time column, so Spark drops no late change
+    # heartbeats end here: route gives them no entity (a filter on the table would be pushed below the watermark)
+    return engine.features(engine.route(changes))
 
 
 def build_stream(spark: SparkSession, settings: Settings, sink: Callable[[DataFrame, int], None]) -> StreamingQuery:
-    """Start the query: every mirrored table's change topic, from the earliest offset on a fresh checkpoint."""
+    """Start the query: every topic from the earliest offset on a fresh checkpoint."""
     records = (
         spark.readStream.format("kafka")
         .option("kafka.bootstrap.servers", settings.kafka_bootstrap)
@@ -42,8 +71,9 @@ def build_stream(spark: SparkSession, settings: Settings, sink: Callable[[DataFr
         .load()
     )
     return (
-        change_rows(records, settings.topic_prefix).writeStream
+        feature_rows(records, settings).writeStream
         .foreachBatch(sink)
+        .outputMode("update")
         .option("checkpointLocation", str(settings.paths.checkpoint))
         .trigger(processingTime=f"{settings.stream_trigger_ms} milliseconds")
         .queryName("cdcf-features")
@@ -51,49 +81,50 @@ def build_stream(spark: SparkSession, settings: Settings, sink: Callable[[DataFr
     )
 
 
+def stream_session(settings: Settings, name: str = "cdcf-streaming-features") -> SparkSession:
+    """A session with the engine's jar and the RocksDB state store (changelog checkpointing, bounded memory)."""
+    jar = engine.engine_jar(settings.paths.cache / "engine", settings.javac)
+    conf = "spark.sql.streaming.stateStore"
+    return spark_session(settings, name, extra_jars=[jar], conf={
+        f"{conf}.providerClass": ROCKSDB,
+        f"{conf}.rocksdb.changelogCheckpointing.enabled": "true",
+        f"{conf}.rocksdb.trackTotalNumberOfRows": "false",
+        f"{conf}.rocksdb.boundedMemoryUsage": "true",
+        f"{conf}.rocksdb.maxMemoryUsageMB": str(settings.stream_state_memory_mb),
+        "spark.sql.shuffle.partitions": str(settings.stream_state_partitions),
+    })
+
+
 class StreamJob:
     def __init__(self, settings: Settings, status_file: Path | None = None) -> None:
         self.settings = settings
         self.status_file = status_file
-        self.lock = threading.Lock()
         self.stopping = threading.Event()
-        self.totals = {"batches": 0, "changes": 0, "rows_written": 0, "decayed": 0, "last_as_of": None,
-                       "restarts": 0, "last_error": None}
+        self.totals = {"batches": 0, "changes": 0, "rows_written": 0, "emits": 0, "decayed": 0,
+                       "last_as_of": None, "restarts": 0, "last_error": None, "lag_max_s": 0.0}
+        self._progress_seen = -1
 
     def write_batch(self, batch: DataFrame, batch_id: int) -> None:
+        """foreachBatch: the executors write their partitions; only metrics come back."""
         started = time.monotonic()
-        changes = batch.toArrow()
-        read_s = time.monotonic() - started
-        with self.lock:
-            written = self.state.apply(changes)
-        self._count(written, decayed=False)
+        parts = batch.mapInArrow(partition_writer(self.settings), METRICS_DDL).collect()
+        emits = sum(p["emits"] for p in parts)
         self.totals["batches"] += 1
+        self.totals["rows_written"] += sum(p["rows"] for p in parts)
+        self.totals["emits"] += emits
+        self.totals["decayed"] += sum(p["decays"] for p in parts)
+        latest = max((p["max_as_of_us"] or 0 for p in parts), default=0)
+        if latest:
+            self.totals["last_as_of"] = datetime.fromtimestamp(latest / 1e6, UTC).isoformat()
+        if emits:
+            self.totals["lag_max_s"] = max(p["lag_max_us"] for p in parts) / 1e6
         self._report()
-        log.info("batch %d: %d changes, %d entities, %d feature rows in %.3f s (%.3f s reading)", batch_id,
-                 written.changes, written.entities, written.rows, time.monotonic() - started, read_s)
-
-    def decay_loop(self) -> None:
-        """Every second, emit what time alone changed, as of a clock held back by the settle delay (changes
-        committed before it are in by then)."""
-        while not self.stopping.wait(1.0):
-            clock = datetime.now(UTC) - timedelta(seconds=self.settings.stream_settle_s)
-            try:
-                with self.lock:
-                    written = self.state.decay(clock)
-            except Exception:  # noqa: BLE001 - keep decaying; the query thread reports real failures
-                log.exception("decay pass failed; retrying in 1 s")
-                continue
-            if written.entities:
-                self._count(written, decayed=True)
-                log.info("decay: %d entities, %d feature rows as of %s", written.entities, written.rows, clock)
-            self._report()
+        log.info("batch %d: %d emits, %d decays, %d feature rows in %.3f s", batch_id, emits,
+                 sum(p["decays"] for p in parts), sum(p["rows"] for p in parts), time.monotonic() - started)
 
     def run(self) -> dict:
-        spark = spark_session(self.settings, "cdcf-streaming-features")
+        spark = stream_session(self.settings)
         spark.sparkContext.setLogLevel("WARN")
-        self.state = FeatureState(self.settings)
-        decayer = threading.Thread(target=self.decay_loop, name="decay", daemon=True)
-        decayer.start()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stopping.set())
         self._report()
@@ -102,6 +133,8 @@ class StreamJob:
             while not self.stopping.is_set():
                 query = build_stream(spark, self.settings, self.write_batch)
                 while not self.stopping.is_set() and query.isActive:
+                    self._count_input(query)
+                    self._report()
                     self.stopping.wait(1.0)
                 if not self.stopping.is_set():
                     # a broker or database outage fails the query; the checkpoint lets it resume exactly
@@ -115,18 +148,16 @@ class StreamJob:
             self.stopping.set()
             if query is not None:
                 query.stop()
-            decayer.join(timeout=10)
-            self.state.close()
             spark.stop()
         return self.totals
 
-    def _count(self, written: Written, decayed: bool) -> None:
-        self.totals["changes"] += written.changes
-        self.totals["rows_written"] += written.rows
-        if written.as_of is not None:
-            self.totals["last_as_of"] = written.as_of.isoformat()
-        if decayed:
-            self.totals["decayed"] += written.rows
+    def _count_input(self, query: StreamingQuery) -> None:
+        for progress in query.recentProgress:
+            if progress["batchId"] > self._progress_seen:
+                self._progress_seen = progress["batchId"]
+                self.totals["changes"] += progress.get("numInputRows", 0)
+                log.debug("batch %d progress: %s %s", progress["batchId"], progress.get("durationMs"),
+                          progress.get("eventTime"))
 
     def _report(self) -> None:
         report(self.status_file, self.totals)

@@ -61,6 +61,20 @@ class OnlineWriter:
         layout.write_packed(self.client, commands)
         return len(rows)
 
+    def write_columns(self, view: FeatureView, ids: list[int], as_of_us: list[int], columns: list[list]) -> int:
+        """Write rows given as columns: entity ids, as-of times in microseconds, and each feature's values in
+        declaration order (None for null); return the count."""
+        prefix, _, encoders, template = self._layout(view)
+        commands = []
+        for n, (entity_id, micros) in enumerate(zip(ids, as_of_us, strict=True)):
+            key = layout.entity_key(prefix, entity_id, self.project)
+            stamp = layout.encode_timestamp_us(micros)
+            commands.append(template % (len(key), key, len(stamp), stamp, *[
+                layout.NULL_BULK if column[n] is None else encode(column[n])
+                for encode, column in zip(encoders, columns, strict=True)]))
+        layout.write_packed(self.client, commands)
+        return len(commands)
+
     def close(self) -> None:
         self.client.close()
 

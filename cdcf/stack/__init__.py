@@ -154,7 +154,8 @@ def apply_connector(settings: Settings, timeout_s: float | None = None) -> None:
     """Create the change and dead-letter topics, then apply the Debezium connector and wait for RUNNING."""
     from connectors.connect import ConnectClient, change_topics, connector_config
 
-    kafka.ensure_topics(settings, [*change_topics(settings), settings.dead_letter_topic])
+    kafka.ensure_topics(settings, change_topics(settings), config=kafka.CHANGE_TOPIC_CONFIG)
+    kafka.ensure_topics(settings, [settings.dead_letter_topic])
     name, config = connector_config(settings)
     client = ConnectClient(settings.connect_url)
     try:

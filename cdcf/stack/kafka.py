@@ -9,7 +9,14 @@ from pathlib import Path
 
 import httpx
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewTopic,
+    ResourceType,
+)
 
 from cdcf.errors import ServiceError
 from cdcf.settings import Settings
@@ -69,16 +76,32 @@ def service_pid(settings: Settings, name: str) -> int | None:
     return proc.our_pid(settings.paths, name, str(settings.paths.conf / f"{name}.properties"))
 
 
-def ensure_topics(settings: Settings, topics: list[str], partitions: int = 1) -> None:
-    """Create the topics that do not exist yet (so consumers can subscribe before the first event)."""
+# Change topics keep every row's latest change for good (older versions once they are a day old): the streaming
+# job can rebuild its state from them on a fresh checkpoint, as the log of a table.
+CHANGE_TOPIC_CONFIG = {"cleanup.policy": "compact", "min.compaction.lag.ms": str(24 * 3600 * 1000)}
+
+
+def ensure_topics(settings: Settings, topics: list[str], partitions: int = 1,
+                  config: dict[str, str] | None = None) -> None:
+    """Create the topics that do not exist yet (so consumers can subscribe before the first event); give every
+    one of them ``config``."""
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap, "log_level": 0})
-    futures = admin.create_topics([NewTopic(t, num_partitions=partitions, replication_factor=1) for t in topics])
+    futures = admin.create_topics([NewTopic(t, num_partitions=partitions, replication_factor=1, config=config or {})
+                                   for t in topics])
+    existing = []
     for topic, future in futures.items():
         try:
             future.result(timeout=30)
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise ServiceError(f"Could not create Kafka topic {topic}: {exc}") from exc
+            existing.append(topic)
+    if config and existing:  # topics made before this config existed
+        resources = [ConfigResource(ResourceType.TOPIC, t, incremental_configs=[
+            ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET) for k, v in config.items()])
+            for t in existing]
+        for topic, future in admin.incremental_alter_configs(resources).items():
+            future.result(timeout=30)
 
 
 def kafka_health(settings: Settings) -> str:

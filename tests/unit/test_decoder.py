@@ -1,14 +1,17 @@
 from __future__ import annotations
 
+import json
 from datetime import UTC, date, datetime
 from decimal import Decimal
 
 import pytest
+from hypothesis import HealthCheck, given, settings
 
 from connectors import contracts
 from connectors.archive import archive_row
-from connectors.decoder import Change, DeadLetter, Position, decode
+from connectors.decoder import DEAD_LETTER_PAYLOAD, Change, DeadLetter, Position, decode
 from tests.cdc_cases import BAD_INPUTS, PREFIX, TOPIC, encoded, envelope, good_update, row
+from tests.fuzz import messages
 
 AT = Position(TOPIC, 0, 42)
 
@@ -54,7 +57,7 @@ def test_bad_input_becomes_a_dead_letter_with_its_reason(name, topic, value, rea
     position = Position(topic, 3, 99)
     letter = decode(PREFIX, position, b"k", value)
     assert isinstance(letter, DeadLetter), name
-    assert reason in letter.reason
+    assert letter.reason == reason
     payload = letter.payload(datetime(2026, 1, 1, tzinfo=UTC))
     assert (payload["topic"], payload["partition"], payload["offset"], payload["key"]) == (topic, 3, 99, "k")
 
@@ -97,3 +100,25 @@ def test_archive_row_keeps_decimals_exact_and_times_in_utc():
     assert values[:5] == ("transactions", 7, 35841752, "u", 869)
     assert '"amount":"13.75"' in values[7] and '"created_at":"2026-11-27T17:16:42.146637+00:00"' in values[7]
     assert values[8:] == (TOPIC, 0, 42)
+
+
+@settings(max_examples=10_000, deadline=None, suppress_health_check=list(HealthCheck))
+@given(messages)
+def test_the_decoder_is_total(message):
+    """Whatever the bytes: a change that fits its Avro contract and the archive, or a capped dead letter."""
+    topic, value = message
+    result = decode(PREFIX, Position(topic, 0, 1), b"k", value)
+    if isinstance(result, Change):
+        contracts.validate(result.table, result.record())
+        archive_row(result)
+        assert 0 <= result.lsn < 2**63
+    else:
+        assert isinstance(result, DeadLetter) and result.reason
+        assert len(json.dumps(result.payload(datetime(2026, 1, 1, tzinfo=UTC))).encode()) < 200_000
+
+
+def test_a_dead_letter_is_capped_and_keeps_its_length():
+    letter = decode(PREFIX, AT, b"k", b"\xff" * 400_000)
+    payload = letter.payload(datetime(2026, 1, 1, tzinfo=UTC))
+    assert payload["value_bytes"] == 400_000 and len(payload["value"]) == DEAD_LETTER_PAYLOAD
+    assert len(json.dumps(payload).encode()) < 100_000

@@ -1,0 +1,48 @@
+package cdcf.engine;
+
+import java.nio.ByteBuffer;
+import java.util.ArrayList;
+import java.util.List;
+
+/**
+ * Rows taken away from an entity whose LSN is still kept, with the commit time of that change: a re-delivered
+ * older version of such a row must stay a no-op. Once the commit time is older than the horizon (Debezium
+ * re-delivers minutes, not days), the LSN is forgotten.
+ */
+final class Tombstones {
+    private final List<long[]> items = new ArrayList<>();  // {table index, row key, commit us}
+    private int table;
+
+    Tombstones forTable(int index) {
+        table = index;
+        return this;
+    }
+
+    void add(long rowKey, long commitUs) {
+        items.add(new long[] {table, rowKey, commitUs});
+    }
+
+    /** Remove and return the tombstones committed at or before ``horizonUs``. */
+    List<long[]> expire(long horizonUs) {
+        List<long[]> expired = new ArrayList<>();
+        items.removeIf(t -> t[2] <= horizonUs && expired.add(t));
+        return expired;
+    }
+
+    boolean isEmpty() {
+        return items.isEmpty();
+    }
+
+    void read(ByteBuffer in) {
+        items.clear();
+        while (in.hasRemaining()) items.add(new long[] {in.getInt(), in.getLong(), in.getLong()});
+    }
+
+    void write(ByteBuffer out) {
+        for (long[] t : items) out.putInt((int) t[0]).putLong(t[1]).putLong(t[2]);
+    }
+
+    int bytes() {
+        return items.size() * 20;
+    }
+}

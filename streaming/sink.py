@@ -1,0 +1,105 @@
+"""The engine's output into the stores, from the executors (nothing but metrics reaches the driver).
+
+Each partition's feature rows go to Redis in Feast's own layout (one pipelined write) and to the views' offline
+tables (COPY into a session stage, then one INSERT … ON CONFLICT per view), both before the partition's task ends
+and so before the micro-batch commits. A replayed batch computes the same rows at the same as-of times, so
+writing them again changes nothing. One FeatureSink per Python worker process, set up on first use.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+
+import psycopg2
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from cdcf import features as decl
+from cdcf.features import EVENT_TIMESTAMP, FeatureView
+from cdcf.pgcopy import csv_buffer
+from cdcf.settings import Settings
+from cdcf.sources import views_of
+from streaming.online import OnlineWriter
+
+log = logging.getLogger(__name__)
+
+METRICS = pa.schema([("rows", pa.int64()), ("emits", pa.int64()), ("decays", pa.int64()),
+                     ("max_as_of_us", pa.int64()), ("lag_sum_us", pa.int64()), ("lag_max_us", pa.int64())])
+METRICS_DDL = ", ".join(f"{f.name} long" for f in METRICS)  # the same, as Spark takes it
+_SINKS: dict[str, FeatureSink] = {}
+
+
+class FeatureSink:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.online: OnlineWriter | None = None
+        self.db = None
+
+    def setup(self) -> None:
+        s = self.settings
+        self.online = OnlineWriter(s)
+        self.db = psycopg2.connect(s.pg_dsn(s.offline_db, user=s.feast_user), connect_timeout=10)
+        with self.db, self.db.cursor() as cur:
+            for view in decl.FEATURE_VIEWS:
+                cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {_stage(view)} (LIKE {view.name}) ON COMMIT DELETE ROWS")
+
+    def write(self, rows: pa.Table) -> dict[str, int]:
+        """Write the engine's rows (entity, id, as_of_us, decay, <features>); return the metrics of ``METRICS``."""
+        if self.db is None or self.db.closed:
+            self.setup()
+        now_us = time.time_ns() // 1000
+        written = 0
+        with self.db, self.db.cursor() as cur:
+            for entity in decl.ENTITIES:
+                mine = rows.filter(pc.equal(rows["entity"], entity.name))
+                if mine.num_rows == 0:
+                    continue
+                for view in views_of(entity):
+                    written += self._write_view(cur, view, mine)
+        decay = rows["decay"]
+        emits = rows.filter(pc.invert(decay)) if rows.num_rows else rows
+        lag = pc.subtract(pa.scalar(now_us), emits["as_of_us"]) if emits.num_rows else None
+        return {"rows": written, "emits": emits.num_rows, "decays": rows.num_rows - emits.num_rows,
+                "max_as_of_us": pc.max(rows["as_of_us"]).as_py() if rows.num_rows else None,
+                "lag_sum_us": pc.sum(lag).as_py() if lag is not None else 0,
+                "lag_max_us": pc.max(lag).as_py() if lag is not None else 0}
+
+    def _write_view(self, cur, view: FeatureView, rows: pa.Table) -> int:
+        names = [f.name for f in view.features]
+        ids, as_of = rows["id"].to_pylist(), rows["as_of_us"].to_pylist()
+        self.online.write_columns(view, ids, as_of, [rows[n].to_pylist() for n in names])
+        key = view.entity.join_key
+        offline = pa.table([rows["id"], pc.cast(rows["as_of_us"], pa.timestamp("us", tz="UTC")),
+                            *[rows[n] for n in names]], names=[key, EVENT_TIMESTAMP, *names])
+        cur.copy_expert(f"COPY {_stage(view)} ({key}, {EVENT_TIMESTAMP}, {', '.join(names)}) FROM STDIN "
+                        "WITH (FORMAT csv)", csv_buffer(offline))
+        cur.execute(f"INSERT INTO {view.name} SELECT * FROM {_stage(view)} ON CONFLICT ({key}, {EVENT_TIMESTAMP}) "
+                    f"DO UPDATE SET {', '.join(f'{n} = excluded.{n}' for n in names)}")
+        return rows.num_rows
+
+    def close(self) -> None:
+        if self.online is not None:
+            self.online.close()
+        if self.db is not None:
+            self.db.close()
+
+
+def _stage(view: FeatureView) -> str:
+    return f"{view.name}_stage"
+
+
+def partition_writer(settings: Settings) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """The function ``mapInArrow`` runs on each partition: write its rows, yield one row of metrics."""
+    key = settings.model_dump_json()
+
+    def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        sink = _SINKS.get(key)
+        if sink is None:
+            sink = _SINKS[key] = FeatureSink(settings)
+        batches = [b for b in batches if b.num_rows]
+        metrics = sink.write(pa.Table.from_batches(batches)) if batches else dict.fromkeys(METRICS.names, 0)
+        yield pa.RecordBatch.from_pylist([metrics], schema=METRICS)
+
+    return write
