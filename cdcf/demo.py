@@ -16,7 +16,7 @@ from cdcf.settings import Settings
 from cdcf.workload import Workload
 
 DEMO_USERS = (1, 2, 3)
-PROBE_USER = -1  # outside the sample data's and the workload's users
+PROBE_USER = -(2**62)  # a fixed id outside the sample data, the workload and the ranges tests pick
 
 
 def run(settings: Settings, out: Callable[[str], None], workload_s: float = 30) -> None:

@@ -45,12 +45,17 @@ def write_repo_config(settings: Settings) -> Path:
     return path
 
 
+OLD_MIRROR = ("stream_entities", "stream_users", "stream_transactions", "stream_sessions", "stream_reviews")
+
+
 def create_offline_tables(settings: Settings) -> None:
     """Create the offline store table of every feature view (idempotent)."""
     with psycopg2.connect(settings.pg_dsn(settings.offline_db, user=settings.feast_user)) as conn:
         with conn.cursor() as cur:
             for view in decl.FEATURE_VIEWS:
                 cur.execute(decl.offline_table_ddl(view))
+            # the row mirror of the streaming job's first design (its state now lives in Spark's state store)
+            cur.execute(f"DROP TABLE IF EXISTS {', '.join(OLD_MIRROR)}")
     conn.close()
 
 

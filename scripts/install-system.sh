@@ -5,7 +5,7 @@ set -euo pipefail
 need=()
 command -v pg_ctlcluster >/dev/null 2>&1 && [ -x /usr/lib/postgresql/15/bin/postgres ] || need+=(postgresql)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
-command -v java >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)
+command -v java >/dev/null 2>&1 && command -v javac >/dev/null 2>&1 || need+=(openjdk-17-jdk-headless)  # javac builds the window engine
 command -v mvn >/dev/null 2>&1 || need+=(maven)
 command -v runuser >/dev/null 2>&1 || need+=(util-linux)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)

@@ -47,13 +47,14 @@ def topics(topic_prefix: str) -> list[str]:
     return [f"{topic_prefix}.public.{t}" for t in tables()]
 
 
-def feature_rows(records: DataFrame, settings: Settings) -> DataFrame:
-    """Kafka records -> the engine's output rows (entity, id, as_of_us, decay, <features>)."""
-    decoded = decode(records, settings.topic_prefix, engine.image_columns())
+def feature_rows(records: DataFrame, topic_prefix: str, settle_s: float) -> DataFrame:
+    """Kafka records (topic, partition, offset, value) -> the engine's output rows (entity, id, as_of_us, decay,
+    <features>)."""
+    decoded = decode(records, topic_prefix, engine.image_columns())
     clock = F.least(F.timestamp_micros("commit_us"), F.current_timestamp())
     changes = (decoded.where(F.col("reason").isNull())
                .withColumn("clock", clock)
-               .withWatermark("clock", f"{int(settings.stream_settle_s * 1000)} milliseconds")
+               .withWatermark("clock", f"{int(settle_s * 1000)} milliseconds")
                .drop("clock"))  # the engine gets no event-time column, so Spark drops no late change
     # heartbeats end here: route gives them no entity (a filter on the table would be pushed below the watermark)
     return engine.features(engine.route(changes))
@@ -71,7 +72,7 @@ def build_stream(spark: SparkSession, settings: Settings, sink: Callable[[DataFr
         .load()
     )
     return (
-        feature_rows(records, settings).writeStream
+        feature_rows(records, settings.topic_prefix, settings.stream_settle_s).writeStream
         .foreachBatch(sink)
         .outputMode("update")
         .option("checkpointLocation", str(settings.paths.checkpoint))
@@ -81,18 +82,25 @@ def build_stream(spark: SparkSession, settings: Settings, sink: Callable[[DataFr
     )
 
 
-def stream_session(settings: Settings, name: str = "cdcf-streaming-features") -> SparkSession:
-    """A session with the engine's jar and the RocksDB state store (changelog checkpointing, bounded memory)."""
-    jar = engine.engine_jar(settings.paths.cache / "engine", settings.javac)
+def state_store_conf(partitions: int, memory_mb: int) -> dict[str, str]:
+    """The engine's state store: RocksDB with changelog checkpointing and bounded memory, ``partitions`` state
+    partitions (fixed by the checkpoint at first start)."""
     conf = "spark.sql.streaming.stateStore"
-    return spark_session(settings, name, extra_jars=[jar], conf={
+    return {
         f"{conf}.providerClass": ROCKSDB,
         f"{conf}.rocksdb.changelogCheckpointing.enabled": "true",
         f"{conf}.rocksdb.trackTotalNumberOfRows": "false",
         f"{conf}.rocksdb.boundedMemoryUsage": "true",
-        f"{conf}.rocksdb.maxMemoryUsageMB": str(settings.stream_state_memory_mb),
-        "spark.sql.shuffle.partitions": str(settings.stream_state_partitions),
-    })
+        f"{conf}.rocksdb.maxMemoryUsageMB": str(memory_mb),
+        "spark.sql.shuffle.partitions": str(partitions),
+    }
+
+
+def stream_session(settings: Settings, name: str = "cdcf-streaming-features") -> SparkSession:
+    """A session with the engine's jar and its state store."""
+    jar = engine.engine_jar(settings.paths.cache / "engine", settings.javac)
+    return spark_session(settings, name, extra_jars=[jar],
+                         conf=state_store_conf(settings.stream_state_partitions, settings.stream_state_memory_mb))
 
 
 class StreamJob:

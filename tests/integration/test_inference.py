@@ -111,14 +111,15 @@ def test_a_model_trained_on_a_point_in_time_set_is_saved_with_its_features(setti
 
 def test_scores_come_with_as_of_times_and_a_policy_for_bad_input(settings, users, trained):
     service = ScoringService.from_settings(settings)
-    answer = service.score(users[:10] + [-1])
+    nobody = -random.randrange(10**15, 10**16)  # a fresh id: no test, demo or workload writes negative ids there
+    answer = service.score(users[:10] + [nobody])
     assert answer["device"] in ("cpu", "cuda") and len(answer["results"]) == 11
     fetched = service.client.fetch(users[:10])
     expected = service.model.score(fetched.matrix())
     for n, (result, score) in enumerate(zip(answer["results"], expected, strict=False)):
         assert result["score"] == pytest.approx(float(score), abs=1e-6)
         assert result["as_of"] == {v: t.isoformat() for v, t in fetched.as_of_row(n).items()}
-    assert answer["results"][-1] == {"id": -1, "score": None, "as_of": {v.name: None for v in (
+    assert answer["results"][-1] == {"id": nobody, "score": None, "as_of": {v.name: None for v in (
         decl.TRANSACTION_RISK, decl.USER_ACTIVITY)}, "nulls": [], "reason": "unknown entity"}
     for bad, message in (([], "non-empty"), (list(range(MAX_BATCH + 1)), "limit"), (["7"], "64-bit"),
                          ([2**64], "64-bit"), ([True], "64-bit")):
@@ -135,8 +136,8 @@ def test_scores_come_with_as_of_times_and_a_policy_for_bad_input(settings, users
     too_many = http.post("/score", json={"ids": list(range(MAX_BATCH + 1))})
     assert too_many.status_code == 413 and "limit" in too_many.json()["error"]
 
-    cli = run_cli("score", "--", str(users[0]), "-1")
+    cli = run_cli("score", "--", str(users[0]), str(nobody))
     assert cli.returncode == 0, cli.stderr
     lines = [json.loads(line) for line in cli.stdout.splitlines()]
-    assert [line["id"] for line in lines] == [users[0], -1] and lines[1]["reason"] == "unknown entity"
+    assert [line["id"] for line in lines] == [users[0], nobody] and lines[1]["reason"] == "unknown entity"
     assert datetime.fromisoformat(next(iter(lines[0]["as_of"].values()))).tzinfo is not None
