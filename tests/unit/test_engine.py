@@ -167,4 +167,4 @@ def test_the_engine_agrees_with_its_twin_on_random_histories(spark, tmp_path, se
     for key in sorted(set(ours) | set(twin)):
         assert ours.get(key, []) == twin.get(key, []), key
     assert sum(len(v) for v in twin.values()) > 100
-    assert sum(1 for v in twin.values() for _, decay, _ in v if decay) > 10  # windows decayed with no event
+    assert sum(1 for v in twin.values() for _, decay, _ in v if decay) > 5  # windows decayed with no event
