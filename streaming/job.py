@@ -60,26 +60,29 @@ def feature_rows(records: DataFrame, topic_prefix: str, settle_s: float) -> Data
     return engine.features(engine.route(changes))
 
 
-def build_stream(spark: SparkSession, settings: Settings, sink: Callable[[DataFrame, int], None]) -> StreamingQuery:
-    """Start the query: every topic from the earliest offset on a fresh checkpoint."""
+def build_stream(spark: SparkSession, settings: Settings, sink: Callable[[DataFrame, int], None],
+                 checkpoint: Path | None = None, available_now: bool = False) -> StreamingQuery:
+    """Start the query: every topic from the earliest offset on a fresh checkpoint (``settings.paths.checkpoint``
+    unless given); ``available_now`` stops it once everything in the topics at its start is processed."""
     records = (
         spark.readStream.format("kafka")
         .option("kafka.bootstrap.servers", settings.kafka_bootstrap)
         .option("subscribe", ",".join(topics(settings.topic_prefix)))
         .option("startingOffsets", "earliest")
         .option("maxOffsetsPerTrigger", settings.stream_max_changes_per_batch)
+        .option("minPartitions", spark.sparkContext.defaultParallelism)  # a busy topic is read by every core
         .option("kafka.fetch.max.wait.ms", "10")
         .load()
     )
-    return (
+    writer = (
         feature_rows(records, settings.topic_prefix, settings.stream_settle_s).writeStream
         .foreachBatch(sink)
         .outputMode("update")
-        .option("checkpointLocation", str(settings.paths.checkpoint))
-        .trigger(processingTime=f"{settings.stream_trigger_ms} milliseconds")
+        .option("checkpointLocation", str(checkpoint or settings.paths.checkpoint))
         .queryName("cdcf-features")
-        .start()
     )
+    trigger = {"availableNow": True} if available_now else {"processingTime": f"{settings.stream_trigger_ms} milliseconds"}
+    return writer.trigger(**trigger).start()
 
 
 def state_store_conf(partitions: int, memory_mb: int) -> dict[str, str]:

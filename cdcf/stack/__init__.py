@@ -65,6 +65,7 @@ def up(settings: Settings, step: Callable[[str], None] = log.info) -> None:
     check_prerequisites(settings)
     for label, action in (
         ("jars", jars.ensure_jars),
+        ("window engine", build_engine),
         ("postgres", postgres.start),
         ("redis", redis_server.start),
         ("kafka", kafka.start_kafka),
@@ -77,6 +78,13 @@ def up(settings: Settings, step: Callable[[str], None] = log.info) -> None:
         started = time.monotonic()
         action(settings)
         step(f"{label}: ready in {time.monotonic() - started:.1f} s")
+
+
+def build_engine(settings: Settings) -> None:
+    """Compile the streaming job's window engine into the jar cache, once per source version."""
+    from streaming.engine import engine_jar
+
+    engine_jar(settings.paths.cache / "engine", settings.javac)
 
 
 def down(settings: Settings, step: Callable[[str], None] = log.info) -> None:

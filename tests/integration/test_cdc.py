@@ -16,9 +16,12 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from psycopg2.extras import execute_values
 
 from cdcf.stack import kafka
-from cdcf.stack.background import ARCHIVER
+from cdcf import features as decl
+from cdcf.feast_config import feature_store
+from cdcf.stack.background import ARCHIVER, STREAMING
 from cdcf.workload import Workload
 from connectors.connect import ConnectClient, connector_config
+from connectors.decoder import DEAD_LETTER_PAYLOAD
 from tests.cdc_cases import BAD_INPUTS
 from tests.conftest import run_cli, wait_for
 
@@ -145,26 +148,37 @@ def _drop_slot(settings, slot: str) -> bool:
 
 
 def test_bad_input_goes_to_the_dead_letter_topic_and_later_changes_still_arrive(settings):
+    """Every kind of hostile message, 200,000 open brackets among them: a capped dead letter with its reason, no
+    process of the pipeline restarts, and a real change committed after them is archived and served."""
+    from tests.integration.test_streaming import assert_exact
+
     dead = TopicReader(settings, settings.dead_letter_topic)
     producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "log_level": 0})
+    pids = (ARCHIVER.pid(settings), STREAMING.pid(settings))
+    restarts = json.loads(STREAMING.status_file(settings).read_text())["restarts"]
     try:
         kafka.ensure_topics(settings, sorted({topic for _, topic, _, _ in BAD_INPUTS}))
         for name, topic, value, _ in BAD_INPUTS:
             producer.produce(topic, key=name.encode(), value=value)
         assert producer.flush(30) == 0
-        txn, = _ids()
-        _sql(settings, "INSERT INTO transactions VALUES (%s, 1, 2, 5.00, 'acme', now(), now())", (txn,))
+        txn, user = _ids(2)
+        since = _sql(settings, "INSERT INTO transactions VALUES (%s, %s, 2, 5.00, 'acme', now(), now()) "
+                               "RETURNING now()", (txn, user))[0][0]
         letters = dead.read_until(lambda msgs: len(msgs) >= len(BAD_INPUTS), timeout_s=90)
     finally:
         dead.close()
-    by_key = {m.key().decode(): json.loads(m.value()) for m in letters}
+    by_key = {m.key().decode(): (json.loads(m.value()), len(m.value())) for m in letters}
     for name, topic, value, reason in BAD_INPUTS:
-        letter = by_key[name]
-        assert reason in letter["reason"], name
+        letter, size = by_key[name]
+        assert letter["reason"] == reason, name
         assert letter["topic"] == topic and isinstance(letter["offset"], int)
-        assert letter["value"] == value.decode("utf-8", errors="replace")
+        assert letter["value"] == value[:DEAD_LETTER_PAYLOAD].decode("utf-8", errors="replace")
+        assert letter["value_bytes"] == len(value) and size < 100_000
     good = wait_for(lambda: _archived(settings, "transactions", txn, txn), 60, "the good change")
     assert [r[0] for r in good] == ["c"]
+    assert_exact(settings, feature_store(settings), decl.TRANSACTION_RISK, user, since)
+    assert (ARCHIVER.pid(settings), STREAMING.pid(settings)) == pids
+    assert json.loads(STREAMING.status_file(settings).read_text())["restarts"] == restarts
 
 
 def test_schema_drift_in_postgres_is_dead_lettered_until_the_contract_holds_again(settings):

@@ -37,6 +37,10 @@ def test_the_streaming_job_runs_its_executors_on_the_spark_workers():
     assert job["environment"]["CDCF_SPARK_MASTER"] == "spark://spark-master:7077"
     assert {"spark-master", "spark-worker-cpu-node2", "spark-worker-node3"} <= set(job["depends_on"])
     assert job["hostname"] == "streaming"  # the driver's name, resolvable from the workers
+    assert int(job["environment"]["CDCF_STREAM_STATE_PARTITIONS"]) >= 8  # sized for the cluster, not one box
+    checkpoint = "stream-data:/opt/pipeline/.stack/data"  # state written by the executors, read by any of them
+    assert checkpoint in job["volumes"]
+    assert all(checkpoint in SERVICES[w]["volumes"] for w in ("spark-worker-cpu-node2", "spark-worker-node3"))
 
 
 def test_the_image_holds_everything_the_jobs_read_at_run_time():
@@ -75,6 +79,7 @@ def test_pipeline_environment_names_real_settings_with_the_default_ports():
     env = COMPOSE["x-pipeline-env"]
     fields = {f"CDCF_{name.upper()}" for name in Settings.model_fields}
     assert set(env) <= fields, set(env) - fields
+    assert {k for k in _env("streaming") if k.startswith("CDCF_")} <= fields
     for key, value in env.items():
         if key.endswith("_PORT"):
             assert int(value) == getattr(DEFAULTS, key.removeprefix("CDCF_").lower()), key

@@ -1,0 +1,217 @@
+"""The streaming job's own capacity, with the source and Debezium idle: a pre-filled set of change topics (their
+own prefix) replayed by the job's pipeline from a fresh checkpoint, once with two executor cores and once with one.
+
+    .venv/bin/python -m bench.stream --changes 1000000 --users 100000 --products 10000
+
+Keys: ``stream_drain_changes_per_s`` (two cores), ``stream_cpu_us_per_change`` (CPU of the job's processes, driver
+JVM and Python workers, per change), ``stream_scaling_ratio`` (the drain with two cores over the drain with one),
+``stream_state_bytes_per_entity`` (the state store's files over the entities). The feature rows go to a scratch
+offline database and to Redis on a fresh id range, as a real replay would write them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg2
+from confluent_kafka import Producer
+
+from cdcf.feast_config import create_offline_tables
+from cdcf.settings import Settings, load_settings
+from cdcf.stack import kafka
+from streaming.job import tables
+
+SCRATCH_DB = "cdcf_bench_stream"
+PARTITIONS = 2  # of each bench topic: the read is split between two tasks (and two cores)
+
+
+def envelopes(prefix: str, changes: int, users: int, products: int, base: int, seed: int):
+    """``changes`` Debezium events like the workload's: transactions (inserts, amount and owner updates, deletes),
+    sessions, reviews and profile upserts, over ``users`` users and ``products`` products, commits over the last
+    day and event times over the last 30 days. Yields (topic, key, value)."""
+    rnd = random.Random(seed)
+    now = datetime.now(UTC) - timedelta(days=1)
+    live: dict[int, dict] = {}
+    lsn = 10**9
+    for n in range(changes):
+        lsn += 8
+        commit = now + timedelta(microseconds=int(86_400e6 * n / changes))
+        pick = rnd.random()
+        user, product = base + rnd.randrange(users), base + rnd.randrange(products)
+        created = (commit - timedelta(seconds=rnd.randrange(30 * 86_400))).isoformat().replace("+00:00", "Z")
+        if pick < 0.7:
+            table, op, before = "transactions", "c", None
+            if live and rnd.random() < 0.3:
+                key = rnd.choice(list(live)) if len(live) < 64 else base + rnd.randrange(n)
+                before = live.get(key)
+            if before is not None:
+                op = "d" if rnd.random() < 0.2 else "u"
+                after = None if op == "d" else {**before, "amount": f"{rnd.randrange(100, 99999) / 100:.2f}",
+                                                "user_id": user if rnd.random() < 0.3 else before["user_id"]}
+            else:
+                key = base + n
+                after = {"txn_id": key, "user_id": user, "product_id": product,
+                         "amount": f"{rnd.randrange(100, 99999) / 100:.2f}", "merchant": "bench",
+                         "created_at": created, "updated_at": None}
+            if after is None:
+                live.pop(key, None)
+            else:
+                live[key] = after
+                if len(live) > 50_000:
+                    live.pop(next(iter(live)))
+        elif pick < 0.85:
+            table, op, before, key = "sessions", "c", None, base + n
+            after = {"session_id": key, "user_id": user, "started_at": created, "duration_s": rnd.randrange(1, 3600)}
+        elif pick < 0.95:
+            table, op, before, key = "reviews", "c", None, base + n
+            after = {"review_id": key, "product_id": product, "user_id": user, "rating": rnd.randrange(1, 6),
+                     "created_at": created}
+        else:
+            table, op, before, key = "users", "r", None, user
+            after = {"user_id": user, "age": rnd.randrange(18, 90), "income": f"{rnd.randrange(10**6) / 100:.2f}",
+                     "account_status": "active", "signup_date": 19000, "updated_at": None}
+        source = {"version": "3.6.1.Final", "connector": "postgresql", "name": prefix, "db": "app",
+                  "ts_ms": int(commit.timestamp() * 1000), "ts_us": int(commit.timestamp() * 1e6),
+                  "schema": "public", "table": table, "txId": lsn // 8, "lsn": lsn}
+        yield (f"{prefix}.public.{table}", json.dumps({f"{table}_key": key}).encode(),
+               json.dumps({"before": before, "after": after, "source": source, "op": op}).encode())
+
+
+def prefill(settings: Settings, prefix: str, changes: int, users: int, products: int, base: int, seed: int) -> dict:
+    topics = [f"{prefix}.public.{t}" for t in tables()]
+    kafka.ensure_topics(settings, topics, partitions=PARTITIONS)
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 50, "batch.size": 1 << 20,
+                         "compression.type": "lz4", "queue.buffering.max.messages": 1_000_000})
+    started = time.monotonic()
+    for topic, key, value in envelopes(prefix, changes, users, products, base, seed):
+        while True:
+            try:
+                producer.produce(topic, key=key, value=value)
+                break
+            except BufferError:
+                producer.poll(0.1)
+    producer.flush()
+    return {"prefill_s": round(time.monotonic() - started, 1)}
+
+
+def drain(settings: Settings, prefix: str, cores: int, workdir: Path) -> dict:
+    """One replay in a process of its own (Spark's master is fixed per process): its JSON result."""
+    out = workdir / f"drain-{cores}.json"
+    env = {**os.environ, "CDCF_TOPIC_PREFIX": prefix, "CDCF_OFFLINE_DB": SCRATCH_DB,
+           "CDCF_SPARK_MASTER": f"local[{cores}]"}
+    subprocess.run([sys.executable, "-m", "bench.stream", "--drain-into", str(out),
+                    "--checkpoint", str(workdir / f"checkpoint-{cores}")], env=env, check=True)
+    return json.loads(out.read_text())
+
+
+def _process_tree_cpu_s(root: int) -> float:
+    """User + system CPU seconds of ``root`` and every live descendant (the driver JVM, Python workers)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    total, todo = 0.0, [root]
+    tick = os.sysconf("SC_CLK_TCK")
+    while todo:
+        pid = todo.pop()
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+        todo.extend(children.get(pid, []))
+    return total
+
+
+def run_drain(out: Path, checkpoint: Path) -> None:
+    """In the drain's own process: the job's query over everything in the topics (availableNow), timed."""
+    from streaming.job import StreamJob, build_stream, stream_session
+
+    settings = load_settings()
+    job = StreamJob(settings)
+    spark = stream_session(settings, "cdcf-bench-drain")
+    spark.sparkContext.setLogLevel("ERROR")
+    cpu_before, started = _process_tree_cpu_s(os.getpid()), time.monotonic()
+    query = build_stream(spark, settings, job.write_batch, checkpoint=checkpoint, available_now=True)
+    query.awaitTermination()
+    elapsed, cpu = time.monotonic() - started, _process_tree_cpu_s(os.getpid()) - cpu_before
+    progress = query.recentProgress
+    changes = sum(p["numInputRows"] for p in progress)
+    state_bytes = sum(f.stat().st_size for f in (checkpoint / "state").rglob("*") if f.is_file())
+    out.write_text(json.dumps({
+        "cores": int(settings.spark_master.strip("local[]")), "changes": changes, "seconds": elapsed,
+        "changes_per_s": changes / elapsed, "cpu_s": cpu, "batches": len(progress),
+        "emits": job.totals["emits"], "feature_rows": job.totals["rows_written"], "state_files_bytes": state_bytes,
+        "state_operator": progress[-1]["stateOperators"][0] if progress and progress[-1]["stateOperators"] else {},
+    }))
+    spark.stop()
+
+
+def stream_phase(settings: Settings, changes: int, users: int, products: int, seed: int) -> dict:
+    """Prefill, then drain with two cores and with one; the section-6 keys and the runs behind them."""
+    prefix = f"bench{seed}"
+    base = random.Random(seed).randrange(1, 9000) * 10**11 + 5 * 10**10
+    _create_scratch(settings)
+    result = {"stream_workload": {"changes": changes, "users": users, "products": products, "entity_base": base,
+                                  "topic_partitions": PARTITIONS,
+                                  **prefill(settings, prefix, changes, users, products, base, seed)}}
+    workdir = Path(tempfile.mkdtemp(prefix="cdcf-drain-"))
+    try:
+        runs = {cores: drain(settings, prefix, cores, workdir) for cores in (2, 1)}
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    two, one = runs[2], runs[1]
+    entities = users + products
+    result.update({
+        "stream_drain_changes_per_s": round(two["changes_per_s"], 1),
+        "stream_cpu_us_per_change": round(1e6 * two["cpu_s"] / two["changes"], 1),
+        "stream_scaling_ratio": round(two["changes_per_s"] / one["changes_per_s"], 3),
+        "stream_state_bytes_per_entity": round(two["state_files_bytes"] / entities, 1),
+        "stream_drain_runs": runs,
+    })
+    return result
+
+
+def _create_scratch(settings: Settings) -> None:
+    conn = psycopg2.connect(settings.pg_dsn(settings.offline_db, user=settings.feast_user))
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (SCRATCH_DB,))
+        if cur.fetchone() is None:
+            cur.execute(f"CREATE DATABASE {SCRATCH_DB}")
+    conn.close()
+    create_offline_tables(settings.model_copy(update={"offline_db": SCRATCH_DB}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--changes", type=int, default=1_000_000)
+    parser.add_argument("--users", type=int, default=100_000)
+    parser.add_argument("--products", type=int, default=10_000)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--drain-into", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--checkpoint", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.drain_into:
+        run_drain(args.drain_into, args.checkpoint)
+        return
+    seed = args.seed if args.seed is not None else random.randrange(10**6)
+    print(json.dumps(stream_phase(load_settings(), args.changes, args.users, args.products, seed), indent=2))
+
+
+if __name__ == "__main__":
+    main()
