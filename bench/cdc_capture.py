@@ -93,7 +93,7 @@ def throughput_run(settings, changes: int) -> dict:
     with conn.cursor() as cur:
         for chunk in range(0, changes, 5000):
             execute_values(cur, "INSERT INTO transactions VALUES %s", [
-                (base + i, 1 + i % 200, 1 + i % 50, Decimal("9.99"), "bench", "2026-11-20T00:00:00Z", None)
+                (base + i, base + i % 2000, base + i % 50, Decimal("9.99"), "bench", "2026-11-20T00:00:00Z", None)
                 for i in range(chunk, min(changes, chunk + 5000))], page_size=5000)
             conn.commit()
     committed_s = time.monotonic() - started

@@ -5,10 +5,12 @@ parameters, and rendered to BENCHMARKS.md with PNG plots.
     .venv/bin/python -m bench.run                      # the full run, about an hour on 2 cores
     .venv/bin/python -m bench.run --smoke --out /tmp/b # tiny sizes, a few minutes (the test suite runs this)
 
-Phases, in order: the oracle (a randomized workload on a fresh entity range, duplicates re-delivered through
-Kafka, then every online value and a sample of offline values against a brute-force SQL computation); online
-reads and writes; freshness at a fixed rate; the capacity sweep; the batch backfill and point-in-time sets in a
-scratch database (with a sample of backfilled rows against the same oracle); fetch + score on its own Redis.
+Parts, in order (``--only a,b`` runs some and merges their keys into the existing latest.json): the oracle (a
+randomized workload on a fresh entity range, duplicates re-delivered through Kafka, then every online value and a
+sample of offline values against a brute-force SQL computation); online reads; writes; freshness at a fixed rate;
+the capacity sweep; capture (Debezium into Kafka at the source's top commit rate); the streaming job's drain of a
+pre-filled topic (2 cores, then 1); the batch backfill and point-in-time sets in a scratch database (with a sample
+of backfilled rows against the same oracle); fetch + score on its own Redis.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from pathlib import Path
 import psycopg2
 import redis
 
-from bench import freshness, offline, online, oracle, report
+from bench import cdc_capture, freshness, offline, online, oracle, report, stream
 from bench import inference as infer
 from cdcf.feast_config import feature_store
 from cdcf.settings import PROJECT_ROOT, load_settings
@@ -45,6 +47,7 @@ SIZES = {
         "backfill_changes": 1_000_000, "backfill_users": 20_000, "backfill_products": 2_000, "pit_rows": 1_000_000,
         "pit_feast_rows": 10_000, "backfill_oracle_rows": 200,
         "infer_entities": 100_000, "infer_repeats": 300,
+        "capture_changes": 200_000, "stream_changes": 1_000_000, "stream_users": 100_000, "stream_products": 10_000,
     },
     "smoke": {
         "oracle_seconds": 6, "oracle_rate": 100, "oracle_users": 120, "oracle_products": 8,
@@ -55,6 +58,7 @@ SIZES = {
         "backfill_changes": 3_000, "backfill_users": 100, "backfill_products": 20, "pit_rows": 500,
         "pit_feast_rows": 100, "backfill_oracle_rows": 20,
         "infer_entities": 2_000, "infer_repeats": 20,
+        "capture_changes": 2_000, "stream_changes": 5_000, "stream_users": 500, "stream_products": 50,
     },
 }
 TABLES = ("users", "transactions", "sessions", "reviews")
@@ -108,21 +112,35 @@ def oracle_phase(settings, store, size: dict, seed: int) -> dict:
             "online": online_verdict, "offline": offline_verdict}
 
 
+PARTS = ("oracle", "reads", "writes", "freshness", "capacity", "capture", "stream", "offline", "inference")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the harness, not the pipeline")
     parser.add_argument("--out", type=Path, default=RESULTS, help="directory for latest.json and the plots")
     parser.add_argument("--markdown", type=Path, default=None, help="default: BENCHMARKS.md (full), OUT (smoke)")
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--only", default=",".join(PARTS),
+                        help=f"comma-separated parts to run ({', '.join(PARTS)}); their keys are merged into the "
+                             "existing latest.json")
     args = parser.parse_args()
+    parts = args.only.split(",")
+    if unknown := set(parts) - set(PARTS):
+        parser.error(f"unknown part(s) {', '.join(sorted(unknown))}; choose from {', '.join(PARTS)}")
     size = SIZES["smoke" if args.smoke else "full"]
     seed = args.seed if args.seed is not None else random.randrange(10**6)
     settings = load_settings()
     store = feature_store(settings)
-    result: dict = {"machine": machine(settings), "workload": {"size": "smoke" if args.smoke else "full",
-                                                                "seed": seed, **size}, "phase_s": {}}
+    previous = args.out / "latest.json"
+    result: dict = json.loads(previous.read_text()) if set(parts) != set(PARTS) and previous.exists() else {}
+    result.update({"machine": machine(settings), "phase_s": result.get("phase_s", {})})
+    result["workload"] = {**result.get("workload", {}), "size": "smoke" if args.smoke else "full", "seed": seed,
+                          **size}
 
     def phase(name: str, fn):
+        if name not in parts:
+            return None
         print(f"bench: {name} ...", flush=True)
         started = time.monotonic()
         out = fn()
@@ -131,42 +149,50 @@ def main() -> None:
         return out
 
     checked = phase("oracle", lambda: oracle_phase(settings, store, size, seed))
-    users = range(checked["oracle_workload"]["entity_base"] + 1,
-                  checked["oracle_workload"]["entity_base"] + size["oracle_users"] + 1)
-    result.update(phase("online_reads", lambda: online.reads(settings, store, list(users), repeats=size[
-        "read_repeats"], runs=size["read_runs"])))
-    result.update(phase("writes", lambda: online.writes(settings, store, size["write_rows"], size["write_feast_rows"],
-                                                        size["write_runs"])))
+    if checked is not None:
+        streamed = checked["offline"]
+        result.update({
+            "oracle_online_match": checked["online"].match, "oracle_online_compared": checked["online"].compared,
+            "oracle_online_mismatches": checked["online"].mismatches,
+            "oracle_offline_streamed_compared": streamed.compared,
+            "oracle_offline_streamed_mismatches": streamed.mismatches,
+            "oracle_workload": checked["oracle_workload"],
+        })
+    base = result.get("oracle_workload", {}).get("entity_base") or random.Random(seed).randrange(1, 9000) * 10**11
+    users = list(range(base + 1, base + size["oracle_users"] + 1))
+    result.update(phase("reads", lambda: online.reads(settings, store, users, repeats=size["read_repeats"],
+                                                      runs=size["read_runs"])) or {})
+    result.update(phase("writes", lambda: online.writes(settings, store, size["write_rows"],
+                                                        size["write_feast_rows"], size["write_runs"])) or {})
     # the load of freshness and capacity: a population of its own, as a platform of that rate would have (a small
     # one gives each entity an ever longer history to recompute, a cost of the workload, not of the rate)
     population = {"users": size["load_users"], "products": size["load_products"],
                   "entity_base": random.Random(seed + 1).randrange(1, 9000) * 10**11 + 10**10}
     result["workload"]["load_entity_base"] = population["entity_base"]
     result.update(phase("freshness", lambda: freshness.freshness(
-        settings, store, size["freshness_rate"], size["freshness_seconds"], size["freshness_runs"], population, seed)))
+        settings, store, size["freshness_rate"], size["freshness_seconds"], size["freshness_runs"], population,
+        seed)) or {})
     result.update(phase("capacity", lambda: freshness.capacity(
         settings, store, size["capacity_rates"], size["capacity_hold_s"], size["capacity_bound_s"], population,
-        seed)))
+        seed)) or {})
+    result.update(phase("capture", lambda: capture(settings, size["capture_changes"])) or {})
+    result.update(phase("stream", lambda: stream.stream_phase(
+        settings, size["stream_changes"], size["stream_users"], size["stream_products"], seed)) or {})
     batch = phase("offline", lambda: offline.run(
         settings, size["backfill_changes"], size["backfill_users"], size["backfill_products"], size["pit_rows"],
         size["pit_feast_rows"], size["backfill_oracle_rows"],
         database="cdcf_bench_smoke" if args.smoke else "cdcf_bench"))
-    backfilled = batch.pop("backfill_oracle")
-    result.update(batch)
+    if batch is not None:
+        backfilled = batch.pop("backfill_oracle")
+        result.update(batch)
+        result.update({"oracle_offline_backfilled_compared": backfilled.compared,
+                       "oracle_offline_backfilled_mismatches": backfilled.mismatches})
     inference = phase("inference", lambda: infer.run("/usr/bin/redis-server", None, size["infer_entities"],
                                                      size["infer_repeats"]))
-    result.update({k: inference.pop(k) for k in [k for k in inference if k.startswith("infer_")]})
-    result["inference"] = inference
-
-    online_verdict, offline_verdict = checked["online"], checked["offline"].merge(backfilled)
-    result.update({
-        "oracle_online_match": online_verdict.match, "oracle_online_compared": online_verdict.compared,
-        "oracle_offline_match": offline_verdict.match, "oracle_offline_compared": offline_verdict.compared,
-        "oracle_offline_streamed_compared": checked["offline"].compared,
-        "oracle_offline_backfilled_compared": backfilled.compared,
-        "oracle_workload": checked["oracle_workload"],
-        "oracle_mismatches": online_verdict.mismatches + offline_verdict.mismatches,
-    })
+    if inference is not None:
+        result.update({k: inference.pop(k) for k in [k for k in inference if k.startswith("infer_")]})
+        result["inference"] = inference
+    _oracle_totals(result)
     gpu = RESULTS / "inference_gpu.json"
     if gpu.exists():
         result["gpu_inference"] = json.loads(gpu.read_text())
@@ -175,6 +201,23 @@ def main() -> None:
     markdown = args.markdown or (args.out / "BENCHMARKS.md" if args.smoke else PROJECT_ROOT / "BENCHMARKS.md")
     report.render(result, args.out, markdown)
     print(f"bench: wrote {args.out / 'latest.json'} and {markdown}")
+
+
+def capture(settings, changes: int) -> dict:
+    """Debezium into Kafka (and the archive behind it) with the source committing as fast as it can."""
+    run = cdc_capture.throughput_run(settings, changes)
+    return {"capture_changes_per_s": round(run["kafka_changes_per_s"], 1),
+            "archive_changes_per_s": round(run["archive_changes_per_s"], 1), "capture_run": run}
+
+
+def _oracle_totals(result: dict) -> None:
+    """The offline match over streamed and backfilled rows (each part may come from a different run)."""
+    compared = result.get("oracle_offline_streamed_compared", 0) + result.get("oracle_offline_backfilled_compared", 0)
+    mismatches = (result.get("oracle_offline_streamed_mismatches", [])
+                  + result.get("oracle_offline_backfilled_mismatches", []))
+    result["oracle_offline_compared"] = compared
+    result["oracle_offline_match"] = 1.0 if compared == 0 else 1 - len(mismatches) / compared
+    result["oracle_mismatches"] = result.get("oracle_online_mismatches", []) + mismatches
 
 
 if __name__ == "__main__":

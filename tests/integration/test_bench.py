@@ -18,7 +18,8 @@ KEYS = ("freshness_p50_s freshness_p99_s capacity_changes_per_s online_read_1_p5
         "online_read_1_raw_p50_ms online_read_100_p50_ms online_read_100_p99_ms online_read_100_raw_p50_ms "
         "online_read_100_feast_p50_ms write_rows_per_s write_feast_push_rows_per_s pit_rows pit_s pit_feast_rows "
         "pit_feast_s backfill_changes backfill_s oracle_online_match oracle_offline_match infer_1_p99_ms "
-        "infer_100_p99_ms infer_1024_p99_ms").split()
+        "infer_100_p99_ms infer_1024_p99_ms capture_changes_per_s archive_changes_per_s stream_drain_changes_per_s "
+        "stream_cpu_us_per_change stream_scaling_ratio stream_state_bytes_per_entity").split()
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +42,8 @@ def test_every_spec_key_is_measured_beside_its_baseline(smoke):
     assert result["workload"]["size"] == "smoke" and result["workload"]["seed"] == 4242
     assert len(result["freshness_runs"]) == 2 and all(r["served"] > 0 for r in result["freshness_runs"])
     assert result["capacity_steps"] and result["capacity_steps"][0]["target_changes_per_s"] == 100
+    runs = result["stream_drain_runs"]
+    assert {int(c) for c in runs} == {1, 2} and all(r["changes"] == 5_000 for r in runs.values())
 
 
 def test_the_oracle_finds_every_value_exact(smoke):

@@ -1,4 +1,5 @@
-"""The streaming job, unchanged, on a Spark standalone cluster: a master and two workers from the pyspark install."""
+"""The streaming job, unchanged, on a Spark standalone cluster (a master and two workers from the pyspark install):
+its executors decode, keep the window state and write the stores; one of them killed mid-load loses nothing."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import random
 import signal
 import subprocess
 import sys
+import threading
+import time
 import urllib.request
 from pathlib import Path
 
@@ -19,7 +22,8 @@ from cdcf.feast_config import feature_store
 from cdcf.stack import proc
 from cdcf.stack.background import STREAMING
 from tests.conftest import CDCF
-from tests.integration.test_streaming import _sql, assert_exact
+from cdcf.workload import Workload
+from tests.integration.test_streaming import _last_change_by_user, _sql, assert_exact
 
 pytestmark = pytest.mark.integration
 
@@ -72,8 +76,24 @@ def test_the_job_runs_unchanged_on_a_standalone_cluster(settings, cluster, tmp_p
         assert_exact(settings, store, decl.TRANSACTION_RISK, user, since, timeout_s=120)
         assert_exact(settings, store, decl.USER_ACTIVITY, user, since)
         apps = [a for a in _master_state()["activeapps"] if a["name"] == "cdcf-streaming-features"]
-        assert len(apps) == 1 and apps[0]["cores"] == 2, apps  # an executor on each worker did the reading
+        assert len(apps) == 1 and apps[0]["cores"] == 2, apps  # an executor on each worker did the work
         assert all(w["coresused"] == 1 for w in _master_state()["workers"])
+
+        # kill -9 of one executor in the middle of a load: its tasks run again, nothing is lost or counted twice
+        started = _sql(settings, "SELECT 1")
+        load = threading.Thread(target=lambda: Workload(settings, seed=random.randrange(10**6)).run(200, 15))
+        load.start()
+        time.sleep(6)
+        executors = subprocess.run(["pgrep", "-f", "CoarseGrainedExecutorBackend"], capture_output=True,
+                                   text=True).stdout.split()
+        assert len(executors) == 2, executors
+        os.kill(int(executors[0]), signal.SIGKILL)
+        load.join()
+        last_change = _last_change_by_user(settings, started)
+        assert len(last_change) > 10
+        for touched in random.sample(sorted(last_change), 10):
+            for view in (decl.USER_ACTIVITY, decl.TRANSACTION_RISK):
+                assert_exact(settings, store, view, touched, last_change[touched], timeout_s=180)
     finally:
         job.send_signal(signal.SIGTERM)
         job.wait(60)

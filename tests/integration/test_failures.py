@@ -34,12 +34,13 @@ def test_port_in_use_names_the_port_and_the_setting(settings, side_home):
     assert f"Port {port}" in line and "CDCF_PG_PORT" in line
 
 
-def test_missing_java_and_maven_are_named_with_their_fix(settings, tmp_path):
+def test_missing_java_javac_and_maven_are_named_with_their_fix(settings, tmp_path):
     empty_home = tmp_path / "fresh"
     bin_dir = Path(sys.executable).parent
     result = run_cli("up", env={"CDCF_HOME": str(empty_home), "PATH": f"{bin_dir}"}, timeout=60)
     line = _one_error_line(result)
-    assert "java (apt-get install openjdk-17-jre-headless" in line
+    assert "java (apt-get install openjdk-17-jdk-headless" in line
+    assert "javac (apt-get install openjdk-17-jdk-headless" in line
     assert "mvn (apt-get install maven" in line
     assert "make install" in line
 

@@ -34,8 +34,8 @@ def test_up_status_down_up_up_from_nothing(side_home):
         first = run_cli("up", env=env)
         assert first.returncode == 0, first.stdout + first.stderr
         assert [line.split(":")[0] for line in first.stdout.splitlines()] == [
-            "jars", "postgres", "redis", "kafka", "connect", "feast registry", "connector", "archiver",
-            "streaming"]
+            "jars", "window engine", "postgres", "redis", "kafka", "connect", "feast registry", "connector",
+            "archiver", "streaming"]
 
         healthy = run_cli("status", env=env)
         assert healthy.returncode == 0, healthy.stdout + healthy.stderr
