@@ -6,13 +6,15 @@ own prefix) replayed by the job's pipeline from a fresh checkpoint, once with tw
 Keys: ``stream_drain_changes_per_s`` (two cores), ``stream_cpu_us_per_change`` (CPU of the job's processes, driver
 JVM and Python workers, per change), ``stream_scaling_ratio`` (the drain with two cores over the drain with one),
 ``stream_state_bytes_per_entity`` (the state store's files over the entities). The feature rows go to a scratch
-offline database and to Redis on a fresh id range, as a real replay would write them.
+offline database and to Redis on a fresh id range, as a real replay would write them; the live streaming job is
+stopped meanwhile, so that the drain has the cores to itself.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import random
 import shutil
@@ -23,12 +25,12 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import psycopg2
 from confluent_kafka import Producer
 
 from cdcf.feast_config import create_offline_tables
 from cdcf.settings import Settings, load_settings
-from cdcf.stack import kafka
+from cdcf.stack import kafka, postgres
+from cdcf.stack.background import STREAMING
 from streaming.job import tables
 
 SCRATCH_DB = "cdcf_bench_stream"
@@ -142,6 +144,7 @@ def run_drain(out: Path, checkpoint: Path) -> None:
     from streaming.job import StreamJob, build_stream, stream_session
 
     settings = load_settings()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     job = StreamJob(settings)
     spark = stream_session(settings, "cdcf-bench-drain")
     spark.sparkContext.setLogLevel("ERROR")
@@ -170,10 +173,12 @@ def stream_phase(settings: Settings, changes: int, users: int, products: int, se
                                   "topic_partitions": PARTITIONS,
                                   **prefill(settings, prefix, changes, users, products, base, seed)}}
     workdir = Path(tempfile.mkdtemp(prefix="cdcf-drain-"))
+    STREAMING.stop(settings)  # the live job would share the cores: the drain measures the job alone
     try:
         runs = {cores: drain(settings, prefix, cores, workdir) for cores in (2, 1)}
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+        STREAMING.start(settings)
     two, one = runs[2], runs[1]
     entities = users + products
     result.update({
@@ -187,13 +192,7 @@ def stream_phase(settings: Settings, changes: int, users: int, products: int, se
 
 
 def _create_scratch(settings: Settings) -> None:
-    conn = psycopg2.connect(settings.pg_dsn(settings.offline_db, user=settings.feast_user))
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (SCRATCH_DB,))
-        if cur.fetchone() is None:
-            cur.execute(f"CREATE DATABASE {SCRATCH_DB}")
-    conn.close()
+    postgres.ensure_database(settings, SCRATCH_DB)
     create_offline_tables(settings.model_copy(update={"offline_db": SCRATCH_DB}))
 
 

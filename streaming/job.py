@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.streaming import StreamingQuery
+from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
 
 from cdcf.settings import Settings
 from cdcf.sources import sources
@@ -113,7 +113,6 @@ class StreamJob:
         self.stopping = threading.Event()
         self.totals = {"batches": 0, "changes": 0, "rows_written": 0, "emits": 0, "decayed": 0,
                        "last_as_of": None, "restarts": 0, "last_error": None, "lag_max_s": 0.0}
-        self._progress_seen = -1
 
     def write_batch(self, batch: DataFrame, batch_id: int) -> None:
         """foreachBatch: the executors write their partitions; only metrics come back."""
@@ -130,12 +129,15 @@ class StreamJob:
         if emits:
             self.totals["lag_max_s"] = max(p["lag_max_us"] for p in parts) / 1e6
         self._report()
-        log.info("batch %d: %d emits, %d decays, %d feature rows in %.3f s", batch_id, emits,
-                 sum(p["decays"] for p in parts), sum(p["rows"] for p in parts), time.monotonic() - started)
+        log.info("batch %d: %d emits, %d decays, %d feature rows in %.3f s (over %d partitions: engine output %.3f s, "
+                 "writing %.3f s, of which Redis %.3f s, offline %.3f s)", batch_id, emits,
+                 sum(p["decays"] for p in parts), sum(p["rows"] for p in parts), time.monotonic() - started, len(parts),
+                 *(sum(p[k] for p in parts) / 1e6 for k in ("input_us", "write_us", "redis_us", "offline_us")))
 
     def run(self) -> dict:
         spark = stream_session(self.settings)
         spark.sparkContext.setLogLevel("WARN")
+        self.listen(spark)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stopping.set())
         self._report()
@@ -144,7 +146,6 @@ class StreamJob:
             while not self.stopping.is_set():
                 query = build_stream(spark, self.settings, self.write_batch)
                 while not self.stopping.is_set() and query.isActive:
-                    self._count_input(query)
                     self._report()
                     self.stopping.wait(1.0)
                 if not self.stopping.is_set():
@@ -162,13 +163,26 @@ class StreamJob:
             spark.stop()
         return self.totals
 
-    def _count_input(self, query: StreamingQuery) -> None:
-        for progress in query.recentProgress:
-            if progress["batchId"] > self._progress_seen:
-                self._progress_seen = progress["batchId"]
-                self.totals["changes"] += progress.get("numInputRows", 0)
-                log.debug("batch %d progress: %s %s", progress["batchId"], progress.get("durationMs"),
-                          progress.get("eventTime"))
+    def listen(self, spark: SparkSession) -> None:
+        """Count the changes read from each micro-batch's progress, as Spark reports it (once per batch)."""
+        job = self
+
+        class Progress(StreamingQueryListener):
+            def onQueryStarted(self, event) -> None:
+                pass
+
+            def onQueryProgress(self, event) -> None:
+                progress = event.progress
+                job.totals["changes"] += progress.numInputRows
+                log.debug("batch %d progress: %s %s", progress.batchId, progress.durationMs, progress.eventTime)
+
+            def onQueryIdle(self, event) -> None:
+                pass
+
+            def onQueryTerminated(self, event) -> None:
+                pass
+
+        spark.streams.addListener(Progress())
 
     def _report(self) -> None:
         report(self.status_file, self.totals)

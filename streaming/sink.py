@@ -26,7 +26,9 @@ from streaming.online import OnlineWriter
 log = logging.getLogger(__name__)
 
 METRICS = pa.schema([("rows", pa.int64()), ("emits", pa.int64()), ("decays", pa.int64()),
-                     ("max_as_of_us", pa.int64()), ("lag_sum_us", pa.int64()), ("lag_max_us", pa.int64())])
+                     ("max_as_of_us", pa.int64()), ("lag_sum_us", pa.int64()), ("lag_max_us", pa.int64()),
+                     ("redis_us", pa.int64()), ("offline_us", pa.int64()), ("input_us", pa.int64()),
+                     ("write_us", pa.int64())])
 METRICS_DDL = ", ".join(f"{f.name} long" for f in METRICS)  # the same, as Spark takes it
 _SINKS: dict[str, FeatureSink] = {}
 
@@ -50,7 +52,7 @@ class FeatureSink:
         if self.db is None or self.db.closed:
             self.setup()
         now_us = time.time_ns() // 1000
-        written = 0
+        written, self.redis_ns, self.offline_ns = 0, 0, 0
         with self.db, self.db.cursor() as cur:
             for entity in decl.ENTITIES:
                 mine = rows.filter(pc.equal(rows["entity"], entity.name))
@@ -64,12 +66,16 @@ class FeatureSink:
         return {"rows": written, "emits": emits.num_rows, "decays": rows.num_rows - emits.num_rows,
                 "max_as_of_us": pc.max(rows["as_of_us"]).as_py() if rows.num_rows else None,
                 "lag_sum_us": pc.sum(lag).as_py() if lag is not None else 0,
-                "lag_max_us": pc.max(lag).as_py() if lag is not None else 0}
+                "lag_max_us": pc.max(lag).as_py() if lag is not None else 0,
+                "redis_us": self.redis_ns // 1000, "offline_us": self.offline_ns // 1000}
 
     def _write_view(self, cur, view: FeatureView, rows: pa.Table) -> int:
         names = [f.name for f in view.features]
+        started = time.perf_counter_ns()
         ids, as_of = rows["id"].to_pylist(), rows["as_of_us"].to_pylist()
         self.online.write_columns(view, ids, as_of, [rows[n].to_pylist() for n in names])
+        self.redis_ns += time.perf_counter_ns() - started
+        started = time.perf_counter_ns()
         key = view.entity.join_key
         offline = pa.table([rows["id"], pc.cast(rows["as_of_us"], pa.timestamp("us", tz="UTC")),
                             *[rows[n] for n in names]], names=[key, EVENT_TIMESTAMP, *names])
@@ -77,6 +83,7 @@ class FeatureSink:
                         "WITH (FORMAT csv)", csv_buffer(offline))
         cur.execute(f"INSERT INTO {view.name} SELECT * FROM {_stage(view)} ON CONFLICT ({key}, {EVENT_TIMESTAMP}) "
                     f"DO UPDATE SET {', '.join(f'{n} = excluded.{n}' for n in names)}")
+        self.offline_ns += time.perf_counter_ns() - started
         return rows.num_rows
 
     def close(self) -> None:
@@ -95,11 +102,14 @@ def partition_writer(settings: Settings) -> Callable[[Iterator[pa.RecordBatch]],
     key = settings.model_dump_json()
 
     def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        started = time.perf_counter_ns()
         sink = _SINKS.get(key)
         if sink is None:
             sink = _SINKS[key] = FeatureSink(settings)
-        batches = [b for b in batches if b.num_rows]
+        batches = [b for b in batches if b.num_rows]  # the engine computes them as they are read
+        received = time.perf_counter_ns()
         metrics = sink.write(pa.Table.from_batches(batches)) if batches else dict.fromkeys(METRICS.names, 0)
+        metrics.update(input_us=(received - started) // 1000, write_us=(time.perf_counter_ns() - received) // 1000)
         yield pa.RecordBatch.from_pylist([metrics], schema=METRICS)
 
     return write
