@@ -75,7 +75,7 @@ class Settings(BaseSettings):
     maven: str = Field("mvn", description="Maven executable, used only while the jar cache is empty.")
     maven_repo_url: str = Field("", description="Maven repository mirror; empty means Maven Central.")
     stream_trigger_ms: int = Field(100, gt=0, description="Micro-batch interval of the streaming job.")
-    stream_max_changes_per_batch: int = Field(50_000, gt=0, description="Cap on Kafka records per micro-batch.")
+    stream_max_changes_per_batch: int = Field(200_000, gt=0, description="Cap on Kafka records per micro-batch.")
     stream_settle_s: float = Field(
         2.0, ge=0, description="The decay clock trails the latest applied commit time by this much, so that "
         "commits still in flight on other change topics are applied before a window decays past them.")

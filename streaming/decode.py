@@ -40,6 +40,14 @@ def spec(topic_prefix: str, keep: tuple[str, ...]) -> str:
     })
 
 
+def routed(records: DataFrame, topic_prefix: str, route_spec: str) -> DataFrame:
+    """Kafka source rows -> the window engine's input (Router.java): per valid change, one row per entity it
+    concerns (entity, id, table, row_key, lsn, commit_us, owns, event_us, <value columns>), and one row with an
+    empty entity for a change no feature reads (a heartbeat: the clock). Dead letters give nothing here."""
+    spark = records.sparkSession
+    return DataFrame(spark._jvm.cdcf.engine.Decode.routed(records._jdf, spec(topic_prefix, ()), route_spec), spark)
+
+
 def decode(records: DataFrame, topic_prefix: str, keep: tuple[str, ...]) -> DataFrame:
     """Kafka source rows -> one row per message but tombstones: topic, partition, offset, table, reason (null
     when valid), op, key, lsn, commit_us, and ``b_<c>`` / ``a_<c>`` for each column ``c`` in ``keep`` of the

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pyspark
 from pyspark.sql import DataFrame
-from pyspark.sql import functions as F
 
 from cdcf import features as decl
 from cdcf.errors import PrerequisiteError
@@ -118,47 +117,19 @@ def input_columns() -> tuple[str, ...]:
                         | {c["column"] for e in entities if e["profile"] for c in e["profile"]["columns"]}))
 
 
-def image_columns() -> tuple[str, ...]:
-    """The columns route reads of the decoded images: owner keys, event times, and the engine's columns."""
-    return tuple(sorted({c.name for s in sources() for c in s.columns} | set(input_columns())))
-
-
-def route(changes: DataFrame) -> DataFrame:
-    """Valid decoded changes of the tables some feature reads (streaming.decode) -> one row per entity the change
-    concerns: the owner its row had before (``owns`` false: the row leaves it, unless it stays) and the owner it
-    has after (``owns`` true, unless deleted), with the after image's event time and values: the engine's input
-    (entity, id, table, row_key, lsn, commit_us, owns, event_us, <value columns>)."""
-    candidates = {}
-    for s in sources():
-        entries = []
-        for entity in s.owners:
-            key, deleted = entity.join_key, F.col("op") == "d"
-            stays = ~deleted & (F.col(f"b_{key}") == F.col(f"a_{key}"))
-            entries.append(F.struct(F.lit(entity.name).alias("entity"), F.col(f"b_{key}").alias("id"),
-                                    F.lit(False).alias("owns"), F.coalesce(stays, F.lit(False)).alias("skip")))
-            entries.append(F.struct(F.lit(entity.name).alias("entity"), F.col(f"a_{key}").alias("id"),
-                                    (~deleted).alias("owns"), deleted.alias("skip")))
-        candidates[s.table.name] = F.array(*entries)
-    targets = None
-    for table, array in candidates.items():
-        targets = (F.when(F.col("table") == table, array) if targets is None
-                   else targets.when(F.col("table") == table, array))
-    event = None
-    for s in sources():
-        if s.table.event_time:
-            value = F.col(f"a_{s.table.event_time}")
-            event = (F.when(F.col("table") == s.table.name, value) if event is None
-                     else event.when(F.col("table") == s.table.name, value))
-    values = [F.col(f"a_{c}").alias(c) for c in input_columns()]
-    return (changes.select(F.explode(targets).alias("to"), "table", F.col("key").alias("row_key"), "lsn",
-                           "commit_us", event.alias("event_us"), *values)
-            .where(F.col("to.id").isNotNull() & ~F.col("to.skip"))
-            .select(F.col("to.entity").alias("entity"), F.col("to.id").alias("id"), "table", "row_key", "lsn",
-                    "commit_us", F.col("to.owns").alias("owns"), "event_us", *input_columns()))
+def route_spec() -> str:
+    """What the router needs (Router.java): per source table its owners (entity, column) and event-time column,
+    and the engine's value columns with their kinds."""
+    kinds = {c.name: c.kind for contract in row_contracts().values() for c in contract.columns}
+    return json.dumps({
+        "sources": [{"table": s.table.name, "event": s.table.event_time,
+                     "owners": [{"entity": e.name, "column": e.join_key} for e in s.owners]} for s in sources()],
+        "values": {c: "string" if kinds[c] == "string" else "long" for c in input_columns()},
+    })
 
 
 def features(changes: DataFrame) -> DataFrame:
-    """Run the engine over routed change rows (see streaming.route); one row per emit: entity, id, as_of_us and
+    """Run the engine over routed change rows (streaming.decode.routed); one row per emit: entity, id, as_of_us and
     decay (whether time alone made it) and every feature column (null where the entity kind has no such
     feature)."""
     spark = changes.sparkSession

@@ -28,7 +28,7 @@ from cdcf.spark import spark_session
 from cdcf.status import report
 from connectors.contracts import HEARTBEAT
 from streaming import engine
-from streaming.decode import decode
+from streaming.decode import routed
 from streaming.sink import METRICS_DDL, partition_writer
 
 log = logging.getLogger(__name__)
@@ -50,14 +50,11 @@ def topics(topic_prefix: str) -> list[str]:
 def feature_rows(records: DataFrame, topic_prefix: str, settle_s: float) -> DataFrame:
     """Kafka records (topic, partition, offset, value) -> the engine's output rows (entity, id, as_of_us, decay,
     <features>)."""
-    decoded = decode(records, topic_prefix, engine.image_columns())
+    changes = routed(records, topic_prefix, engine.route_spec())
     clock = F.least(F.timestamp_micros("commit_us"), F.current_timestamp())
-    changes = (decoded.where(F.col("reason").isNull())
-               .withColumn("clock", clock)
-               .withWatermark("clock", f"{int(settle_s * 1000)} milliseconds")
-               .drop("clock"))  # the engine gets no event-time column, so Spark drops no late change
-    # heartbeats end here: route gives them no entity (a filter on the table would be pushed below the watermark)
-    return engine.features(engine.route(changes))
+    return engine.features(
+        changes.withColumn("clock", clock).withWatermark("clock", f"{int(settle_s * 1000)} milliseconds")
+        .drop("clock"))  # the engine gets no event-time column, so Spark drops no late change
 
 
 def build_stream(spark: SparkSession, settings: Settings, sink: Callable[[DataFrame, int], None],

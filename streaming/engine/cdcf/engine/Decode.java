@@ -59,6 +59,35 @@ public final class Decode {
         }, Encoders.row(schema));
     }
 
+    /**
+     * ``records`` -> the window engine's input: for each valid change of a table some feature reads, one row per
+     * entity it concerns (the owner its row had before, which loses it unless it stays, and the owner after):
+     * entity, id, table, row_key, lsn, commit_us, owns, event_us and the value columns of the after image; for any
+     * other valid change (a heartbeat), one row with an empty entity, for the commit-time clock only. Dead letters
+     * give nothing here (the archiver routes them).
+     */
+    public static Dataset<Row> routed(Dataset<Row> records, String decoderJson, String routeJson) {
+        Decoder decoder = new Decoder(decoderJson);
+        Router router = new Router(routeJson);
+        return records.select("topic", "partition", "offset", "value").mapPartitions(
+            (MapPartitionsFunction<Row, Row>) rows -> new java.util.Iterator<Row>() {
+                private final java.util.ArrayDeque<Row> ready = new java.util.ArrayDeque<>();
+
+                public boolean hasNext() {
+                    while (ready.isEmpty() && rows.hasNext()) {
+                        Row in = rows.next();
+                        Decoder.Result r = decoder.decode(in.getString(0), (byte[]) in.get(3));
+                        if (r != null && r.reason == null) router.route(r, ready);
+                    }
+                    return !ready.isEmpty();
+                }
+
+                public Row next() {
+                    return ready.poll();
+                }
+            }, Encoders.row(router.schema()));
+    }
+
     private static Row row(Row in, Decoder.Result r, List<String> names) {
         boolean valid = r.reason == null;
         Object[] out = new Object[9 + 2 * names.size()];

@@ -27,15 +27,15 @@ import scala.jdk.javaapi.CollectionConverters;
  * feature of the entity as of T = the commit time of its latest applied change (or just after its last emitted
  * T, so a correction is always newer), and set one event-time timer at the next moment a window changes with no
  * new change. A timer fires once the applied commit-time clock (the query's watermark) has passed it, and emits
- * as of its time. State: per event table the rows' LSNs, the hours' rows and the tiles; the profile row; and a
- * meta value (last T, timer, tombstones).
+ * as of its time. State: per event table the row index (LSNs), the hours' rows and the tiles; the profile row;
+ * and a meta value (last T, timer, tombstones).
  */
 public final class FeatureProcessor extends StatefulProcessor<Tuple2<String, Long>, Row, Row> {
     private static final int HEAD = 4;  // output: entity, id, as_of_us, decay, then the features
 
     private final Spec spec;
     private transient ValueState<byte[]> meta;
-    private transient java.util.Map<String, StateStore> tables;
+    private transient java.util.Map<String, TableState> tables;
     private transient java.util.Map<String, ValueState<byte[]>> profiles;
     private transient Columns columns;
 
@@ -51,8 +51,8 @@ public final class FeatureProcessor extends StatefulProcessor<Tuple2<String, Lon
         profiles = new java.util.HashMap<>();
         for (Spec.Entity e : spec.entities.values()) {
             for (Spec.Table t : e.tables) {
-                tables.computeIfAbsent(t.name, name -> new StateStore(
-                    getHandle().getMapState("rows_" + name, Encoders.LONG(), Encoders.BINARY(), none),
+                tables.computeIfAbsent(t.name, name -> new TableState(
+                    getHandle().getValueState("rows_" + name, Encoders.BINARY(), none),
                     getHandle().getMapState("hours_" + name, Encoders.LONG(), Encoders.BINARY(), none),
                     getHandle().getValueState("tiles_" + name, Encoders.BINARY(), none)));
             }
@@ -66,6 +66,10 @@ public final class FeatureProcessor extends StatefulProcessor<Tuple2<String, Lon
     @Override
     public Iterator<Row> handleInputRows(Tuple2<String, Long> key, Iterator<Row> rows, TimerValues timers) {
         Spec.Entity entity = spec.entities.get(key._1());
+        if (entity == null) {  // the clock's rows (heartbeats): they only moved the watermark
+            while (rows.hasNext()) rows.next();
+            return CollectionConverters.asScala(Collections.<Row>emptyIterator());
+        }
         List<Row> changes = new ArrayList<>();
         while (rows.hasNext()) changes.add(rows.next());
         if (columns == null) columns = new Columns(changes.get(0));
@@ -133,7 +137,9 @@ public final class FeatureProcessor extends StatefulProcessor<Tuple2<String, Lon
 
     private TableCore[] cores(Spec.Entity entity) {
         TableCore[] cores = new TableCore[entity.tables.length];
-        for (int t = 0; t < cores.length; t++) cores[t] = new TableCore(entity.tables[t], tables.get(entity.tables[t].name));
+        for (int t = 0; t < cores.length; t++) {
+            cores[t] = new TableCore(entity.tables[t], new EntityStore(tables.get(entity.tables[t].name)));
+        }
         return cores;
     }
 
@@ -205,23 +211,66 @@ public final class FeatureProcessor extends StatefulProcessor<Tuple2<String, Lon
         }
     }
 
-    /** The Store of one event table, on the state store's variables of the current key. */
-    private static final class StateStore implements Store {
-        private final MapState<Long, byte[]> rows, hours;
-        private final ValueState<byte[]> tiles;
+    /** The state variables of one event table (the state store keys them by the current entity). */
+    private static final class TableState implements java.io.Serializable {
+        final ValueState<byte[]> rows, tiles;
+        final MapState<Long, byte[]> hours;
 
-        StateStore(MapState<Long, byte[]> rows, MapState<Long, byte[]> hours, ValueState<byte[]> tiles) {
+        TableState(ValueState<byte[]> rows, MapState<Long, byte[]> hours, ValueState<byte[]> tiles) {
             this.rows = rows; this.hours = hours; this.tiles = tiles;
         }
+    }
 
-        public byte[] row(long rowKey) { return rows.getValue(rowKey); }
-        public void putRow(long rowKey, byte[] value) { rows.updateValue(rowKey, value); }
-        public void removeRow(long rowKey) { rows.removeKey(rowKey); }
-        public byte[] hour(long hourUs) { return hours.getValue(hourUs); }
-        public void putHour(long hourUs, byte[] value) { hours.updateValue(hourUs, value); }
-        public void removeHour(long hourUs) { hours.removeKey(hourUs); }
-        public byte[] tiles() { return tiles.exists() ? tiles.get() : null; }
-        public void putTiles(byte[] value) { if (value.length == 0) tiles.clear(); else tiles.update(value); }
+    /**
+     * The Store of one event table for the current entity and call: its row index (every row's LSN, commit time,
+     * presence and event time) is one value, read once and written once per call, not one state read per change.
+     */
+    private static final class EntityStore implements Store {
+        private static final int ENTRY = 8 + 25;
+        private final TableState state;
+        private java.util.HashMap<Long, byte[]> rows;
+        private boolean rowsChanged;
+
+        EntityStore(TableState state) {
+            this.state = state;
+        }
+
+        private java.util.HashMap<Long, byte[]> rows() {
+            if (rows == null) {
+                rows = new java.util.HashMap<>();
+                if (state.rows.exists()) {
+                    ByteBuffer in = ByteBuffer.wrap(state.rows.get());
+                    while (in.hasRemaining()) {
+                        long key = in.getLong();
+                        byte[] value = new byte[ENTRY - 8];
+                        in.get(value);
+                        rows.put(key, value);
+                    }
+                }
+            }
+            return rows;
+        }
+
+        public byte[] row(long rowKey) { return rows().get(rowKey); }
+        public void putRow(long rowKey, byte[] value) { rows().put(rowKey, value); rowsChanged = true; }
+        public void removeRow(long rowKey) { rowsChanged |= rows().remove(rowKey) != null; }
+        public byte[] hour(long hourUs) { return state.hours.getValue(hourUs); }
+        public void putHour(long hourUs, byte[] value) { state.hours.updateValue(hourUs, value); }
+        public void removeHour(long hourUs) { state.hours.removeKey(hourUs); }
+        public byte[] tiles() { return state.tiles.exists() ? state.tiles.get() : null; }
+        public void putTiles(byte[] value) { if (value.length == 0) state.tiles.clear(); else state.tiles.update(value); }
+
+        public void flush() {
+            if (!rowsChanged) return;
+            if (rows.isEmpty()) {
+                state.rows.clear();
+            } else {
+                ByteBuffer out = ByteBuffer.allocate(rows.size() * ENTRY);
+                for (java.util.Map.Entry<Long, byte[]> e : rows.entrySet()) out.putLong(e.getKey()).put(e.getValue());
+                state.rows.update(out.array());
+            }
+            rowsChanged = false;
+        }
     }
 
     /** Field positions of the input rows (the same schema for every row). */

@@ -1,7 +1,7 @@
 package cdcf.engine;
 
 /** What the window core keeps of one event table for one entity: three kinds of value, all bytes. The stateful
- * processor backs it with Spark's state store; a test backs it with maps. */
+ * processor backs it with Spark's state store (one instance per entity and call). */
 interface Store {
     /** What a source row contributes to the entity: its last change's LSN and commit time, and its event time. */
     byte[] row(long rowKey);
@@ -21,4 +21,7 @@ interface Store {
     byte[] tiles();
 
     void putTiles(byte[] value);
+
+    /** Make what was put durable (a store may hold writes until then). */
+    void flush();
 }

@@ -261,6 +261,7 @@ final class TableCore {
             if (rows.isEmpty()) store.removeHour(h); else store.putHour(h, encodeHour(rows));
         }
         if (tilesDirty) store.putTiles(encodeTiles(tiles));
+        store.flush();
         hours.clear();
         changedHours.clear();
         tiles = null;

@@ -1,0 +1,80 @@
+package cdcf.engine;
+
+import com.fasterxml.jackson.databind.JsonNode;
+import java.io.Serializable;
+import java.util.ArrayList;
+import java.util.Deque;
+import java.util.HashMap;
+import java.util.List;
+import java.util.Map;
+import org.apache.spark.sql.Row;
+import org.apache.spark.sql.RowFactory;
+import org.apache.spark.sql.types.DataTypes;
+import org.apache.spark.sql.types.StructField;
+import org.apache.spark.sql.types.StructType;
+
+/** A decoded change -> the engine's input rows, one per entity it concerns (spec from streaming/engine.py). */
+final class Router implements Serializable {
+    private static final class Source implements Serializable {
+        final List<String[]> owners = new ArrayList<>();  // {entity, owner column}
+        String event;  // event-time column, or null (the profile table)
+    }
+
+    private final Map<String, Source> sources = new HashMap<>();
+    private final List<String> values = new ArrayList<>();
+    private final List<Boolean> text = new ArrayList<>();
+
+    Router(String json) {
+        JsonNode spec = Spec.tree(json);
+        for (JsonNode s : spec.get("sources")) {
+            Source source = new Source();
+            for (JsonNode o : s.get("owners")) source.owners.add(new String[] {o.get("entity").asText(), o.get("column").asText()});
+            source.event = s.get("event").isNull() ? null : s.get("event").asText();
+            sources.put(s.get("table").asText(), source);
+        }
+        spec.get("values").fields().forEachRemaining(e -> {
+            values.add(e.getKey());
+            text.add(e.getValue().asText().equals("string"));
+        });
+    }
+
+    void route(Decoder.Result r, Deque<Row> out) {
+        Source source = sources.get(r.table);
+        if (source == null) {  // a heartbeat: its commit time moves the clock, nothing else
+            out.add(row("", 0L, r, false, null, null));
+            return;
+        }
+        boolean deleted = r.op.equals("d");
+        Map<String, Object> after = deleted ? null : r.after;
+        Long event = after == null || source.event == null ? null : (Long) after.get(source.event);
+        for (String[] owner : source.owners) {
+            Long before = r.before.isEmpty() ? null : (Long) r.before.get(owner[1]);
+            Long now = after == null ? null : (Long) after.get(owner[1]);
+            if (before != null && !before.equals(now)) out.add(row(owner[0], before, r, false, event, after));
+            if (now != null) out.add(row(owner[0], now, r, true, event, after));
+        }
+    }
+
+    private Row row(String entity, Long id, Decoder.Result r, boolean owns, Long event, Map<String, Object> after) {
+        Object[] o = new Object[8 + values.size()];
+        o[0] = entity; o[1] = id; o[2] = r.table; o[3] = r.key; o[4] = r.lsn; o[5] = r.commitUs; o[6] = owns; o[7] = event;
+        for (int i = 0; i < values.size(); i++) o[8 + i] = after == null ? null : after.get(values.get(i));
+        return RowFactory.create(o);
+    }
+
+    StructType schema() {
+        List<StructField> fields = new ArrayList<>();
+        fields.add(DataTypes.createStructField("entity", DataTypes.StringType, false));
+        fields.add(DataTypes.createStructField("id", DataTypes.LongType, false));
+        fields.add(DataTypes.createStructField("table", DataTypes.StringType, false));
+        fields.add(DataTypes.createStructField("row_key", DataTypes.LongType, false));
+        fields.add(DataTypes.createStructField("lsn", DataTypes.LongType, false));
+        fields.add(DataTypes.createStructField("commit_us", DataTypes.LongType, false));
+        fields.add(DataTypes.createStructField("owns", DataTypes.BooleanType, false));
+        fields.add(DataTypes.createStructField("event_us", DataTypes.LongType, true));
+        for (int i = 0; i < values.size(); i++) {
+            fields.add(DataTypes.createStructField(values.get(i), text.get(i) ? DataTypes.StringType : DataTypes.LongType, true));
+        }
+        return DataTypes.createStructType(fields);
+    }
+}
