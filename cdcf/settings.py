@@ -10,6 +10,7 @@ import os
 import secrets
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 from urllib.parse import quote
 
 from psycopg2.extensions import make_dsn
@@ -68,6 +69,9 @@ class Settings(BaseSettings):
         4, ge=1, description="State partitions of the streaming job (its shuffle partitions): fixed by the "
         "checkpoint at first start, so sized for the largest cluster it will run on.")
     stream_state_memory_mb: int = Field(512, ge=64, description="Memory bound of the job's RocksDB state stores.")
+    stream_online_writes: Literal["packed", "feast-push"] = Field(
+        "packed", description="How the streaming job writes Redis: its own packed HSETs in Feast's layout (fast), "
+        "or Feast's push through each view's push source (slow; the same values).")
 
     feast_project: str = Field("homelab_ml_platform", description="Feast project name (SPEC section 3).")
     java: str = Field("java", description="Java 17 executable (name on PATH or absolute path).")

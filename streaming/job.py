@@ -109,7 +109,8 @@ class StreamJob:
         self.status_file = status_file
         self.stopping = threading.Event()
         self.totals = {"batches": 0, "changes": 0, "rows_written": 0, "emits": 0, "decayed": 0,
-                       "last_as_of": None, "restarts": 0, "last_error": None, "lag_max_s": 0.0}
+                       "last_as_of": None, "restarts": 0, "last_error": None, "last_restart_at": None,
+                       "query_active": None, "lag_max_s": 0.0}
 
     def write_batch(self, batch: DataFrame, batch_id: int) -> None:
         """foreachBatch: the executors write their partitions; only metrics come back."""
@@ -143,11 +144,14 @@ class StreamJob:
             while not self.stopping.is_set():
                 query = build_stream(spark, self.settings, self.write_batch)
                 while not self.stopping.is_set() and query.isActive:
+                    self.totals["query_active"] = True
                     self._report()
                     self.stopping.wait(1.0)
+                self.totals["query_active"] = False
                 if not self.stopping.is_set():
                     # a broker or database outage fails the query; the checkpoint lets it resume exactly
                     self.totals["restarts"] += 1
+                    self.totals["last_restart_at"] = time.time()
                     self.totals["last_error"] = str(query.exception()).splitlines()[0][:300]
                     log.error("the streaming query failed (%s); restarting it in %.0f s from its checkpoint",
                               self.totals["last_error"], RESTART_DELAY_S)

@@ -24,6 +24,7 @@ class Job:
     command: str  # the `cdcf` subcommand that runs it in the foreground
     describe: Callable[[dict[str, Any]], str]  # status file -> one health line
     start_timeout_s: float | None = None  # None: settings.start_timeout_s
+    trouble: Callable[[dict[str, Any]], str | None] = lambda state: None  # status file -> why it is unhealthy
 
     def status_file(self, settings: Settings) -> Path:
         return settings.paths.run / f"{self.name}.json"
@@ -56,6 +57,9 @@ class Job:
         if age > REPORT_EVERY_S:
             raise ServiceError(f"The {self.name} job has not reported for {age:.0f} s; "
                                f"see {settings.paths.log(self.name)}.")
+        problem = self.trouble(state)
+        if problem:
+            raise ServiceError(f"The {self.name} job {problem}; see {settings.paths.log(self.name)}.")
         return self.describe(state)
 
 
@@ -67,4 +71,15 @@ STREAMING = Job("streaming", "stream", lambda s: (
     f"{s['batches']} batches, {s['changes']} changes, {s['rows_written']} feature rows "
     f"({s['decayed']} by decay), last as-of {s['last_as_of'] or '-'}"
     + (f", {s['restarts']} restart(s), last error: {s['last_error']}" if s["restarts"] else "")),
-    start_timeout_s=180)
+    start_timeout_s=180, trouble=lambda s: _restarting(s))
+
+RESTART_WINDOW_S = 120  # a query restarted this recently is in trouble, whatever its counters say
+
+
+def _restarting(state: dict[str, Any]) -> str | None:
+    if state.get("last_restart_at") and state["at"] - state["last_restart_at"] < RESTART_WINDOW_S:
+        return (f"restarted its query {state['restarts']} time(s), the last {state['at'] - state['last_restart_at']:.0f} s "
+                f"ago (last error: {state['last_error']})")
+    if state.get("query_active") is False:
+        return f"has no running query (last error: {state['last_error']})"
+    return None

@@ -15,6 +15,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pandas as pd
+import pyarrow as pa
 import psycopg2
 import pytest
 from feast.data_source import PushMode
@@ -223,3 +224,37 @@ def _last_change_by_user(settings, since: datetime) -> dict[int, datetime]:
             result = {int(owner): at for owner, at in cur.fetchall()}
     conn.close()
     return result
+
+
+def test_the_feast_push_setting_serves_the_same_values(settings, store):
+    """CDCF_STREAM_ONLINE_WRITES=feast-push sends the engine's rows through Feast's push sources instead of the
+    packed writer: the same rows give the same served values, as-of times and Redis bytes."""
+    from streaming.sink import FeatureSink
+
+    packed_ids, pushed_ids = _ids(2), _ids(2)
+    at = int(datetime(2026, 11, 30, 8, 15, 1, 250000, tzinfo=UTC).timestamp() * 1e6)
+    names = [f.name for v in decl.FEATURE_VIEWS for f in v.features]
+
+    def rows(ids: list[int]) -> pa.Table:
+        values = {f.name: (7 if f.dtype == "int64" else 12.5 if f.dtype == "float64" else "vip")
+                  for v in decl.FEATURE_VIEWS for f in v.features}
+        records = [{"entity": "user", "id": ids[0], "as_of_us": at, "decay": False, **values,
+                    "avg_order_value_30d": None},
+                   {"entity": "user", "id": ids[0], "as_of_us": at + 60_000_000, "decay": True, **values},
+                   {"entity": "product", "id": ids[1], "as_of_us": at, "decay": False, **values}]
+        return pa.Table.from_pylist(records).select(["entity", "id", "as_of_us", "decay", *names])
+
+    for ids, writes in ((packed_ids, "packed"), (pushed_ids, "feast-push")):
+        sink = FeatureSink(settings.model_copy(update={"stream_online_writes": writes}))
+        assert sink.write(rows(ids))["rows"] == 4  # three user views and one product view
+        sink.close()
+    for view in decl.FEATURE_VIEWS:
+        which = 1 if view.entity == decl.PRODUCT else 0
+        assert served(store, view, packed_ids[which]) == served(store, view, pushed_ids[which])
+        assert served(store, view, packed_ids[which])[1] is not None
+    client = OnlineWriter(settings).client
+    for join_key, which in (("user_id", 0), ("product_id", 1)):
+        prefix = layout.key_prefix(join_key)
+        hashes = [client.hgetall(layout.entity_key(prefix, i[which], settings.feast_project.encode()))
+                  for i in (packed_ids, pushed_ids)]
+        assert hashes[0] == hashes[1]
