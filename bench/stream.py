@@ -154,7 +154,7 @@ def run_drain(out: Path, checkpoint: Path) -> None:
     elapsed, cpu = time.monotonic() - started, _process_tree_cpu_s(os.getpid()) - cpu_before
     progress = query.recentProgress
     changes = sum(p["numInputRows"] for p in progress)
-    state_bytes = sum(f.stat().st_size for f in (checkpoint / "state").rglob("*") if f.is_file())
+    state_bytes = _state_bytes(spark, checkpoint)
     out.write_text(json.dumps({
         "cores": int(settings.spark_master.strip("local[]")), "changes": changes, "seconds": elapsed,
         "changes_per_s": changes / elapsed, "cpu_s": cpu, "batches": len(progress),
@@ -162,6 +162,20 @@ def run_drain(out: Path, checkpoint: Path) -> None:
         "state_operator": progress[-1]["stateOperators"][0] if progress and progress[-1]["stateOperators"] else {},
     }))
     spark.stop()
+
+
+def _state_bytes(spark, checkpoint: Path) -> int:
+    """Bytes of the engine's state after the drain: every key and value of every state variable, read back with
+    Spark's state data source (not the checkpoint's files, which also hold every batch's changelog)."""
+    from pyspark.sql import functions as F
+
+    variables = json.loads(spark.read.format("state-metadata").load(str(checkpoint)).first()["operatorProperties"])
+    total = 0
+    for variable in variables["stateVariables"]:
+        state = spark.read.format("statestore").option("stateVarName", variable["stateName"]).load(str(checkpoint))
+        sizes = [F.octet_length(F.to_json(F.col(c))) for c in state.columns if c != "partition_id"]
+        total += state.select(sum(sizes[1:], sizes[0]).alias("n")).agg(F.sum("n")).first()[0] or 0
+    return total
 
 
 def stream_phase(settings: Settings, changes: int, users: int, products: int, seed: int) -> dict:

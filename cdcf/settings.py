@@ -48,6 +48,8 @@ class Settings(BaseSettings):
 
     redis_port: int = Field(6379, description="Redis port (online store).")
     redis_password: SecretStr = Field(description="Redis AUTH password.")
+    redis_max_memory_mb: int = Field(2048, ge=16, description="Redis maxmemory (noeviction: a full Redis refuses "
+                                     "writes rather than drop features).")
 
     kafka_port: int = Field(9092, description="Kafka broker port.")
     kafka_controller_port: int = Field(9093, description="Kafka KRaft controller port.")

@@ -56,22 +56,23 @@ def _conf_path(settings: Settings):
     return settings.paths.conf / "redis.conf"
 
 
+def server_settings(settings: Settings) -> dict[str, str]:
+    """Durability and memory, the same locally and in compose: every acknowledged write is in the append-only file
+    within a second, and a full Redis refuses writes instead of evicting features."""
+    return {"appendonly": "yes", "appendfsync": "everysec", "save": "300 1",
+            "maxmemory": f"{settings.redis_max_memory_mb}mb", "maxmemory-policy": "noeviction"}
+
+
 def _write_conf(settings: Settings):
     paths = settings.paths
     data = paths.data / NAME
     data.mkdir(parents=True, exist_ok=True)
     path = _conf_path(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        f"bind {settings.redis_host}\n"
-        f"port {settings.redis_port}\n"
-        f"requirepass \"{settings.redis_password.get_secret_value()}\"\n"
-        "protected-mode yes\n"
-        "daemonize no\n"
-        f"dir {data}\n"
-        "save 300 1\n"
-        "appendonly no\n"
-        "loglevel notice\n"
-    )
-    path.chmod(0o600)
+    path.touch(mode=0o600)
+    path.chmod(0o600)  # before the password is in it
+    lines = [f"bind {settings.redis_host}", f"port {settings.redis_port}",
+             f"requirepass \"{settings.redis_password.get_secret_value()}\"", "protected-mode yes", "daemonize no",
+             f"dir {data}", "loglevel notice", *(f"{k} {v}" for k, v in server_settings(settings).items())]
+    path.write_text("\n".join(lines) + "\n")
     return path

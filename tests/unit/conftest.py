@@ -6,6 +6,7 @@ import os
 import sys
 
 import pytest
+from pyspark import SparkContext
 from pyspark.sql import SparkSession
 
 from cdcf.settings import PROJECT_ROOT
@@ -17,9 +18,7 @@ from streaming.job import state_store_conf
 def spark():
     """local[2], UTC, two state partitions, the engine's jar (compiled into the ignored cache if needed)."""
     os.environ["PYSPARK_PYTHON"] = os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
-    active = SparkSession.getActiveSession()
-    if active is not None:  # another test's session, with other jars
-        active.stop()
+    _fresh_jvm()  # another test's JVM has other jars on its classpath
     builder = (SparkSession.builder.master("local[2]").appName("cdcf-unit")
                .config("spark.jars", str(engine_jar(PROJECT_ROOT / ".stack" / "cache" / "engine")))
                .config("spark.sql.session.timeZone", "UTC").config("spark.ui.enabled", "false")
@@ -30,3 +29,19 @@ def spark():
     session.sparkContext.setLogLevel("ERROR")
     yield session
     session.stop()
+    _fresh_jvm()
+
+
+def _fresh_jvm() -> None:
+    """Stop the context and the py4j gateway, so that the next session starts a JVM with its own classpath (a
+    running JVM only gives jars added later to the tasks, not to py4j)."""
+    if SparkContext._active_spark_context is not None:
+        SparkContext._active_spark_context.stop()
+    if SparkContext._gateway is not None:
+        SparkContext._gateway.shutdown()
+        process = getattr(SparkContext._gateway, "proc", None)
+        if process is not None:
+            process.terminate()
+            process.wait(30)
+        SparkContext._gateway = None
+        SparkContext._jvm = None

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from cdcf.settings import PROJECT_ROOT, Settings
-from cdcf.stack import kafka, postgres
+from cdcf.stack import kafka, postgres, redis_server
 
 SECRETS = {f: "x" for f in ("app_password", "debezium_password", "feast_password", "redis_password")}
 DEFAULTS = Settings(**SECRETS)
@@ -92,6 +92,12 @@ def test_postgres_runs_with_the_local_stacks_server_settings():
     assert flags == postgres.server_settings(DEFAULTS)
     mounts = " ".join(SERVICES["postgres"]["volumes"])
     assert "cdcf/stack/roles.sql" in mounts and "cdcf/stack/app_schema.sql" in mounts
+
+
+def test_redis_runs_with_the_local_stacks_durability_and_memory_settings():
+    command = SERVICES["redis"]["command"]
+    flags = {command[n].removeprefix("--"): command[n + 1] for n in range(1, len(command) - 1, 2)}
+    assert {k: flags[k] for k in redis_server.server_settings(DEFAULTS)} == redis_server.server_settings(DEFAULTS)
 
 
 def test_kafka_matches_the_local_broker_properties():
