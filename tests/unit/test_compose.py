@@ -11,7 +11,17 @@ from cdcf.settings import PROJECT_ROOT, Settings
 from cdcf.stack import kafka, postgres, redis_server
 
 SECRETS = {f: "x" for f in ("app_password", "debezium_password", "feast_password", "redis_password")}
-DEFAULTS = Settings(**SECRETS)
+
+
+class _Defaults(Settings):
+    """The settings' own defaults: compose publishes those, whatever this shell's CDCF_* variables say."""
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, **sources):
+        return (init_settings,)
+
+
+DEFAULTS = _Defaults(**SECRETS)
 COMPOSE = yaml.safe_load((PROJECT_ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
 ENV_FILE = dict(line.split("=", 1) for line in (PROJECT_ROOT / ".env").read_text().splitlines()
