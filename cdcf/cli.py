@@ -197,6 +197,14 @@ def archive(status_file: Path | None = typer.Option(None, help="Where to report 
                f"{totals['dead_letters']} dead letters")
 
 
+@app.command(hidden=True)
+def supervise(name: str = typer.Argument(..., help="archiver or streaming")) -> None:
+    """Run a background job and start it again, with backoff, whenever it exits (`make up` runs this)."""
+    from cdcf.stack.background import supervise as run_supervised
+
+    raise typer.Exit(code=_run(lambda s: run_supervised(s, name)))
+
+
 @app.command()
 def stream(status_file: Path | None = typer.Option(None, help="Where to report totals.")) -> None:
     """Run the streaming feature job in the foreground (`make up` runs it in the background)."""

@@ -103,6 +103,8 @@ class Archiver:
         self.batch_size = batch_size
         self.status_file = status_file
         self.totals = {"changes": 0, "duplicates": 0, "dead_letters": 0}
+        self.health = {"last_dead_letter_at": None, "last_dead_letter_reason": None, "lag_growing_since": None}
+        self._lag = 0
         self._stopping = False
 
     def setup(self) -> None:
@@ -143,6 +145,8 @@ class Archiver:
         self.totals["changes"] += inserted
         self.totals["duplicates"] += len(changes) - inserted
         self.totals["dead_letters"] += len(dead)
+        if dead:
+            self.health.update(last_dead_letter_at=time.time(), last_dead_letter_reason=dead[-1].reason[:200])
         log.info("batch of %d messages: %d archived, %d duplicates, %d dead letters in %.3f s", len(messages),
                  inserted, len(changes) - inserted, len(dead), time.monotonic() - started)
 
@@ -195,7 +199,12 @@ class Archiver:
             low, high = self.consumer.get_watermark_offsets(tp, cached=True) or (0, 0)
             position = self.consumer.position([tp])[0].offset
             lag += max(0, high - (position if position >= 0 else low))
-        report(self.status_file, {**self.totals, "lag": lag})
+        if lag == 0 or lag < self._lag:  # caught up, or catching up: not falling behind
+            self.health["lag_growing_since"] = None
+        elif lag > self._lag and self.health["lag_growing_since"] is None:
+            self.health["lag_growing_since"] = time.time()
+        self._lag = lag
+        report(self.status_file, {**self.totals, **self.health, "lag": lag})
 
 
 def _json(row: dict[str, Any] | None) -> str | None:

@@ -125,13 +125,27 @@ def pid(settings: Settings) -> int | None:
 def health(settings: Settings) -> str:
     """One line on the cluster, connecting as the app role over TCP (so a wrong password shows here)."""
     with psycopg2.connect(settings.pg_dsn(), connect_timeout=3) as conn, conn.cursor() as cur:
-        cur.execute("SELECT current_setting('wal_level'), current_setting('server_version'), "
-                    "(SELECT count(*) FROM pg_replication_slots)")
-        wal_level, version, slots = cur.fetchone()
+        cur.execute("SELECT current_setting('wal_level'), current_setting('server_version')")
+        wal_level, version = cur.fetchone()
+        cur.execute("SELECT slot_name, wal_status FROM pg_replication_slots ORDER BY slot_name")
+        slots = cur.fetchall()
     conn.close()
     if wal_level != "logical":
         raise ServiceError(f"PostgreSQL runs with wal_level={wal_level}; run `make up` to restart it configured.")
-    return f"PostgreSQL {version} on {settings.pg_host}:{settings.pg_port}, wal_level=logical, {slots} slot(s)"
+    if problem := slot_trouble(slots):
+        raise ServiceError(problem)
+    return f"PostgreSQL {version} on {settings.pg_host}:{settings.pg_port}, wal_level=logical, {len(slots)} slot(s)"
+
+
+def slot_trouble(slots: list[tuple[str, str | None]]) -> str | None:
+    """Why replication slots (name, wal_status) put capture at risk, or None. Only ``reserved`` is safe: ``extended``
+    keeps WAL past max_wal_size, ``unreserved`` is about to lose it, ``lost`` has (capture must snapshot again)."""
+    risky = [f"{name} ({status})" for name, status in slots if status != "reserved"]
+    if not risky:
+        return None
+    return (f"replication slot(s) {', '.join(risky)} no longer reserve their WAL: capture is behind by more than "
+            f"max_wal_size, or has lost changes (lost: re-snapshot with `cdcf connector reset-offsets`, then "
+            f"`cdcf connector resume`).")
 
 
 def connect_error(settings: Settings, exc: psycopg2.OperationalError) -> ServiceError:

@@ -17,11 +17,12 @@ from cdcf.settings import StackPaths
 log = logging.getLogger(__name__)
 
 
-def spawn(paths: StackPaths, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> int:
-    """Start ``argv`` detached (own session), output appended to ``logs/<name>.log``; return its pid."""
+def spawn(paths: StackPaths, name: str, argv: Sequence[str], env: dict[str, str] | None = None,
+          log_name: str | None = None) -> int:
+    """Start ``argv`` detached (own session), output appended to ``logs/<log_name or name>.log``; return its pid."""
     paths.logs.mkdir(parents=True, exist_ok=True)
     paths.run.mkdir(parents=True, exist_ok=True)
-    with paths.log(name).open("ab") as out:
+    with paths.log(log_name or name).open("ab") as out:
         proc = subprocess.Popen(
             list(argv), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True, env={**os.environ, **(env or {})},
@@ -124,6 +125,17 @@ def _is_zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z")
     except (FileNotFoundError, IndexError):
         return True
+
+
+def last_line(log_file: Path) -> str:
+    """The last non-blank line of a log (a traceback ends with its error), or ""."""
+    try:
+        with log_file.open("rb") as fh:
+            fh.seek(max(0, fh.seek(0, os.SEEK_END) - 4096))
+            lines = [line.strip() for line in fh.read().decode(errors="replace").splitlines() if line.strip()]
+    except FileNotFoundError:
+        return ""
+    return lines[-1][:300] if lines else ""
 
 
 def _tail(log_file: Path | None, lines: int = 5) -> str:

@@ -15,6 +15,7 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from psycopg2.extras import execute_values
 
+from cdcf.errors import ServiceError
 from cdcf.stack import kafka
 from cdcf import features as decl
 from cdcf.feast_config import feature_store
@@ -179,6 +180,8 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_later_changes_still_arrive(
     assert_exact(settings, feature_store(settings), decl.TRANSACTION_RISK, user, since)
     assert (ARCHIVER.pid(settings), STREAMING.pid(settings)) == pids
     assert json.loads(STREAMING.status_file(settings).read_text())["restarts"] == restarts
+    with pytest.raises(ServiceError, match=r"dead-lettered \d+ change\(s\) so far, the last \d+ s ago \(reason: "):
+        ARCHIVER.health(settings)  # make status fails while dead letters arrive
 
 
 def test_schema_drift_in_postgres_is_dead_lettered_until_the_contract_holds_again(settings):

@@ -131,3 +131,9 @@ def test_connect_matches_the_local_worker_properties():
     assert env["CONNECT_VALUE_CONVERTER_SCHEMAS_ENABLE"] == local["value.converter.schemas.enable"]
     assert env["CONNECT_CONFIG_PROVIDERS_ENV_CLASS"] == local["config.providers.env.class"]
     assert "CDCF_DEBEZIUM_PASSWORD" in env
+
+
+def test_every_service_is_restarted_when_it_dies():
+    """Issue 14's supervision, in compose: docker restarts a dead service with backoff (as `make up`'s supervisor
+    does locally), unless someone stopped it."""
+    assert {name: s.get("restart") for name, s in SERVICES.items()} == {name: "unless-stopped" for name in SERVICES}

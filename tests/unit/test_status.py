@@ -1,8 +1,11 @@
-"""The streaming job's health reads its status file: a query that restarted lately, or none running, is trouble."""
+"""A job's health: a query that restarted lately, or none running, is trouble (from its status file); so is a job
+its supervisor restarted lately (from the supervisor's record)."""
 
 from __future__ import annotations
 
-from cdcf.stack.background import RESTART_WINDOW_S, STREAMING
+import time
+
+from cdcf.stack.background import RESTART_WINDOW_S, STREAMING, Restarts
 
 HEALTHY = {"batches": 9, "changes": 90, "rows_written": 30, "decayed": 0, "last_as_of": None, "restarts": 0,
            "last_error": None, "last_restart_at": None, "query_active": True, "at": 10_000.0}
@@ -18,3 +21,32 @@ def test_a_recent_restart_or_no_query_is_trouble_with_the_last_error():
     assert "restarted its query 3 time(s), the last 10 s ago (last error: broker down)" in STREAMING.trouble(restarting)
     stopped = {**HEALTHY, "query_active": False, "last_error": "boom"}
     assert STREAMING.trouble(stopped) == "has no running query (last error: boom)"
+
+
+def test_a_job_its_supervisor_restarted_lately_says_how_it_ended():
+    killed = Restarts(restarts=2, exit_code=-9, at=time.time() - 5, last_error="")
+    assert str(killed).startswith("was killed by signal 9 and was restarted 2 time(s), the last 5 s ago")
+    failed = Restarts(restarts=1, exit_code=1, at=time.time(), last_error="RecursionError: too deep")
+    assert str(failed).endswith("(last error: RecursionError: too deep)")
+    assert str(failed).startswith("exited with code 1 and was restarted 1 time(s)")
+
+
+def test_a_replication_slot_that_no_longer_reserves_its_wal_fails_status():
+    from cdcf.stack.postgres import slot_trouble
+
+    assert slot_trouble([("cdcf_app", "reserved")]) is None and slot_trouble([]) is None
+    problem = slot_trouble([("cdcf_app", "lost"), ("other", "reserved"), ("spare", "extended")])
+    assert problem.startswith("replication slot(s) cdcf_app (lost), spare (extended) no longer reserve their WAL")
+
+
+def test_an_archiver_dead_lettering_lately_or_falling_behind_is_trouble():
+    from cdcf.stack.background import ARCHIVER, LAG_GROWING_S
+
+    fine = {"changes": 5, "duplicates": 0, "dead_letters": 2, "lag": 40, "at": 10_000.0,
+            "last_dead_letter_at": 10_000.0 - RESTART_WINDOW_S - 1, "last_dead_letter_reason": "not JSON",
+            "lag_growing_since": 10_000.0 - LAG_GROWING_S + 1}
+    assert ARCHIVER.trouble(fine) is None
+    assert ARCHIVER.trouble({**fine, "last_dead_letter_at": 9_995.0}) == (
+        "dead-lettered 2 change(s) so far, the last 5 s ago (reason: not JSON); they wait on the dead-letter topic")
+    assert ARCHIVER.trouble({**fine, "lag_growing_since": 9_900.0}) == (
+        "falls behind: its lag has grown for 100 s, to 40 changes")
