@@ -29,6 +29,7 @@ from connectors.decoder import Change, DeadLetter, Position, decode
 log = logging.getLogger(__name__)
 
 TABLE = "cdc_changelog"
+REPORT_INTERVAL_S = 1.0  # how often the status file is written
 DDL = f"""
 CREATE TABLE IF NOT EXISTS {TABLE} (
     source_table TEXT NOT NULL,
@@ -104,7 +105,7 @@ class Archiver:
         self.status_file = status_file
         self.totals = {"changes": 0, "duplicates": 0, "dead_letters": 0}
         self.health = {"last_dead_letter_at": None, "last_dead_letter_reason": None, "lag_growing_since": None}
-        self._lag = 0
+        self._lag, self._reported = 0, 0.0
         self._stopping = False
 
     def setup(self) -> None:
@@ -192,19 +193,34 @@ class Archiver:
         self._stopping = True
 
     def _report(self) -> None:
-        if self.status_file is None:
+        """Write the status file, at most once a second."""
+        if self.status_file is None or time.monotonic() - self._reported < REPORT_INTERVAL_S:
             return
-        lag = 0
-        for tp in self.consumer.assignment():
-            low, high = self.consumer.get_watermark_offsets(tp, cached=True) or (0, 0)
-            position = self.consumer.position([tp])[0].offset
-            lag += max(0, high - (position if position >= 0 else low))
+        self._reported = time.monotonic()
+        lag = self._lag_now()
         if lag == 0 or lag < self._lag:  # caught up, or catching up: not falling behind
             self.health["lag_growing_since"] = None
         elif lag > self._lag and self.health["lag_growing_since"] is None:
             self.health["lag_growing_since"] = time.time()
         self._lag = lag
         report(self.status_file, {**self.totals, **self.health, "lag": lag})
+
+    def _lag_now(self) -> int:
+        """Messages on the assigned partitions not archived yet: the high watermark less the next offset, which is
+        the position, or the committed offset of a partition nothing arrived on since it was assigned."""
+        positions = self.consumer.position(self.consumer.assignment())
+        unknown = [tp for tp in positions if tp.offset < 0]
+        try:
+            committed = {(tp.topic, tp.partition): tp.offset
+                         for tp in (self.consumer.committed(unknown, timeout=2) if unknown else [])}
+        except KafkaException:
+            return self._lag
+        lag = 0
+        for tp in positions:
+            low, high = self.consumer.get_watermark_offsets(tp, cached=True) or (0, 0)
+            next_offset = tp.offset if tp.offset >= 0 else committed.get((tp.topic, tp.partition), -1)
+            lag += max(0, high - (next_offset if next_offset >= 0 else low))
+        return lag
 
 
 def _json(row: dict[str, Any] | None) -> str | None:
