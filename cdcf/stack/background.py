@@ -178,8 +178,8 @@ def supervise(settings: Settings, name: str) -> int:
             return 0
         if not job.status_file(settings).exists():
             return code or 1
-        ran = time.monotonic() - began
-        wait = 0 if ran >= STEADY_S else min(wait + 1, len(BACKOFF_S) - 1) if restarts else 0
+        keeps_exiting = restarts > 0 and time.monotonic() - began < STEADY_S
+        wait = min(wait + 1, len(BACKOFF_S) - 1) if keeps_exiting else 0
         restarts += 1
         record = Restarts(restarts, code, time.time(), proc.last_line(settings.paths.log(name)))
         job.restarts_file(settings).write_text(json.dumps(record.__dict__))
