@@ -273,7 +273,7 @@ def training_set(entities: str = typer.Argument(..., help="Entity rows: a .parqu
 @app.command("seed-online")
 def seed_online() -> None:
     """Rebuild the online store (Redis) from the offline store's latest rows, e.g. after losing Redis."""
-    from batch.seed import seed_online as seed
+    from streaming.reseed import seed_online as seed
 
     written = _run(lambda s: seed(s, progress=typer.echo))
     typer.echo(f"{sum(written.values())} rows written")

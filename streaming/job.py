@@ -29,6 +29,7 @@ from cdcf.status import report
 from connectors.contracts import HEARTBEAT
 from streaming import engine
 from streaming.decode import routed
+from streaming.reseed import OnlineGuard
 from streaming.sink import METRICS_DDL, partition_writer
 
 log = logging.getLogger(__name__)
@@ -104,17 +105,25 @@ def stream_session(settings: Settings, name: str = "cdcf-streaming-features") ->
 
 
 class StreamJob:
-    def __init__(self, settings: Settings, status_file: Path | None = None) -> None:
+    def __init__(self, settings: Settings, status_file: Path | None = None, guard_online: bool = True) -> None:
+        """``guard_online``: re-seed the online store when it lost writes (see ``streaming.reseed``)."""
         self.settings = settings
         self.status_file = status_file
+        self.guard_online = guard_online
         self.stopping = threading.Event()
         self.totals = {"batches": 0, "changes": 0, "rows_written": 0, "emits": 0, "decayed": 0,
                        "last_as_of": None, "restarts": 0, "last_error": None, "last_restart_at": None,
-                       "query_active": None, "lag_max_s": 0.0}
+                       "query_active": None, "lag_max_s": 0.0, "reseeds": 0, "last_reseed": None}
+        self.guard: OnlineGuard | None = None
 
     def write_batch(self, batch: DataFrame, batch_id: int) -> None:
         """foreachBatch: the executors write their partitions; only metrics come back."""
         started = time.monotonic()
+        if self.guard is None and self.guard_online:
+            self.guard = OnlineGuard(self.settings)
+        if self.guard is not None and (why := self.guard.check()):
+            self.totals["reseeds"] += 1
+            self.totals["last_reseed"] = f"{datetime.now(UTC).isoformat()}: the online store {why}"
         parts = batch.mapInArrow(partition_writer(self.settings), METRICS_DDL).collect()
         emits = sum(p["emits"] for p in parts)
         self.totals["batches"] += 1
@@ -124,6 +133,8 @@ class StreamJob:
         latest = max((p["max_as_of_us"] or 0 for p in parts), default=0)
         if latest:
             self.totals["last_as_of"] = datetime.fromtimestamp(latest / 1e6, UTC).isoformat()
+            if self.guard is not None:
+                self.guard.mark(latest)
         if emits:
             self.totals["lag_max_s"] = max(p["lag_max_us"] for p in parts) / 1e6
         self._report()
@@ -162,6 +173,8 @@ class StreamJob:
             if query is not None:
                 query.stop()
             spark.stop()
+            if self.guard is not None:
+                self.guard.close()
         return self.totals
 
     def listen(self, spark: SparkSession) -> None:

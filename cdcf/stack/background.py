@@ -118,7 +118,8 @@ ARCHIVER = Job("archiver", "archive", lambda s: (
 STREAMING = Job("streaming", "stream", lambda s: (
     f"{s['batches']} batches, {s['changes']} changes, {s['rows_written']} feature rows "
     f"({s['decayed']} by decay), last as-of {s['last_as_of'] or '-'}"
-    + (f", {s['restarts']} restart(s), last error: {s['last_error']}" if s["restarts"] else "")),
+    + (f", {s['restarts']} restart(s), last error: {s['last_error']}" if s["restarts"] else "")
+    + (f", re-seeded the online store {s['reseeds']} time(s), last at {s['last_reseed']}" if s.get("reseeds") else "")),
     start_timeout_s=180, trouble=lambda s: _restarting(s))
 
 JOBS = {job.name: job for job in (ARCHIVER, STREAMING)}

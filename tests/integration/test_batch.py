@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from batch.backfill import run_backfill
-from batch.seed import seed_online
+from streaming.reseed import seed_online
 from batch.training import TrainingSetError, training_set
 from cdcf import features as decl
 from cdcf import layout

@@ -262,3 +262,31 @@ def test_the_feast_push_setting_serves_the_same_values(settings, store):
         hashes = [client.hgetall(layout.entity_key(prefix, i[which], settings.feast_project.encode()))
                   for i in (packed_ids, pushed_ids)]
         assert hashes[0] == hashes[1]
+
+
+def test_an_online_store_that_lost_its_writes_is_reseeded_by_the_job(settings, store):
+    """Issue 14's durable online store: Redis comes back empty (flushed here), or from older data (its marker set
+    back and a key gone); the job notices before its next micro-batch and re-seeds it from the offline store by
+    itself, byte for byte, and says so in its status."""
+    from streaming.reseed import MARKER
+
+    txn, user = _ids(2)
+    since = _sql(settings, "INSERT INTO transactions VALUES (%s, %s, NULL, 12.50, 'acme', now(), now())", (txn, user))
+    assert_exact(settings, store, decl.TRANSACTION_RISK, user, since)
+    client = OnlineWriter(settings).client
+    key = layout.entity_key(layout.key_prefix("user_id"), user, settings.feast_project.encode())
+    before = client.hgetall(key)
+    reseeds = _status(settings)["reseeds"]
+
+    client.flushall()
+    assert wait_for(lambda: client.hgetall(key) == before, 60, "the job to re-seed an empty online store")
+    wait_for(lambda: _status(settings)["reseeds"] == reseeds + 1, 30, "the job to report the re-seed")
+    assert "holds no marker (it restarted empty or was flushed)" in _status(settings)["last_reseed"]
+
+    client.hset(f"{settings.feast_project}:{MARKER}", "as_of_us", 0)  # as a restore from an old snapshot leaves it
+    client.delete(key)
+    assert wait_for(lambda: client.hgetall(key) == before, 60, "the job to re-seed an online store of older data")
+    wait_for(lambda: _status(settings)["reseeds"] == reseeds + 2, 30, "the job to report the re-seed")
+    assert "(it came back from older data)" in _status(settings)["last_reseed"]
+    assert served(store, decl.TRANSACTION_RISK, user)[0]["txn_amount_sum_1h"] == 12.5
+    client.close()
