@@ -64,6 +64,9 @@ class OnlineGuard:
     def check(self) -> str | None:
         """Re-seed the online store if it lost writes; return why it did (None: nothing was lost)."""
         marker = self.client.hgetall(self.key)
+        if not marker and self.written_us == 0:  # a new pipeline: nothing was ever written, nothing can be lost
+            self._write_marker()
+            return None
         if not marker:
             why = "holds no marker (it restarted empty or was flushed)"
         elif int(marker[b"as_of_us"]) < self.written_us:
