@@ -1,11 +1,15 @@
 """The backfill job: rebuild the offline feature tables from the change history (Spark batch).
 
 ``run_backfill(spark, settings, start, end)`` recomputes every entity's rows with as-of times in [start, end) from
-the changelog archive (the initial snapshot is in it as ``op = r``) with the same declaration and semantics as the
-streaming job (batch.features), then replaces that range of each offline table in one transaction: rerunning a
+the changelog archive (the initial snapshot is in it as ``op = r``), then replaces that range of each offline table in one transaction: rerunning a
 range rewrites the same rows. ``incremental=True`` continues from the last run: every entity from the last run's
 end, and the entities touched by changes archived since the last run from the commit of their first such change,
 so a late change recomputes its entities and nothing else before the last end.
+
+The rows come from the streaming job's own window engine (cdcf.engine, EntityCore): every entity's history,
+routed as the streaming job routes changes, is replayed through the same core on the executors, emitting at each
+commit and at each moment a window changes with no new change (the streaming job's timers). One implementation
+of the window semantics: stream and backfill agree by construction.
 
 Changes that break their row contract are stored in ``backfill_rejects`` with their LSN and reason; the run goes
 on without them. One run at a time (an advisory lock).
@@ -13,6 +17,7 @@ on without them. One run at a time (an advisory lock).
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -26,20 +31,21 @@ from psycopg2.extras import execute_values
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from batch import features as bf
-from batch.history import history, read_changes
+from batch.history import history, read_changes, routed
+from cdcf import engine
 from cdcf import features as decl
 from cdcf.errors import PipelineError
 from cdcf.features import EVENT_TIMESTAMP
+from cdcf.pgcopy import by_view, copy_view_rows
 from cdcf.settings import Settings
+from cdcf.sources import sources
 from connectors.archive import TABLE as CHANGELOG
-from cdcf.sources import sources, views_of
-from cdcf.pgcopy import csv_buffer
 
 log = logging.getLogger(__name__)
 
 RUNS, REJECTS, TOUCHED = "backfill_runs", "backfill_rejects", "backfill_touched"
 LOCK_KEY = 7_311_001  # pg_advisory_lock key of the backfill
+NEVER = 2**62
 # a change archived this long before the last run's newest one may still have been in flight during that run
 ARCHIVE_SLACK = timedelta(minutes=5)
 DDL = [
@@ -148,45 +154,49 @@ def _touched(versions: dict[str, DataFrame], since_us: int) -> dict[str, list[tu
 
 
 def _write_stages(spark, settings, db, versions, result: BackfillResult, touched, progress) -> None:
-    """Compute every view's rows in scope and COPY them into its stage table from the executors."""
+    """Replay every entity's history through the window engine and COPY the rows in scope into the views' stage
+    tables, from the executors."""
     with db, db.cursor() as cur:
         for view in decl.FEATURE_VIEWS:
             cur.execute(f"TRUNCATE {_stage(view)}")
-    start_us = None if result.start is None else _micros(result.start)
-    for entity in decl.ENTITIES:
-        ids = touched.get(entity.name)
-        scope = bf.Scope(start_us, _micros(result.end),
-                         spark.createDataFrame(ids, "id long, start_us long") if ids else None)
-        points = bf.in_scope(bf.points(entity, versions), scope)
-        rows = bf.values(entity, versions, points).withColumn("t", F.timestamp_micros("t")).cache()
-        for view in views_of(entity):
-            columns = [entity.join_key, EVENT_TIMESTAMP, *(f.name for f in view.features)]
-            frame = rows.select(F.col("id").alias(entity.join_key), F.col("t").alias(EVENT_TIMESTAMP),
-                                *(f.name for f in view.features))
-            result.rows[view.name] = _copy(frame, settings.pg_dsn(settings.offline_db, user=settings.feast_user),
-                                           _stage(view), columns)
-            progress(f"{view.name}: {result.rows[view.name]} rows computed")
-        rows.unpersist()
+    values = json.loads(engine.route_spec())["values"]
+    changes = reduce(DataFrame.unionByName, [routed(versions[m.table.name], m, values) for m in sources()])
+    rows = _in_scope(engine.replay(changes, _micros(result.end)), result, touched, spark)
+    written = _copy(rows, settings.pg_dsn(settings.offline_db, user=settings.feast_user))
+    for view in decl.FEATURE_VIEWS:
+        result.rows[view.name] = written.get(view.name, 0)
+        progress(f"{view.name}: {result.rows[view.name]} rows computed")
 
 
-def _copy(frame: DataFrame, dsn: str, table: str, columns: list[str]) -> int:
-    """COPY a DataFrame into ``table``, each partition over its own connection in one transaction (a failed task
-    leaves nothing; its retry copies the whole partition again)."""
-    statement = f"COPY {table} ({', '.join(columns)}) FROM STDIN WITH (FORMAT csv)"
+def _in_scope(rows: DataFrame, result: BackfillResult, touched, spark) -> DataFrame:
+    """The rows with as-of times in [start, end) (the engine stops at the end), and those of a touched entity from
+    its own, earlier start."""
+    start = None if result.start is None else _micros(result.start)
+    if not any(touched.values()):
+        return rows if start is None else rows.where(F.col("as_of_us") >= start)
+    ids = spark.createDataFrame([(name, i, us) for name, found in touched.items() for i, us in found],
+                                "entity string, id long, start_us long")
+    since = F.coalesce("start_us", F.lit(NEVER if start is None else start))
+    return rows.join(F.broadcast(ids), ["entity", "id"], "left").where(F.col("as_of_us") >= since).drop("start_us")
+
+
+def _copy(rows: DataFrame, dsn: str) -> dict[str, int]:
+    """COPY the engine's rows into each view's stage table, each partition over its own connection in one
+    transaction (a failed task leaves nothing; its retry copies the whole partition again); the rows per view."""
 
     def copy(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        conn, count = psycopg2.connect(dsn), 0
+        conn, counts = psycopg2.connect(dsn), dict.fromkeys((v.name for v in decl.FEATURE_VIEWS), 0)
         try:
             with conn, conn.cursor() as cur:
                 for batch in batches:
-                    if batch.num_rows:
-                        cur.copy_expert(statement, csv_buffer(pa.Table.from_batches([batch])))
-                        count += batch.num_rows
+                    for view, mine in by_view(pa.Table.from_batches([batch])):
+                        counts[view.name] += copy_view_rows(cur, _stage(view), view, mine)
         finally:
             conn.close()
-        yield pa.RecordBatch.from_pydict({"rows": [count]})
+        yield pa.RecordBatch.from_pydict({"view": list(counts), "rows": list(counts.values())})
 
-    return frame.mapInArrow(copy, "rows long").agg(F.sum("rows")).first()[0] or 0
+    written = rows.mapInArrow(copy, "view string, rows long").groupBy("view").agg(F.sum("rows").alias("rows"))
+    return {r["view"]: r["rows"] for r in written.collect()}
 
 
 def _swap(db, result: BackfillResult, touched, started_at: datetime, archived_until) -> None:

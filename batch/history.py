@@ -14,16 +14,17 @@ row's previous version stays current, as if the bad change had not happened.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import reduce
 
 from pyspark.sql import Column as SparkColumn
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from cdcf.settings import Settings
+from cdcf.sources import Source
 from connectors.archive import TABLE as CHANGELOG
 from connectors.contracts import Column
 from connectors.decoder import INT_RANGE, MAX_TEXT
-from cdcf.sources import Source
 
 ZONED = r"(Z|[+-][0-9]{2}:?[0-9]{2})$"
 
@@ -74,6 +75,36 @@ def history(changes: DataFrame, m: Source) -> History:
         F.unix_micros("commit_ts").alias("valid_from"),
         F.lead(F.unix_micros("commit_ts")).over(row).alias("valid_to"), *typed)
     return History(versions, rejects)
+
+
+def routed(versions: DataFrame, m: Source, values: dict[str, str]) -> DataFrame:
+    """Versions -> the window engine's input rows (the columns of Router.java, ``values`` their value columns and
+    types): per version, a row for the entity that owned the row before, if the version takes it away (a delete,
+    an owner move), and one for the entity that owns it now. The before owner is the previous version's, as
+    Debezium's before image gives it to the streaming job."""
+    by_row = Window.partitionBy("key").orderBy("lsn")
+    cells = []
+    for name, kind in values.items():
+        c = next((c for c in m.columns if c.name == name), None)
+        if c is None:
+            cells.append(F.lit(None).cast(kind).alias(name))
+        elif c.kind == "decimal":  # unscaled, as the decoder gives it
+            cells.append((F.col(name) * F.lit(10 ** c.scale)).cast("long").alias(name))
+        else:
+            cells.append(F.col(name).cast(kind).alias(name))
+    event = F.col(m.table.event_time) if m.table.event_time else F.lit(None)
+    rows = []
+    for entity in m.owners:
+        owner = F.when(~F.col("deleted"), F.col(entity.join_key))
+        marked = versions.select("*", owner.alias("now"), F.lag(owner).over(by_row).alias("before"))
+        for side, owns, keep in (("before", False, F.col("before").isNotNull()
+                                  & ~F.col("before").eqNullSafe(F.col("now"))),
+                                 ("now", True, F.col("now").isNotNull())):
+            rows.append(marked.where(keep).select(
+                F.lit(entity.name).alias("entity"), F.col(side).alias("id"), F.lit(m.table.name).alias("table"),
+                F.col("key").alias("row_key"), "lsn", F.col("valid_from").alias("commit_us"),
+                F.lit(owns).alias("owns"), event.cast("long").alias("event_us"), *cells))
+    return reduce(DataFrame.unionByName, rows)
 
 
 def problem(m: Source) -> SparkColumn:

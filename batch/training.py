@@ -27,9 +27,9 @@ import pyarrow.parquet as pq
 from cdcf import features as decl
 from cdcf.errors import PipelineError
 from cdcf.features import EVENT_TIMESTAMP, Entity, FeatureView, Table
+from cdcf.pgcopy import csv_buffer
 from cdcf.settings import Settings
 from connectors.archive import TABLE as CHANGELOG
-from cdcf.pgcopy import csv_buffer
 
 ENTITY_ROWS = "training_entity_rows"
 ARROW = {"int64": pa.int64(), "float64": pa.float64(), "string": pa.string()}

@@ -74,8 +74,8 @@ def apply() -> None:
 def jars() -> None:
     """Resolve the JVM jars into the cache and build the window engine's (what `up` does first); used when
     building images."""
+    from cdcf.engine import engine_jar
     from cdcf.stack import jars as stack_jars
-    from streaming.engine import engine_jar
 
     _run(stack_jars.ensure_jars)
     _run(lambda s: engine_jar(s.paths.cache / "engine", s.javac))

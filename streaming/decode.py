@@ -1,4 +1,4 @@
-"""The stateless stage, in the JVM: Kafka records -> validated, typed changes (streaming/engine/.../Decoder.java).
+"""The stateless stage, in the JVM: Kafka records -> validated, typed changes (cdcf/engine/src/.../Decoder.java).
 
 The rules are connectors/decoder.py's: the JVM decoder takes its constants, patterns, reason templates and the
 row contracts from there (``spec``) and checks them in the same order, so each message gets the same verdict, a

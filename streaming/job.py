@@ -22,12 +22,12 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
 
+from cdcf import engine
 from cdcf.settings import Settings
 from cdcf.sources import sources
 from cdcf.spark import spark_session
 from cdcf.status import report
 from connectors.contracts import HEARTBEAT
-from streaming import engine
 from streaming.decode import routed
 from streaming.reseed import OnlineGuard
 from streaming.sink import METRICS_DDL, partition_writer

@@ -18,9 +18,8 @@ import pyarrow.compute as pc
 
 from cdcf import features as decl
 from cdcf.features import EVENT_TIMESTAMP, FeatureView
-from cdcf.pgcopy import csv_buffer
+from cdcf.pgcopy import by_view, copy_view_rows
 from cdcf.settings import Settings
-from cdcf.sources import views_of
 from streaming.online import OnlineWriter
 
 log = logging.getLogger(__name__)
@@ -59,12 +58,8 @@ class FeatureSink:
         now_us = time.time_ns() // 1000
         written, self.redis_ns, self.offline_ns = 0, 0, 0
         with self.db, self.db.cursor() as cur:
-            for entity in decl.ENTITIES:
-                mine = rows.filter(pc.equal(rows["entity"], entity.name))
-                if mine.num_rows == 0:
-                    continue
-                for view in views_of(entity):
-                    written += self._write_view(cur, view, mine)
+            for view, mine in by_view(rows):
+                written += self._write_view(cur, view, mine)
         decay = rows["decay"]
         emits = rows.filter(pc.invert(decay)) if rows.num_rows else rows
         lag = pc.subtract(pa.scalar(now_us), emits["as_of_us"]) if emits.num_rows else None
@@ -85,10 +80,7 @@ class FeatureSink:
         self.redis_ns += time.perf_counter_ns() - started
         started = time.perf_counter_ns()
         key = view.entity.join_key
-        offline = pa.table([rows["id"], pc.cast(rows["as_of_us"], pa.timestamp("us", tz="UTC")),
-                            *[rows[n] for n in names]], names=[key, EVENT_TIMESTAMP, *names])
-        cur.copy_expert(f"COPY {_stage(view)} ({key}, {EVENT_TIMESTAMP}, {', '.join(names)}) FROM STDIN "
-                        "WITH (FORMAT csv)", csv_buffer(offline))
+        copy_view_rows(cur, _stage(view), view, rows)
         cur.execute(f"INSERT INTO {view.name} SELECT * FROM {_stage(view)} ON CONFLICT ({key}, {EVENT_TIMESTAMP}) "
                     f"DO UPDATE SET {', '.join(f'{n} = excluded.{n}' for n in names)}")
         self.offline_ns += time.perf_counter_ns() - started

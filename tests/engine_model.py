@@ -1,4 +1,4 @@
-"""The window engine's pure-Python twin, for tests: the same promises as streaming/engine/ (FeatureProcessor,
+"""The window engine's pure-Python twin, for tests: the same promises as cdcf/engine/src/ (FeatureProcessor,
 TableCore), written the plain way: brute force over each entity's rows, no tiles.
 
 Fed decoded changes batch by batch, with the watermark each batch ran under, it gives every entity's emits in

@@ -82,7 +82,7 @@ def up(settings: Settings, step: Callable[[str], None] = log.info) -> None:
 
 def build_engine(settings: Settings) -> None:
     """Compile the streaming job's window engine into the jar cache, once per source version."""
-    from streaming.engine import engine_jar
+    from cdcf.engine import engine_jar
 
     engine_jar(settings.paths.cache / "engine", settings.javac)
 

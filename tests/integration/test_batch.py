@@ -17,7 +17,6 @@ import pytest
 import redis
 
 from batch.backfill import run_backfill
-from streaming.reseed import seed_online
 from batch.training import TrainingSetError, training_set
 from cdcf import features as decl
 from cdcf import layout
@@ -25,6 +24,7 @@ from cdcf.feast_config import feature_store
 from cdcf.spark import spark_session
 from cdcf.stack.background import STREAMING
 from cdcf.workload import Workload
+from streaming.reseed import seed_online
 from tests import oracle
 from tests.conftest import wait_for
 

@@ -15,10 +15,10 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from psycopg2.extras import execute_values
 
-from cdcf.errors import ServiceError
-from cdcf.stack import kafka
 from cdcf import features as decl
+from cdcf.errors import ServiceError
 from cdcf.feast_config import feature_store
+from cdcf.stack import kafka
 from cdcf.stack.background import ARCHIVER, STREAMING
 from cdcf.workload import Workload
 from connectors.connect import ConnectClient, connector_config

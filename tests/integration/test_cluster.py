@@ -21,8 +21,8 @@ from cdcf import features as decl
 from cdcf.feast_config import feature_store
 from cdcf.stack import proc
 from cdcf.stack.background import STREAMING
-from tests.conftest import CDCF
 from cdcf.workload import Workload
+from tests.conftest import CDCF
 from tests.integration.test_streaming import _last_change_by_user, _sql, assert_exact
 
 pytestmark = pytest.mark.integration

@@ -15,15 +15,15 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pandas as pd
-import pyarrow as pa
 import psycopg2
+import pyarrow as pa
 import pytest
 from feast.data_source import PushMode
 
 from cdcf import features as decl
 from cdcf import layout
-from cdcf.feast_config import feature_store
 from cdcf.errors import ServiceError
+from cdcf.feast_config import feature_store
 from cdcf.stack.background import STREAMING
 from cdcf.workload import Workload, redeliver
 from streaming.online import OnlineWriter

@@ -9,8 +9,8 @@ import pytest
 from pyspark import SparkContext
 from pyspark.sql import SparkSession
 
+from cdcf.engine import engine_jar
 from cdcf.settings import PROJECT_ROOT
-from streaming.engine import engine_jar
 from streaming.job import state_store_conf
 
 

@@ -3,7 +3,6 @@ with the same reason (tests/cdc_cases.py, and a fuzz corpus of 10,000 hostile me
 
 from __future__ import annotations
 
-import pytest
 from hypothesis import HealthCheck, given, seed, settings
 
 from connectors.decoder import Change, DeadLetter, Position, decode

@@ -11,7 +11,7 @@ import java.util.List;
 import java.util.Map;
 
 /**
- * The feature declaration as the engine needs it, parsed from the JSON that streaming/engine.py derives from
+ * The feature declaration as the engine needs it, parsed from the JSON that cdcf/engine/__init__.py derives from
  * cdcf/features.py: per entity kind, the event tables with their value columns and window features, and the
  * profile table whose current row gives column features. Nothing about a feature is declared here.
  */
@@ -88,7 +88,7 @@ final class Spec implements Serializable {
         try {
             return new ObjectMapper().readTree(json);
         } catch (IOException e) {
-            throw new UncheckedIOException("a spec from streaming/engine.py is not JSON", e);
+            throw new UncheckedIOException("a spec from cdcf/engine/__init__.py is not JSON", e);
         }
     }
 

@@ -1,9 +1,10 @@
-"""The stateful window engine on the executors: a small Java module (streaming/engine/) driven by the declaration.
+"""The stateful window engine on the executors: a small Java module (cdcf/engine/src/) driven by the declaration.
 
 ``spec()`` derives what the engine needs from cdcf/features.py (per entity kind: event tables, their value
 columns and scales, distinct windows and hops, features; the profile table and its columns; the output columns),
 so aggregates and windows are declared once. ``engine_jar`` compiles the module with ``javac`` against the jars in
-the pyspark wheel (no download) into the jar cache, once per source version. ``features`` calls it through py4j.
+the pyspark wheel (no download) into the jar cache, once per source version. ``features`` (the streaming job) and
+``replay`` (the backfill) call it through py4j: one aggregation core for both.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from cdcf.features import ColumnFeature, Table
 from cdcf.sources import event_tables, features_of, profile_table, sources
 from connectors.contracts import row_contracts
 
-SOURCES = Path(__file__).with_name("engine")
+SOURCES = Path(__file__).with_name("src")
 TOMBSTONE_HORIZON_US = 24 * 3600 * 1_000_000  # how long a row taken away keeps its LSN (re-deliveries come sooner)
 
 
@@ -134,3 +135,11 @@ def features(changes: DataFrame) -> DataFrame:
     feature)."""
     spark = changes.sparkSession
     return DataFrame(spark._jvm.cdcf.engine.Engine.features(changes._jdf, spec()), spark)
+
+
+def replay(changes: DataFrame, end_us: int) -> DataFrame:
+    """The backfill's run of the same engine: routed change rows (every entity's whole history) replayed entity
+    by entity on the executors, with the streaming job's emits and decay moments before ``end_us``; the same
+    output columns as ``features``."""
+    spark = changes.sparkSession
+    return DataFrame(spark._jvm.cdcf.engine.Engine.replay(changes._jdf, spec(), end_us), spark)

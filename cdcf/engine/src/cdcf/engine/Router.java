@@ -13,7 +13,7 @@ import org.apache.spark.sql.types.DataTypes;
 import org.apache.spark.sql.types.StructField;
 import org.apache.spark.sql.types.StructType;
 
-/** A decoded change -> the engine's input rows, one per entity it concerns (spec from streaming/engine.py). */
+/** A decoded change -> the engine's input rows, one per entity it concerns (spec from cdcf/engine/__init__.py). */
 final class Router implements Serializable {
     private static final class Source implements Serializable {
         final List<String[]> owners = new ArrayList<>();  // {entity, owner column}

@@ -3,6 +3,7 @@ package cdcf.engine;
 import java.util.ArrayList;
 import java.util.List;
 import org.apache.spark.api.java.function.MapFunction;
+import org.apache.spark.api.java.function.MapPartitionsFunction;
 import org.apache.spark.sql.Dataset;
 import org.apache.spark.sql.Encoders;
 import org.apache.spark.sql.Row;
@@ -14,7 +15,7 @@ import org.apache.spark.sql.types.StructField;
 import org.apache.spark.sql.types.StructType;
 import scala.Tuple2;
 
-/** The entry point PySpark calls through py4j: routed change rows in, one feature row per emit out. */
+/** The entry points PySpark calls through py4j: routed change rows in, one feature row per emit out. */
 public final class Engine {
     private Engine() {
     }
@@ -30,6 +31,19 @@ public final class Engine {
             .groupByKey((MapFunction<Row, Tuple2<String, Long>>) r -> new Tuple2<>(r.getString(0), r.getLong(1)),
                 Encoders.tuple(Encoders.STRING(), Encoders.LONG()))
             .transformWithState(new FeatureProcessor(spec), TimeMode.EventTime(), OutputMode.Update(),
+                Encoders.row(outputSchema(spec)));
+    }
+
+    /**
+     * The backfill: every entity's routed history (the same columns), replayed through the same core on the
+     * executors; one row per emit with as-of time before ``endUs``, decay moments included.
+     */
+    public static Dataset<Row> replay(Dataset<Row> changes, String specJson, long endUs) {
+        Spec spec = Spec.parse(specJson);
+        return changes
+            .repartition(changes.col("entity"), changes.col("id"))
+            .sortWithinPartitions("entity", "id", "commit_us", "lsn")
+            .mapPartitions((MapPartitionsFunction<Row, Row>) rows -> new Replay(spec, rows, endUs),
                 Encoders.row(outputSchema(spec)));
     }
 
