@@ -1,10 +1,11 @@
 """The backfill job: rebuild the offline feature tables from the change history (Spark batch).
 
 ``run_backfill(spark, settings, start, end)`` recomputes every entity's rows with as-of times in [start, end) from
-the changelog archive (the initial snapshot is in it as ``op = r``), then replaces that range of each offline table in one transaction: rerunning a
-range rewrites the same rows. ``incremental=True`` continues from the last run: every entity from the last run's
-end, and the entities touched by changes archived since the last run from the commit of their first such change,
-so a late change recomputes its entities and nothing else before the last end.
+the changelog archive (the initial snapshot is in it as ``op = r``), then replaces that range of each offline table
+in one transaction: rerunning a range rewrites the same rows. A run over everything writes each row once, into new
+tables indexed after the load, and swaps them in. ``incremental=True`` continues from the last run: every entity
+from the last run's end, and the entities touched by changes archived since the last run from the commit of their
+first such change, so a late change recomputes its entities and nothing else before the last end.
 
 The rows come from the streaming job's own window engine (cdcf.engine, EntityCore): every entity's history,
 routed as the streaming job routes changes, is replayed through the same core on the executors, emitting at each
@@ -101,8 +102,9 @@ def run_backfill(spark: SparkSession, settings: Settings, start: datetime | None
         since_us = None if last is None else _micros(last[1] - ARCHIVE_SLACK)
         touched = _touched(versions, since_us) if last is not None else {}
         result.touched = sum(len(ids) for ids in touched.values())
-        _write_stages(spark, settings, db, versions, result, touched, progress)
-        _swap(db, result, touched, started_at, archived_until)
+        rebuild = result.start is None and not touched  # every row of every table: written once, then swapped in
+        _write_stages(spark, settings, db, versions, result, touched, progress, rebuild)
+        _swap(db, result, touched, started_at, archived_until, rebuild)
         for frame in versions.values():
             frame.unpersist()
         result.seconds = time.monotonic() - began
@@ -153,19 +155,28 @@ def _touched(versions: dict[str, DataFrame], since_us: int) -> dict[str, list[tu
             for name, frames in found.items()}
 
 
-def _write_stages(spark, settings, db, versions, result: BackfillResult, touched, progress) -> None:
+def _write_stages(spark, settings, db, versions, result: BackfillResult, touched, progress, rebuild: bool) -> None:
     """Replay every entity's history through the window engine and COPY the rows in scope into the views' stage
-    tables, from the executors."""
+    tables from the executors; for a rebuild, into new tables, indexed after the load."""
     with db, db.cursor() as cur:
         for view in decl.FEATURE_VIEWS:
-            cur.execute(f"TRUNCATE {_stage(view)}")
+            if rebuild:
+                cur.execute(f"DROP TABLE IF EXISTS {_rebuilt(view)}")
+                cur.execute(f"CREATE TABLE {_rebuilt(view)} (LIKE {view.name})")
+            else:
+                cur.execute(f"TRUNCATE {_stage(view)}")
     values = json.loads(engine.route_spec())["values"]
     changes = reduce(DataFrame.unionByName, [routed(versions[m.table.name], m, values) for m in sources()])
     rows = _in_scope(engine.replay(changes, _micros(result.end)), result, touched, spark)
-    written = _copy(rows, settings.pg_dsn(settings.offline_db, user=settings.feast_user))
+    written = _copy(rows, settings.pg_dsn(settings.offline_db, user=settings.feast_user),
+                    _rebuilt if rebuild else _stage)
     for view in decl.FEATURE_VIEWS:
         result.rows[view.name] = written.get(view.name, 0)
         progress(f"{view.name}: {result.rows[view.name]} rows computed")
+    if rebuild:
+        with db, db.cursor() as cur:
+            for view in decl.FEATURE_VIEWS:
+                cur.execute(f"ALTER TABLE {_rebuilt(view)} ADD PRIMARY KEY ({view.entity.join_key}, {EVENT_TIMESTAMP})")
 
 
 def _in_scope(rows: DataFrame, result: BackfillResult, touched, spark) -> DataFrame:
@@ -180,8 +191,8 @@ def _in_scope(rows: DataFrame, result: BackfillResult, touched, spark) -> DataFr
     return rows.join(F.broadcast(ids), ["entity", "id"], "left").where(F.col("as_of_us") >= since).drop("start_us")
 
 
-def _copy(rows: DataFrame, dsn: str) -> dict[str, int]:
-    """COPY the engine's rows into each view's stage table, each partition over its own connection in one
+def _copy(rows: DataFrame, dsn: str, target: Callable[[decl.FeatureView], str]) -> dict[str, int]:
+    """COPY the engine's rows into each view's ``target`` table, each partition over its own connection in one
     transaction (a failed task leaves nothing; its retry copies the whole partition again); the rows per view."""
 
     def copy(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -190,7 +201,7 @@ def _copy(rows: DataFrame, dsn: str) -> dict[str, int]:
             with conn, conn.cursor() as cur:
                 for batch in batches:
                     for view, mine in by_view(pa.Table.from_batches([batch])):
-                        counts[view.name] += copy_view_rows(cur, _stage(view), view, mine)
+                        counts[view.name] += copy_view_rows(cur, target(view), view, mine)
         finally:
             conn.close()
         yield pa.RecordBatch.from_pydict({"view": list(counts), "rows": list(counts.values())})
@@ -199,25 +210,14 @@ def _copy(rows: DataFrame, dsn: str) -> dict[str, int]:
     return {r["view"]: r["rows"] for r in written.collect()}
 
 
-def _swap(db, result: BackfillResult, touched, started_at: datetime, archived_until) -> None:
-    """Replace the scope of every offline table with its stage, and record the run, in one transaction."""
+def _swap(db, result: BackfillResult, touched, started_at: datetime, archived_until, rebuild: bool) -> None:
+    """Swap every offline table for its rebuilt one, or replace the scope of every table with its stage; and
+    record the run; in one transaction."""
     with db, db.cursor() as cur:
-        cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {TOUCHED} (entity TEXT, id BIGINT, start_ts TIMESTAMPTZ) "
-                    "ON COMMIT DROP")
-        execute_values(cur, f"INSERT INTO {TOUCHED} VALUES %s",
-                       [(name, i, _from_micros(us)) for name, ids in touched.items() for i, us in ids])
-        for view in decl.FEATURE_VIEWS:
-            key, names = view.entity.join_key, [f.name for f in view.features]
-            ts = EVENT_TIMESTAMP
-            lower = "" if result.start is None else f" AND {ts} >= %(start)s"
-            cur.execute(f"DELETE FROM {view.name} WHERE {ts} < %(end)s{lower}", {"start": result.start,
-                                                                                "end": result.end})
-            cur.execute(f"DELETE FROM {view.name} v USING {TOUCHED} s WHERE s.entity = %(entity)s AND v.{key} = s.id "
-                        f"AND v.{ts} >= s.start_ts AND v.{ts} < %(end)s", {"entity": view.entity.name,
-                                                                            "end": result.end})
-            cur.execute(f"INSERT INTO {view.name} SELECT * FROM {_stage(view)} ON CONFLICT ({key}, {ts}) DO UPDATE "
-                        f"SET {', '.join(f'{n} = excluded.{n}' for n in names)}")
-            cur.execute(f"TRUNCATE {_stage(view)}")
+        if rebuild:
+            _swap_tables(cur, result.end)
+        else:
+            _replace_scope(cur, result, touched)
         cur.execute(f"INSERT INTO {RUNS} (started_at, finished_at, start_ts, end_ts, archived_until, incremental, "
                     "changes, rejects, touched, rows) VALUES (%s, now(), %s, %s, %s, %s, %s, %s, %s, %s) "
                     "RETURNING run_id", (started_at, result.start, result.end, archived_until, result.incremental,
@@ -225,6 +225,37 @@ def _swap(db, result: BackfillResult, touched, started_at: datetime, archived_un
                                          sum(result.rows.values())))
         run_id = cur.fetchone()[0]
         execute_values(cur, f"INSERT INTO {REJECTS} VALUES %s", [(run_id, *r) for r in result.rejects])
+
+
+def _swap_tables(cur, end: datetime) -> None:
+    """Each view's rebuilt table takes the place of its table, with the rows the streaming job wrote as of the
+    end or later (writers wait for the swap; readers go on)."""
+    for view in decl.FEATURE_VIEWS:
+        cur.execute(f"LOCK TABLE {view.name} IN SHARE ROW EXCLUSIVE MODE")
+        cur.execute(f"INSERT INTO {_rebuilt(view)} SELECT * FROM {view.name} WHERE {EVENT_TIMESTAMP} >= %s", (end,))
+        cur.execute(f"DROP TABLE {view.name}")
+        cur.execute(f"ALTER TABLE {_rebuilt(view)} RENAME TO {view.name}")
+        cur.execute(f"ALTER INDEX {_rebuilt(view)}_pkey RENAME TO {view.name}_pkey")
+
+
+def _replace_scope(cur, result: BackfillResult, touched) -> None:
+    """Delete each view's rows in scope (as-of times in [start, end), and a touched entity's from its own start)
+    and insert its stage."""
+    cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {TOUCHED} (entity TEXT, id BIGINT, start_ts TIMESTAMPTZ) "
+                "ON COMMIT DROP")
+    execute_values(cur, f"INSERT INTO {TOUCHED} VALUES %s",
+                   [(name, i, _from_micros(us)) for name, ids in touched.items() for i, us in ids])
+    for view in decl.FEATURE_VIEWS:
+        key, names, ts = view.entity.join_key, [f.name for f in view.features], EVENT_TIMESTAMP
+        lower = "" if result.start is None else f" AND {ts} >= %(start)s"
+        cur.execute(f"DELETE FROM {view.name} WHERE {ts} < %(end)s{lower}", {"start": result.start,
+                                                                            "end": result.end})
+        cur.execute(f"DELETE FROM {view.name} v USING {TOUCHED} s WHERE s.entity = %(entity)s AND v.{key} = s.id "
+                    f"AND v.{ts} >= s.start_ts AND v.{ts} < %(end)s", {"entity": view.entity.name,
+                                                                        "end": result.end})
+        cur.execute(f"INSERT INTO {view.name} SELECT * FROM {_stage(view)} ON CONFLICT ({key}, {ts}) DO UPDATE "
+                    f"SET {', '.join(f'{n} = excluded.{n}' for n in names)}")
+        cur.execute(f"TRUNCATE {_stage(view)}")
 
 
 def _last_run(cur) -> tuple[datetime, datetime] | None:
@@ -235,6 +266,10 @@ def _last_run(cur) -> tuple[datetime, datetime] | None:
 
 def _stage(view: decl.FeatureView) -> str:
     return f"backfill_stage_{view.name}"
+
+
+def _rebuilt(view: decl.FeatureView) -> str:
+    return f"backfill_new_{view.name}"
 
 
 def _micros(at: datetime) -> int:

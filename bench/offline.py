@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 
 import numpy as np
@@ -19,6 +20,7 @@ from batch.backfill import run_backfill
 from batch.training import training_set
 from bench import oracle
 from bench.history import fill
+from cdcf import features as decl
 from cdcf.feast_config import create_offline_tables, feature_store
 from cdcf.settings import load_settings
 from cdcf.spark import spark_session
@@ -39,6 +41,29 @@ def entity_rows(settings, rows: int, seed: int = 1) -> pd.DataFrame:
     return pd.DataFrame({"user_id": rng.integers(1, users + 1, rows), "event_timestamp": stamps})
 
 
+def copy_limit(settings) -> float:
+    """The write limit the backfill is measured against: every row it wrote, COPYed from a file into a new table
+    of the same shape and then indexed like it (what the backfill's own write does, without computing anything);
+    the seconds of the COPYs and index builds."""
+    seconds = 0.0
+    with oracle.connect(settings) as conn, conn.cursor() as cur:
+        for view in decl.FEATURE_VIEWS:
+            with tempfile.TemporaryFile() as rows:
+                cur.copy_expert(f"COPY {view.name} TO STDOUT WITH (FORMAT csv)", rows)
+                rows.seek(0)
+                cur.execute(f"DROP TABLE IF EXISTS copy_limit; CREATE TABLE copy_limit (LIKE {view.name})")
+                conn.commit()
+                started = time.monotonic()
+                cur.copy_expert("COPY copy_limit FROM STDIN WITH (FORMAT csv)", rows)
+                key = view.entity.join_key
+                cur.execute(f"ALTER TABLE copy_limit ADD PRIMARY KEY ({key}, {decl.EVENT_TIMESTAMP})")
+                conn.commit()
+                seconds += time.monotonic() - started
+        cur.execute("DROP TABLE copy_limit")
+    conn.close()
+    return seconds
+
+
 def run(base, changes: int, users: int, products: int, pit_rows: int, feast_rows: int, oracle_rows: int,
         database: str = "cdcf_bench") -> dict:
     """Backfill a synthetic history of ``changes`` in the scratch ``database``, check ``oracle_rows`` random rows
@@ -57,6 +82,7 @@ def run(base, changes: int, users: int, products: int, pit_rows: int, feast_rows
     spark.sparkContext.setLogLevel("ERROR")
     backfill = run_backfill(spark, settings, progress=lambda line: print(line, flush=True))
     spark.stop()
+    copy_s = copy_limit(settings)
     with oracle.connect(settings) as conn:
         verdict = oracle.compare_offline(conn, oracle_rows)
     conn.close()
@@ -79,6 +105,7 @@ def run(base, changes: int, users: int, products: int, pit_rows: int, feast_rows
                              "history_generated_s": round(generated_s, 1), "feature_service": SERVICE},
         "backfill_changes": written, "backfill_s": round(backfill.seconds, 1),
         "backfill_rows_written": sum(backfill.rows.values()), "backfill_rejects": len(backfill.rejects),
+        "backfill_copy_s": round(copy_s, 1), "backfill_vs_copy": round(backfill.seconds / copy_s, 2),
         "pit_rows": len(entities), "pit_s": round(pit_s, 2),
         "pit_feast_rows": len(sample), "pit_feast_s": round(feast_s, 2), "pit_same_rows_s": round(pit_same_rows_s, 2),
         "backfill_oracle": verdict,
