@@ -3,8 +3,10 @@ Feast's layout by the streaming job's own writer. A lost or flushed Redis is reb
 replaying Kafka from the beginning; the streaming job then carries on from its checkpoint.
 
 The streaming job does it by itself (``OnlineGuard``): the online store holds a marker with the latest as-of time
-the job wrote, and before each micro-batch the job checks it. No marker (Redis restarted empty, or was flushed),
-or an older one than the job knows it wrote (Redis came back from older data), and the job re-seeds first.
+the job wrote and the Redis run it wrote it in, and before each micro-batch the job checks it. No marker (Redis
+restarted empty, or was flushed), or one from an earlier Redis run that is older than what the job knows it wrote
+(Redis came back from older data), and the job re-seeds first. A marker of the running Redis is never stale: a
+job that died between its writes and its marker lost nothing there.
 """
 
 from __future__ import annotations
@@ -69,10 +71,12 @@ class OnlineGuard:
             return None
         if not marker:
             why = "holds no marker (it restarted empty or was flushed)"
-        elif int(marker[b"as_of_us"]) < self.written_us:
+        elif int(marker[b"as_of_us"]) < self.written_us and marker.get(b"run_id") != self._run_id().encode():
             why = (f"holds writes up to as-of {int(marker[b'as_of_us'])} µs only, older than the {self.written_us} "
                    f"written (it came back from older data)")
         else:
+            if self.marked_us < self.written_us:
+                self._write_marker()
             return None
         log.warning("the online store %s: re-seeding it from the offline store", why)
         seed_online(self.settings)
@@ -87,9 +91,11 @@ class OnlineGuard:
         if held is not None and int(held) >= self.marked_us:
             self._write_marker()
 
+    def _run_id(self) -> str:
+        return self.client.info("server")["run_id"]
+
     def _write_marker(self) -> None:
-        run_id = self.client.info("server")["run_id"]
-        self.client.hset(self.key, mapping={"as_of_us": self.written_us, "run_id": run_id})
+        self.client.hset(self.key, mapping={"as_of_us": self.written_us, "run_id": self._run_id()})
         self.marked_us = self.written_us
 
     def close(self) -> None:

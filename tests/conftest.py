@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -36,11 +37,13 @@ def side_home(tmp_path, settings):
     return home
 
 
-def wait_for(check, timeout_s: float, what: str):
-    """Poll ``check`` every 0.5 s until it returns something truthy (returned); fail after ``timeout_s``."""
+def wait_for(check, timeout_s: float, what: str | Callable[[], str]):
+    """Poll ``check`` every 0.5 s until it returns something truthy (returned); fail after ``timeout_s``, saying
+    ``what`` was awaited (a callable: called then, to say what was found)."""
     deadline = time.monotonic() + timeout_s
     while not (result := check()):
-        assert time.monotonic() < deadline, f"timed out after {timeout_s:.0f} s waiting for {what}"
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what() if callable(what) else what}")
         time.sleep(0.5)
     return result
 

@@ -279,11 +279,14 @@ def test_an_online_store_that_lost_its_writes_is_reseeded_by_the_job(settings, s
     reseeds = _status(settings)["reseeds"]
 
     client.flushall()
-    assert wait_for(lambda: client.hgetall(key) == before, 60, "the job to re-seed an empty online store")
+    assert wait_for(lambda: client.hgetall(key) == before, 60,
+                    lambda: f"the job to re-seed an empty online store (held {client.hgetall(key)}, before {before}; "
+                            f"the job's status: {_status(settings)})")
     wait_for(lambda: _status(settings)["reseeds"] == reseeds + 1, 30, "the job to report the re-seed")
     assert "holds no marker (it restarted empty or was flushed)" in _status(settings)["last_reseed"]
 
-    client.hset(f"{settings.feast_project}:{MARKER}", "as_of_us", 0)  # as a restore from an old snapshot leaves it
+    # as a restart from an old snapshot leaves it: an older marker, of another Redis run
+    client.hset(f"{settings.feast_project}:{MARKER}", mapping={"as_of_us": 0, "run_id": "an-earlier-run"})
     client.delete(key)
     assert wait_for(lambda: client.hgetall(key) == before, 60, "the job to re-seed an online store of older data")
     wait_for(lambda: _status(settings)["reseeds"] == reseeds + 2, 30, "the job to report the re-seed")
