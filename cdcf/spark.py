@@ -1,24 +1,26 @@
-"""SparkSession factory: the pyspark wheel plus the cached spark-sql-kafka and JDBC jars (no download at start)."""
+"""SparkSession factory: the pyspark wheel plus the cached spark-sql-kafka and JDBC jars (no download at start) and
+the window engine's jar (compiled once per source version)."""
 
 from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 from pyspark.sql import SparkSession
 
+from cdcf.engine import engine_jar
 from cdcf.settings import Settings
 from cdcf.stack.jars import jar_files
 
 
-def spark_session(settings: Settings, app_name: str, master: str | None = None, extra_jars: list[Path] = (),
+def spark_session(settings: Settings, app_name: str, master: str | None = None,
                   conf: dict[str, str] | None = None) -> SparkSession:
     """A session for our jobs: UTC everywhere, few shuffle partitions, the venv's Python on the workers; ``conf``
     overrides or adds settings."""
     # Python workers must import pandas/feast/cdcf: point them at this interpreter (FACTS.md).
     os.environ["PYSPARK_PYTHON"] = os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
-    jars = ",".join(str(j) for j in [*jar_files(settings, "spark"), *extra_jars])
+    engine = engine_jar(settings.paths.cache / "engine", settings.javac)
+    jars = ",".join(str(j) for j in [*jar_files(settings, "spark"), engine])
     builder = (
         SparkSession.builder.master(master or settings.spark_master)
         .appName(app_name)

@@ -98,9 +98,8 @@ def state_store_conf(partitions: int, memory_mb: int) -> dict[str, str]:
 
 
 def stream_session(settings: Settings, name: str = "cdcf-streaming-features") -> SparkSession:
-    """A session with the engine's jar and its state store."""
-    jar = engine.engine_jar(settings.paths.cache / "engine", settings.javac)
-    return spark_session(settings, name, extra_jars=[jar],
+    """A session with the engine's state store."""
+    return spark_session(settings, name,
                          conf=state_store_conf(settings.stream_state_partitions, settings.stream_state_memory_mb))
 
 
