@@ -27,6 +27,7 @@ from datetime import UTC, datetime, timedelta
 from functools import reduce
 
 import psycopg2
+import psycopg2.errors
 import pyarrow as pa
 from psycopg2.extras import execute_values
 from pyspark.sql import DataFrame, SparkSession, Window
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 RUNS, REJECTS, TOUCHED = "backfill_runs", "backfill_rejects", "backfill_touched"
 LOCK_KEY = 7_311_001  # pg_advisory_lock key of the backfill
 NEVER = 2**62
+LOCK_TRY_S, LOCK_WAIT_S = 5, 600  # the swap's wait for the offline tables: per try, and in all
 # a change archived this long before the last run's newest one may still have been in flight during that run
 ARCHIVE_SLACK = timedelta(minutes=5)
 DDL = [
@@ -215,6 +217,7 @@ def _swap(db, result: BackfillResult, touched, started_at: datetime, archived_un
     record the run; in one transaction."""
     with db, db.cursor() as cur:
         if rebuild:
+            _lock_tables(db, cur)
             _swap_tables(cur, result.end)
         else:
             _replace_scope(cur, result, touched)
@@ -227,11 +230,33 @@ def _swap(db, result: BackfillResult, touched, started_at: datetime, archived_un
         execute_values(cur, f"INSERT INTO {REJECTS} VALUES %s", [(run_id, *r) for r in result.rejects])
 
 
+def _lock_tables(db, cur) -> None:
+    """Take every offline table for the swap, waiting for the queries that read or write them: each try waits at
+    most ``LOCK_TRY_S`` (readers and writers queue behind it no longer), for ``LOCK_WAIT_S`` in all."""
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
+        cur.execute(f"SET LOCAL lock_timeout = '{LOCK_TRY_S}s'")
+        try:
+            cur.execute(f"LOCK TABLE {', '.join(v.name for v in decl.FEATURE_VIEWS)} IN ACCESS EXCLUSIVE MODE")
+            return
+        except psycopg2.errors.LockNotAvailable:
+            db.rollback()
+            cur.execute("SELECT pid, state, left(query, 80) FROM pg_stat_activity WHERE datname = current_database() "
+                        "AND state <> 'idle' AND pid <> pg_backend_pid()")
+            holders = cur.fetchall()
+            db.rollback()
+            if time.monotonic() > deadline:
+                raise BackfillError(f"the offline tables stayed in use for {LOCK_WAIT_S} s, so the rebuilt ones "
+                                    f"were not swapped in (sessions using them: {holders}); run the backfill again"
+                                    ) from None
+            log.warning("the offline tables are in use (%s); trying the swap again", holders)
+            time.sleep(LOCK_TRY_S)
+
+
 def _swap_tables(cur, end: datetime) -> None:
     """Each view's rebuilt table takes the place of its table, with the rows the streaming job wrote as of the
-    end or later (writers wait for the swap; readers go on)."""
+    end or later."""
     for view in decl.FEATURE_VIEWS:
-        cur.execute(f"LOCK TABLE {view.name} IN SHARE ROW EXCLUSIVE MODE")
         cur.execute(f"INSERT INTO {_rebuilt(view)} SELECT * FROM {view.name} WHERE {EVENT_TIMESTAMP} >= %s", (end,))
         cur.execute(f"DROP TABLE {view.name}")
         cur.execute(f"ALTER TABLE {_rebuilt(view)} RENAME TO {view.name}")
