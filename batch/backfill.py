@@ -124,11 +124,12 @@ def _versions(spark, settings, db, end: datetime, result: BackfillResult, progre
         with db.cursor() as cur:
             cur.execute(f"SELECT min(lsn), max(lsn) FROM {CHANGELOG} WHERE source_table = %s", (m.table.name,))
             low, high = cur.fetchone()
-        changes = read_changes(spark, settings, m, end.isoformat(), (low or 0, high or 0))
+        changes = read_changes(spark, settings, m, end.isoformat(), (low or 0, high or 0)).cache()  # read once
         found = history(changes, m)
         versions[m.table.name] = found.versions.cache()
         count = versions[m.table.name].count()
         rejects = [tuple(r) for r in found.rejects.collect()]
+        changes.unpersist()
         result.changes += count + len(rejects)
         result.rejects += rejects
         progress(f"{m.table.name}: {count} changes" + (f", {len(rejects)} rejected" if rejects else ""))
