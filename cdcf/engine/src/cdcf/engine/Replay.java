@@ -112,5 +112,6 @@ final class Replay implements Iterator<Row> {
         public byte[] tiles() { return tiles; }
         public void putTiles(byte[] value) { tiles = value.length == 0 ? null : value; }
         public void flush() { }
+        public boolean resident() { return true; }
     }
 }

@@ -24,4 +24,12 @@ interface Store {
 
     /** Make what was put durable (a store may hold writes until then). */
     void flush();
+
+    /**
+     * Whether the store lives exactly as long as its TableCore (the backfill's memory): then the core's decoded
+     * hours and tiles are the state, and nothing is encoded into bytes.
+     */
+    default boolean resident() {
+        return false;
+    }
 }

@@ -253,9 +253,15 @@ final class TableCore {
         if (stored != null && stored[16] == 0) store.removeRow(rowKey);
     }
 
-    /** Write what changed back to the store. */
+    /** Write what changed back to the store (a resident store keeps the decoded hours and tiles instead). */
     void flush() {
         retile();
+        if (store.resident()) {
+            for (long h : changedHours) if (hours.get(h).isEmpty()) hours.remove(h);
+            changedHours.clear();
+            tilesDirty = false;
+            return;
+        }
         for (long h : changedHours) {
             List<Entry> rows = hours.get(h);
             if (rows.isEmpty()) store.removeHour(h); else store.putHour(h, encodeHour(rows));
