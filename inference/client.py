@@ -6,20 +6,30 @@ packed by hand (the fields part once) and the replies read by hiredis, which ski
 machinery. Values are decoded a column at a time (doubles in one numpy pass, repeated ints from a memo, as-of
 times vectorized), with no protobuf objects. An
 optional local cache keeps each entity's raw fields for ``cache_ttl_s`` seconds: a scorer hammering the same
-entities then reads Redis once per TTL, at the price of values up to that old.
+entities then reads Redis once per TTL, at the price of values up to that old; it holds at most ``cache_entries``
+entities (the least recently fetched go first).
+
+Redis calls time out after ``REDIS_TIMEOUT_S`` and are not retried: a stalled or unreachable Redis is an error
+the caller sees at once (the scoring service answers 503), never a request hanging on it.
 """
 
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from cdcf import layout
+
+REDIS_TIMEOUT_S = 0.4  # per connect and per reply
+CACHE_ENTRIES = 100_000
 
 
 @dataclass(frozen=True)
@@ -51,15 +61,15 @@ class Fetched:
 
 class FeatureClient:
     def __init__(self, client: redis.Redis, project: str, join_key: str, features: Sequence[tuple[str, str]],
-                 cache_ttl_s: float = 0.0) -> None:
+                 cache_ttl_s: float = 0.0, cache_entries: int = CACHE_ENTRIES) -> None:
         self.client = client
         self.project = project.encode()
         self.prefix = layout.key_prefix(join_key)
         self.features = list(features)
         self.views = list(dict.fromkeys(view for view, _ in features))
         self.fields = [layout.field(v, f) for v, f in features] + [layout.ts_field(v) for v in self.views]
-        self.cache_ttl_s = cache_ttl_s
-        self._cache: dict[int, tuple[float, list]] = {}
+        self.cache_ttl_s, self.cache_entries = cache_ttl_s, cache_entries
+        self._cache: OrderedDict[int, tuple[float, list]] = OrderedDict()
         # RESP: *<args>\r\n $5\r\nHMGET\r\n $<len>\r\n<key>\r\n then the fields, the same for every key
         self._head = f"*{2 + len(self.fields)}\r\n$5\r\nHMGET\r\n".encode()
         self._tail = b"".join(b"$%d\r\n%s\r\n" % (len(f), f) for f in self.fields)
@@ -79,7 +89,8 @@ class FeatureClient:
 
         (join_key,) = {v.entity.join_key for v in decl.FEATURE_VIEWS if v.name in {view for view, _ in features}}
         client = redis.Redis(host=settings.redis_host, port=settings.redis_port,
-                             password=settings.redis_password.get_secret_value())
+                             password=settings.redis_password.get_secret_value(), socket_timeout=REDIS_TIMEOUT_S,
+                             socket_connect_timeout=REDIS_TIMEOUT_S, retry=Retry(NoBackoff(), 0))
         return cls(client, settings.feast_project, join_key, features, cache_ttl_s)
 
     def fetch(self, ids: Sequence[int]) -> Fetched:
@@ -101,8 +112,23 @@ class FeatureClient:
             replies = self._hmget_all(wanted)
             found.update(zip(wanted, replies, strict=True))
             if self.cache_ttl_s > 0:
-                self._cache.update((i, (now + self.cache_ttl_s, r)) for i, r in zip(wanted, replies, strict=True))
+                self._remember(wanted, replies, now + self.cache_ttl_s)
         return [found[i] for i in ids]
+
+    def _remember(self, ids: list[int], replies: list[list], until: float) -> None:
+        for i, reply in zip(ids, replies, strict=True):
+            self._cache[i] = (until, reply)
+            self._cache.move_to_end(i)
+        while len(self._cache) > self.cache_entries:
+            self._cache.popitem(last=False)
+
+    def ping(self) -> str:
+        """"ok", or why Redis does not answer."""
+        try:
+            self.client.ping()
+            return "ok"
+        except redis.RedisError as exc:
+            return f"unreachable: {exc}"
 
     def _hmget_all(self, ids: list[int]) -> list[list]:
         return layout.execute_packed(self.client, [b"%s%s%s" % (self._head, layout.bulk(

@@ -4,11 +4,15 @@ model on CUDA when present, CPU otherwise, and return each score with the as-of 
 Policy for bad input, the same over HTTP and the batch CLI:
 - an entity Redis knows nothing about gets no score, with reason "unknown entity" (never a made-up score);
 - a null feature (the average or maximum of an empty window) is imputed by the model and listed in "nulls";
-- more than ``MAX_BATCH`` entities, or ids that are not 64-bit integers, are refused with a message.
+- more than ``MAX_BATCH`` entities, or ids that are not 64-bit integers, are refused with a message;
+- over HTTP, a body over ``MAX_BODY`` bytes gets 413 and one that is not JSON, or nests deeper than JSON's parser
+  goes, 400; scoring (Redis and the model) runs off the event loop; a Redis that stalls or is down gives 503
+  within a second (the client's timeouts), and /health still answers, saying so.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -17,12 +21,14 @@ import numpy as np
 import redis
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from inference.client import FeatureClient
 from inference.model import TrainedModel
 
 log = logging.getLogger(__name__)
 MAX_BATCH = 4096
+MAX_BODY = 256 * 1024  # bytes: MAX_BATCH ids of 20 digits fit four times over
 INT64 = (-(2**63), 2**63 - 1)
 
 
@@ -82,20 +88,27 @@ def create_app(service: ScoringService):
 
     @app.get("/health")
     def health() -> dict:
-        return {"status": "ok", "model": service.model.label, "device": service.model.model.mean.device.type,
+        redis_state = service.client.ping()
+        return {"status": "ok" if redis_state == "ok" else "degraded", "redis": redis_state,
+                "model": service.model.label, "device": service.model.model.mean.device.type,
                 "features": [f"{v}:{f}" for v, f in service.model.features], "metrics": service.model.metrics}
 
     @app.post("/score")
     async def score(request: Request):
+        raw = await _body(request)
+        if raw is None:
+            return JSONResponse({"error": f"the body is over {MAX_BODY} bytes; send at most {MAX_BATCH} ids"},
+                                status_code=413)
         try:
-            body = await request.json()
-        except ValueError:
-            return JSONResponse({"error": "the body is not JSON; send {\"ids\": [1, 2, 3]}"}, status_code=400)
+            body = json.loads(raw)
+        except (ValueError, RecursionError) as exc:
+            why = "nests too deep" if isinstance(exc, RecursionError) else "is not JSON"
+            return JSONResponse({"error": f"the body {why}; send {{\"ids\": [1, 2, 3]}}"}, status_code=400)
         if not isinstance(body, dict) or set(body) != {"ids"}:
             return JSONResponse({"error": "send a JSON object with one key, ids: {\"ids\": [1, 2, 3]}"},
                                 status_code=400)
         try:
-            return service.score(body["ids"])
+            return await run_in_threadpool(service.score, body["ids"])
         except ScoringError as exc:
             status = 413 if "limit" in str(exc) else 400
             return JSONResponse({"error": str(exc)}, status_code=status)
@@ -103,3 +116,16 @@ def create_app(service: ScoringService):
             raise HTTPException(status_code=503, detail=f"the online store is unreachable: {exc}") from exc
 
     return app
+
+
+async def _body(request: Request) -> bytes | None:
+    """The request body, or None once it is over ``MAX_BODY`` bytes (by its length header, or as it streams in)."""
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > MAX_BODY:
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY:
+            return None
+    return bytes(body)

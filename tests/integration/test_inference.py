@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import socket
 import time
 from datetime import UTC, datetime
 
@@ -20,7 +21,7 @@ from cdcf.feast_config import feature_store
 from cdcf.workload import Workload
 from inference.client import FeatureClient
 from inference.model import TrainedModel
-from inference.service import MAX_BATCH, ScoringError, ScoringService, create_app, model_path
+from inference.service import MAX_BATCH, MAX_BODY, ScoringError, ScoringService, create_app, model_path
 from inference.train import train_from_store
 from tests.conftest import run_cli, wait_for
 
@@ -92,6 +93,9 @@ def test_the_local_cache_serves_a_row_for_its_ttl_only(settings, users):
         assert client.fetch([entity]).row(0)[0] == 1  # cached
         time.sleep(1.1)
         assert client.fetch([entity]).row(0)[0] == 2
+        client.cache_entries = 3  # bounded: the least recently fetched go first
+        client.fetch([entity, entity + 1, entity + 2, entity + 3])
+        assert list(client._cache) == [entity + 1, entity + 2, entity + 3]
     finally:
         raw.delete(key)
         raw.close()
@@ -135,9 +139,30 @@ def test_scores_come_with_as_of_times_and_a_policy_for_bad_input(settings, users
     assert http.post("/score", json={"users": [1]}).status_code == 400
     too_many = http.post("/score", json={"ids": list(range(MAX_BATCH + 1))})
     assert too_many.status_code == 413 and "limit" in too_many.json()["error"]
+    huge = http.post("/score", content=b'{"ids": [' + b"1, " * (MAX_BODY // 3) + b"1]}")
+    assert huge.status_code == 413 and f"over {MAX_BODY} bytes" in huge.json()["error"]
+    deep = http.post("/score", content=b"[" * 100_000)
+    assert deep.status_code == 400 and "nests too deep" in deep.json()["error"]
 
     cli = run_cli("score", "--", str(users[0]), str(nobody))
     assert cli.returncode == 0, cli.stderr
     lines = [json.loads(line) for line in cli.stdout.splitlines()]
     assert [line["id"] for line in lines] == [users[0], nobody] and lines[1]["reason"] == "unknown entity"
     assert datetime.fromisoformat(next(iter(lines[0]["as_of"].values()))).tzinfo is not None
+
+
+def test_a_stalled_online_store_gives_503_within_a_second_and_health_says_so(settings, trained):
+    """A Redis that accepts connections and never answers (as one under SIGSTOP does): the client's timeouts turn a
+    request into a 503 within a second, and /health still answers, reporting Redis."""
+    with socket.socket() as stalled:
+        stalled.bind(("127.0.0.1", 0))
+        stalled.listen(64)
+        service = ScoringService.from_settings(settings.model_copy(update={"redis_port": stalled.getsockname()[1]}))
+        http = TestClient(create_app(service))
+        started = time.monotonic()
+        answer = http.post("/score", json={"ids": [1, 2, 3]})
+        assert answer.status_code == 503 and "unreachable" in answer.json()["detail"]
+        assert time.monotonic() - started < 1.0
+        health = http.get("/health")
+        assert health.status_code == 200 and health.json()["status"] == "degraded"
+        assert health.json()["redis"].startswith("unreachable")
