@@ -197,6 +197,34 @@ def archive(status_file: Path | None = typer.Option(None, help="Where to report 
                f"{totals['dead_letters']} dead letters")
 
 
+@app.command("dead-letters")
+def dead_letters(action: str = typer.Argument("list", help="list, or replay: send back what now decodes."),
+                 dry_run: bool = typer.Option(False, "--dry-run", help="replay: only say what would be sent.")) -> None:
+    """List the dead letters, or replay them through the pipeline once the contract that refused them is fixed."""
+    from connectors import deadletters
+
+    if action == "list":
+        def show(settings: Settings) -> None:
+            found = 0
+            for found, letter in enumerate(deadletters.letters(settings), 1):
+                at = letter.source
+                typer.echo(f"{letter.offset}\t{letter.failed_at}\t{at.topic}[{at.partition}]@{at.offset}\t{letter.reason}")
+            typer.echo(f"{found} dead letter(s) on {settings.dead_letter_topic}")
+
+        _run(show)
+    elif action == "replay":
+        done = _run(lambda s: deadletters.replay(s, dry_run=dry_run))
+        typer.echo(f"{'would send' if dry_run else 'sent'} {len(done.sent)} back to their topics; "
+                   f"{len(done.archived)} already archived; {len(done.invalid)} still invalid; "
+                   f"{len(done.gone)} gone from Kafka (past retention)")
+        for letter, reason in done.invalid[:20]:
+            typer.echo(f"  still invalid: {letter.source.topic}[{letter.source.partition}]@{letter.source.offset}: "
+                       f"{reason}")
+    else:
+        typer.secho(f"error: unknown action {action!r}; use list or replay", err=True, fg=typer.colors.RED)
+        raise typer.Exit(code=2)
+
+
 @app.command(hidden=True)
 def supervise(name: str = typer.Argument(..., help="archiver or streaming")) -> None:
     """Run a background job and start it again, with backoff, whenever it exits (`make up` runs this)."""

@@ -104,7 +104,8 @@ class Archiver:
         self.batch_size = batch_size
         self.status_file = status_file
         self.totals = {"changes": 0, "duplicates": 0, "dead_letters": 0}
-        self.health = {"last_dead_letter_at": None, "last_dead_letter_reason": None, "lag_growing_since": None}
+        self.health = {"last_dead_letter_at": None, "last_dead_letter_reason": None, "lag_growing_since": None,
+                       "ignored_columns": {}}  # table -> columns its images carry that no contract names
         self._lag, self._reported = 0, 0.0
         self._stopping = False
 
@@ -127,6 +128,7 @@ class Archiver:
         """Archive one batch: rows and dead letters durable first, then the Kafka offsets."""
         started = time.monotonic()
         changes, dead = split(self.settings.topic_prefix, messages)
+        self._note_ignored(changes)
         now = datetime.now(UTC)
         for letter in dead:
             self.producer.produce(self.settings.dead_letter_topic, key=letter.key,
@@ -188,6 +190,17 @@ class Archiver:
                     return
                 log.warning("offset commit failed (%s); retrying in 1 s", error)
                 time.sleep(1)
+
+    def _note_ignored(self, changes: list[Change]) -> None:
+        """Report once each column a table's images carry that its contract does not name (added upstream): its
+        values are ignored, its changes archived."""
+        known = self.health["ignored_columns"]
+        for change in changes:
+            new = [c for c in change.ignored if c not in known.get(change.table, ())]
+            if new:
+                known[change.table] = sorted({*known.get(change.table, ()), *new})
+                log.warning("%s has column(s) %s that no contract names (added upstream?): ignored; add them to "
+                            "schemas/ to use them", change.table, ", ".join(new))
 
     def _stop(self, *_: object) -> None:
         self._stopping = True

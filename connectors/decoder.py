@@ -62,7 +62,7 @@ class Reason:
     NO_COMMIT_TIME = "source has no commit time (ts_us / ts_ms)"
     COMMIT_RANGE = "source commit time (ts_us / ts_ms) is out of range"
     IMAGE_NOT_OBJECT = "'{which}' is not an object"
-    DRIFT = "schema drift in {table}.{which}: {parts}"
+    DRIFT = "schema drift in {table}.{which}: missing column(s) {missing} (dropped or renamed upstream?)"
     NULL = "null in NOT NULL column {where}"
     UNAVAILABLE = f"{{where}} arrived as {UNAVAILABLE} (TOASTed value without REPLICA IDENTITY FULL)"
     WRONG_TYPE = "wrong type for {where}: expected {expected}, got a {got}"
@@ -105,6 +105,7 @@ class Change:
     tx_id: int | None
     commit_ts: datetime
     position: Position
+    ignored: tuple[str, ...] = ()  # columns of the images that no contract names (a column added upstream)
 
     def record(self) -> dict[str, Any]:
         """The change as a record of its Avro contract (``contracts.change_schema(table)``)."""
@@ -172,6 +173,8 @@ def _decode(topic_prefix: str, position: Position, value: bytes) -> Change:
     source = _source(envelope["source"], topic_prefix, contract.table)
     before = _row(contract, envelope.get("before"), "before")
     after = _row(contract, envelope.get("after"), "after")
+    ignored = tuple(sorted({k for image in (envelope.get("before"), envelope.get("after")) if image
+                            for k in image if k not in contract.names}))
     if op in "cr" and after is None:
         raise Invalid(Reason.NO_AFTER.format(op=op))
     if op == "d" and before is None:
@@ -184,7 +187,7 @@ def _decode(topic_prefix: str, position: Position, value: bytes) -> Change:
     # The column rules above are derived from the Avro contract, so the result fits it (tests check that with
     # fastavro on every kind of change); fastavro's own validation costs 2/3 of decoding, so not here.
     return Change(contract.table, op, row[contract.key], before, after, source["lsn"], source["tx_id"],
-                  source["commit_ts"], position)
+                  source["commit_ts"], position, ignored)
 
 
 def parse_json(value: bytes) -> Any:
@@ -252,17 +255,11 @@ def _row(contract: RowContract, image: Any, which: str) -> dict[str, Any] | None
         return None
     if not isinstance(image, dict):
         raise Invalid(Reason.IMAGE_NOT_OBJECT.format(which=which))
-    unexpected = sorted(set(image) - contract.names)
-    missing = sorted(contract.names - set(image))
-    if unexpected or missing:
-        raise Invalid(Reason.DRIFT.format(table=contract.table, which=which, parts=drift(unexpected, missing)))
+    missing = sorted(contract.names - set(image))  # a column added upstream is ignored (Change.ignored)
+    if missing:
+        raise Invalid(Reason.DRIFT.format(table=contract.table, which=which, missing=", ".join(missing)))
     return {c.name: _value(f"{contract.table}.{c.name}", c, image[c.name]) for c in contract.columns}
 
-
-def drift(unexpected: list[str], missing: list[str]) -> str:
-    parts = ([f"unexpected column(s) {', '.join(unexpected)}"] if unexpected else []) + (
-        [f"missing column(s) {', '.join(missing)}"] if missing else [])
-    return "; ".join(parts)
 
 
 def _value(where: str, column: Column, raw: Any) -> Any:

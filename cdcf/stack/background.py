@@ -113,7 +113,10 @@ class Restarts:
 
 ARCHIVER = Job("archiver", "archive", lambda s: (
     f"archived {s['changes']} changes ({s['duplicates']} re-deliveries skipped), "
-    f"{s['dead_letters']} dead letters, lag {s['lag']}"), trouble=lambda s: _falling_behind_or_dead_lettering(s))
+    f"{s['dead_letters']} dead letters, lag {s['lag']}"
+    + "".join(f"; ignoring {', '.join(f'{t}.{c}' for c in cs)} (not in the contract)"
+              for t, cs in s.get("ignored_columns", {}).items())),
+    trouble=lambda s: _falling_behind_or_dead_lettering(s))
 
 STREAMING = Job("streaming", "stream", lambda s: (
     f"{s['batches']} batches, {s['changes']} changes, {s['rows_written']} feature rows "

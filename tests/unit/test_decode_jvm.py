@@ -68,7 +68,8 @@ def _assert_same(cases, jvm) -> None:
 def test_the_catalogue_gets_the_same_verdicts(spark):
     cases = [(topic, value) for _, topic, value, _ in BAD_INPUTS]
     cases += [(TOPIC, encoded(doc)) for doc in (envelope(), good_update(), envelope("d", before=row(), after=None),
-                                                {"schema": {}, "payload": envelope()})]
+                                                {"schema": {}, "payload": envelope()},
+                                                envelope("u", before=row(coupon=None), after=row(coupon="X1")))]
     cases.append((TOPIC, None))  # a tombstone: neither a change nor a dead letter
     jvm = _verdicts(spark, cases)
     _assert_same(cases, jvm)

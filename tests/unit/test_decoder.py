@@ -62,6 +62,13 @@ def test_bad_input_becomes_a_dead_letter_with_its_reason(name, topic, value, rea
     assert (payload["topic"], payload["partition"], payload["offset"], payload["key"]) == (topic, 3, 99, "k")
 
 
+def test_a_column_added_upstream_is_ignored_and_named():
+    change = decode(PREFIX, AT, None, encoded(envelope("u", before=row(), after=row(coupon="X1", amount="9.99"))))
+    assert isinstance(change, Change) and change.ignored == ("coupon",)
+    assert change.after == decode(PREFIX, AT, None, encoded(envelope(after=row(amount="9.99")))).after
+    assert decode(PREFIX, AT, None, encoded(envelope())).ignored == ()
+
+
 def test_there_are_at_least_twenty_kinds_of_bad_input():
     assert len({reason for *_, reason in BAD_INPUTS}) >= 20
 
