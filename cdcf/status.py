@@ -17,3 +17,12 @@ def report(status_file: Path | None, state: dict[str, Any]) -> None:
     partial = status_file.with_suffix(f".{os.getpid()}.{threading.get_ident()}.partial")  # writers never share it
     partial.write_text(json.dumps({**state, "at": time.time()}, default=str))
     partial.replace(status_file)
+
+
+def growing_since(previous: int, lag: int, since: float | None, now: float) -> float | None:
+    """Since when a consumer's lag has grown without shrinking once (None: caught up, or catching up)."""
+    if lag == 0 or lag < previous:
+        return None
+    if lag > previous and since is None:
+        return now
+    return since

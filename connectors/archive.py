@@ -22,7 +22,7 @@ import psycopg2
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 
 from cdcf.settings import Settings
-from cdcf.status import report
+from cdcf.status import growing_since, report
 from connectors.contracts import HEARTBEAT
 from connectors.decoder import Change, DeadLetter, Position, decode
 
@@ -211,10 +211,7 @@ class Archiver:
             return
         self._reported = time.monotonic()
         lag = self._lag_now()
-        if lag == 0 or lag < self._lag:  # caught up, or catching up: not falling behind
-            self.health["lag_growing_since"] = None
-        elif lag > self._lag and self.health["lag_growing_since"] is None:
-            self.health["lag_growing_since"] = time.time()
+        self.health["lag_growing_since"] = growing_since(self._lag, lag, self.health["lag_growing_since"], time.time())
         self._lag = lag
         report(self.status_file, {**self.totals, **self.health, "lag": lag})
 

@@ -26,7 +26,7 @@ from cdcf import engine
 from cdcf.settings import Settings
 from cdcf.sources import sources
 from cdcf.spark import spark_session
-from cdcf.status import report
+from cdcf.status import growing_since, report
 from connectors.contracts import HEARTBEAT
 from streaming.decode import routed
 from streaming.reseed import OnlineGuard
@@ -112,7 +112,8 @@ class StreamJob:
         self.stopping = threading.Event()
         self.totals = {"batches": 0, "changes": 0, "rows_written": 0, "emits": 0, "decayed": 0,
                        "last_as_of": None, "restarts": 0, "last_error": None, "last_restart_at": None,
-                       "query_active": None, "lag_max_s": 0.0, "reseeds": 0, "last_reseed": None}
+                       "query_active": None, "lag_max_s": 0.0, "reseeds": 0, "last_reseed": None,
+                       "last_batch_at": None, "behind": 0, "behind_growing_since": None}
         self.guard: OnlineGuard | None = None
 
     def write_batch(self, batch: DataFrame, batch_id: int) -> None:
@@ -176,6 +177,13 @@ class StreamJob:
                 self.guard.close()
         return self.totals
 
+    def note_progress(self, behind: int) -> None:
+        """A micro-batch ended ``behind`` offsets short of the end of its most lagging partition: note when the
+        query last made progress, and since when that lag has only grown."""
+        now = time.time()
+        since = growing_since(self.totals["behind"], behind, self.totals["behind_growing_since"], now)
+        self.totals.update(behind=behind, behind_growing_since=since, last_batch_at=now)
+
     def listen(self, spark: SparkSession) -> None:
         """Count the changes read from each micro-batch's progress, as Spark reports it (once per batch)."""
         job = self
@@ -187,6 +195,8 @@ class StreamJob:
             def onQueryProgress(self, event) -> None:
                 progress = event.progress
                 job.totals["changes"] += progress.numInputRows
+                job.note_progress(max((int(float(source.metrics.get("maxOffsetsBehindLatest") or 0))
+                                       for source in progress.sources), default=0))
                 log.debug("batch %d progress: %s %s", progress.batchId, progress.durationMs, progress.eventTime)
 
             def onQueryIdle(self, event) -> None:

@@ -25,6 +25,7 @@ REPORT_EVERY_S = 30  # a job that has not written its status file for this long 
 RESTART_WINDOW_S = 120  # a job (or query) restarted this recently is in trouble, whatever its counters say
 BACKOFF_S = (1, 2, 4, 8, 16, 32, 60)  # waits before each further restart of a job that keeps exiting
 LAG_GROWING_S = 60  # a consumer whose lag grew this long without ever shrinking is falling behind
+STALLED_S = 60  # a streaming query that finished no micro-batch this long is stuck (heartbeats come every 5 s)
 STEADY_S = 300  # a job that ran this long before exiting is restarted after the shortest wait again
 
 
@@ -123,7 +124,7 @@ STREAMING = Job("streaming", "stream", lambda s: (
     f"({s['decayed']} by decay), last as-of {s['last_as_of'] or '-'}"
     + (f", {s['restarts']} restart(s), last error: {s['last_error']}" if s["restarts"] else "")
     + (f", re-seeded the online store {s['reseeds']} time(s), last at {s['last_reseed']}" if s.get("reseeds") else "")),
-    start_timeout_s=180, trouble=lambda s: _restarting(s))
+    start_timeout_s=180, trouble=lambda s: _restarting_or_stalled(s))
 
 JOBS = {job.name: job for job in (ARCHIVER, STREAMING)}
 
@@ -139,12 +140,18 @@ def _falling_behind_or_dead_lettering(state: dict[str, Any]) -> str | None:
     return None
 
 
-def _restarting(state: dict[str, Any]) -> str | None:
+def _restarting_or_stalled(state: dict[str, Any]) -> str | None:
     if state.get("last_restart_at") and state["at"] - state["last_restart_at"] < RESTART_WINDOW_S:
         return (f"restarted its query {state['restarts']} time(s), the last {state['at'] - state['last_restart_at']:.0f} s "
                 f"ago (last error: {state['last_error']})")
     if state.get("query_active") is False:
         return f"has no running query (last error: {state['last_error']})"
+    if state.get("last_batch_at") and state["at"] - state["last_batch_at"] >= STALLED_S:
+        return (f"has finished no micro-batch for {state['at'] - state['last_batch_at']:.0f} s (heartbeats alone "
+                f"make one every few seconds)")
+    if state.get("behind_growing_since") and state["at"] - state["behind_growing_since"] >= LAG_GROWING_S:
+        return (f"falls behind: its lag has grown for {state['at'] - state['behind_growing_since']:.0f} s, to "
+                f"{state['behind']} offsets on its most lagging partition")
     return None
 
 

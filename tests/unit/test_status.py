@@ -50,3 +50,24 @@ def test_an_archiver_dead_lettering_lately_or_falling_behind_is_trouble():
         "dead-lettered 2 change(s) so far, the last 5 s ago (reason: not JSON); they wait on the dead-letter topic")
     assert ARCHIVER.trouble({**fine, "lag_growing_since": 9_900.0}) == (
         "falls behind: its lag has grown for 100 s, to 40 changes")
+
+
+def test_a_stalled_or_falling_behind_query_is_trouble():
+    from cdcf.stack.background import LAG_GROWING_S, STALLED_S
+
+    working = {**HEALTHY, "last_batch_at": 9_999.0, "behind": 300, "behind_growing_since": 10_000.0 - LAG_GROWING_S + 1}
+    assert STREAMING.trouble(working) is None
+    assert STREAMING.trouble({**working, "last_batch_at": 10_000.0 - STALLED_S - 5}) == (
+        "has finished no micro-batch for 65 s (heartbeats alone make one every few seconds)")
+    assert STREAMING.trouble({**working, "behind_growing_since": 9_880.0}) == (
+        "falls behind: its lag has grown for 120 s, to 300 offsets on its most lagging partition")
+
+
+def test_a_lag_grows_only_while_it_is_never_caught_up_nor_catching_up():
+    from cdcf.status import growing_since
+
+    assert growing_since(0, 100, None, 5.0) == 5.0
+    assert growing_since(100, 150, 5.0, 9.0) == 5.0  # still growing: since the first rise
+    assert growing_since(150, 150, 5.0, 9.0) == 5.0  # flat, not caught up
+    assert growing_since(150, 120, 5.0, 9.0) is None  # catching up
+    assert growing_since(120, 0, None, 9.0) is None
