@@ -28,7 +28,7 @@ from cdcf.stack.background import STREAMING
 from cdcf.workload import Workload, redeliver
 from streaming.online import OnlineWriter
 from tests import oracle
-from tests.conftest import wait_for
+from tests.conftest import run_cli, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -293,3 +293,46 @@ def test_an_online_store_that_lost_its_writes_is_reseeded_by_the_job(settings, s
     assert "(it came back from older data)" in _status(settings)["last_reseed"]
     assert served(store, decl.TRANSACTION_RISK, user)[0]["txn_amount_sum_1h"] == 12.5
     client.close()
+
+
+def test_resnapshot_brings_every_feature_back_after_capture_lost_its_slot(settings, store):
+    """Capture stops and its slot is dropped (as an invalidated slot leaves it); meanwhile a transaction is updated,
+    one deleted and one inserted. `cdcf resnapshot` snapshots every row again and sends a delete for the row gone,
+    and the user's and the product's features are exact again."""
+    from connectors.connect import ConnectClient, connector_config
+
+    kept, gone, new, user, product = _ids(5)
+    _sql(settings, "INSERT INTO transactions VALUES (%s, %s, %s, 10.00, 'acme', now(), now()), "
+                   "(%s, %s, %s, 20.00, 'acme', now(), now())", (kept, user, product, gone, user, product))
+    since = _sql(settings, "SELECT 1")
+    assert_exact(settings, store, decl.TRANSACTION_RISK, user, since)
+    name, _ = connector_config(settings)
+    client = ConnectClient(settings.connect_url)
+    try:
+        client.stop(name)
+        wait_for(lambda: client.status(name)["connector"]["state"] == "STOPPED", 60, "the connector to stop")
+        with psycopg2.connect(settings.pg_dsn(user=settings.debezium_user)) as conn, conn.cursor() as cur:
+            wait_for(lambda: not _slot_active(cur, settings.replication_slot), 60, "the slot to be released")
+            cur.execute("SELECT pg_drop_replication_slot(%s)", (settings.replication_slot,))
+        conn.close()
+        _sql(settings, "UPDATE transactions SET amount = 15.00 WHERE txn_id = %s", (kept,))
+        _sql(settings, "DELETE FROM transactions WHERE txn_id = %s", (gone,))
+        _sql(settings, "INSERT INTO transactions VALUES (%s, %s, %s, 5.00, 'acme', now(), now())", (new, user, product))
+        missed = _sql(settings, "SELECT 1")
+        done = run_cli("resnapshot", timeout=900)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "deletes sent for rows removed during the gap" in done.stdout
+        assert client.status(name)["connector"]["state"] == "RUNNING"
+    finally:
+        if client.status(name)["connector"]["state"] != "RUNNING":
+            run_cli("connector", "apply")
+        client.close()
+    for view, entity in ((decl.TRANSACTION_RISK, user), (decl.USER_ACTIVITY, user), (decl.PRODUCT_STATS, product)):
+        assert_exact(settings, store, view, entity, missed, timeout_s=300)
+    assert served(store, decl.TRANSACTION_RISK, user)[0]["txn_amount_sum_1h"] == 20.0  # 15 + 5, the 20 deleted
+
+
+def _slot_active(cur, slot: str) -> bool:
+    cur.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s", (slot,))
+    row = cur.fetchone()
+    return bool(row and row[0])

@@ -1,0 +1,197 @@
+"""Recover capture after a gap (its replication slot invalidated or dropped, its offsets lost): `cdcf resnapshot`.
+
+1. The connector is stopped, its offsets deleted and its slot dropped; started again, Debezium snapshots every
+   row of every captured table (``op = r``) at a new LSN, then streams from there. Rows inserted or updated
+   during the gap come back as they are now.
+2. Rows deleted during the gap are in no snapshot: every row the archive holds as live but the source no longer
+   has gets a delete event, shaped as Debezium's (its before image is the archived one) and dated now at the
+   current WAL position, on its change topic.
+
+The archiver and the streaming job take both like any change (newer LSNs than anything they hold), so every
+feature is exact again once they have caught up. A delete the source makes during the resnapshot arrives twice
+(ours and Debezium's); the second is a no-op.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+
+import psycopg2
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+
+from cdcf.errors import PipelineError
+from cdcf.settings import Settings
+from connectors.archive import TABLE as CHANGELOG
+from connectors.connect import ConnectClient, captured_tables, change_topics, connector_config
+from connectors.contracts import HEARTBEAT, row_contracts
+
+log = logging.getLogger(__name__)
+SNAPSHOT_TIMEOUT_S = 1800.0
+
+
+class ResnapshotError(PipelineError):
+    """The snapshot did not complete."""
+
+
+@dataclass
+class Resnapshot:
+    snapshot_rows: int = 0
+    deleted: dict[str, int] = field(default_factory=dict)  # per table: rows deleted during the gap
+    seconds: float = 0.0
+
+
+def resnapshot(settings: Settings, progress: Callable[[str], None] = log.info) -> Resnapshot:
+    began = time.monotonic()
+    result = Resnapshot()
+    name, config = connector_config(settings)
+    ends = _ends(settings, change_topics(settings))  # what the new snapshot writes comes after these offsets
+    client = ConnectClient(settings.connect_url)
+    try:
+        if name in client.list():
+            client.reset_offsets(name)
+            progress(f"connector {name} stopped, its offsets deleted")
+        _drop_slot(settings)
+        progress(f"replication slot {settings.replication_slot} dropped")
+        if name in client.list():
+            client.resume(name)
+        else:
+            client.apply(name, config)
+        client.wait_running(name, timeout_s=120)
+        progress("connector running: snapshotting every captured table")
+        result.snapshot_rows = _await_snapshot(settings, ends, progress)
+    finally:
+        client.close()
+    result.deleted = _send_missed_deletes(settings, progress)
+    result.seconds = time.monotonic() - began
+    return result
+
+
+def _drop_slot(settings: Settings) -> None:
+    conn = psycopg2.connect(settings.pg_dsn(user=settings.debezium_user))
+    try:
+        with conn, conn.cursor() as cur:
+            deadline = time.monotonic() + 60
+            while True:  # the stopped task may hold it for a moment
+                cur.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s", (settings.replication_slot,))
+                row = cur.fetchone()
+                if row is None:
+                    return
+                if not row[0]:
+                    cur.execute("SELECT pg_drop_replication_slot(%s)", (settings.replication_slot,))
+                    return
+                if time.monotonic() > deadline:
+                    raise ResnapshotError(f"replication slot {settings.replication_slot} is still in use")
+                time.sleep(0.5)
+    finally:
+        conn.close()
+
+
+def _consumer(settings: Settings) -> Consumer:
+    return Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"cdcf-resnapshot-{time.time()}",
+                     "enable.auto.commit": False, "log_level": 3})
+
+
+def _ends(settings: Settings, topics: list[str]) -> dict[tuple[str, int], int]:
+    consumer = _consumer(settings)
+    try:
+        found = {}
+        for topic in topics:
+            for partition in consumer.list_topics(topic, timeout=10).topics[topic].partitions:
+                found[(topic, partition)] = consumer.get_watermark_offsets(TopicPartition(topic, partition),
+                                                                           timeout=10)[1]
+        return found
+    finally:
+        consumer.close()
+
+
+def _await_snapshot(settings: Settings, ends: dict, progress) -> int:
+    """Read the change topics from ``ends`` until the snapshot's last record (the heartbeat table is in it too, so
+    there always is one); the source rows it held."""
+    consumer = _consumer(settings)
+    seen, deadline, said = 0, time.monotonic() + SNAPSHOT_TIMEOUT_S, time.monotonic()
+    try:
+        consumer.assign([TopicPartition(t, p, offset) for (t, p), offset in ends.items()])
+        while time.monotonic() < deadline:
+            message = consumer.poll(1.0)
+            if message is None:
+                continue
+            if message.error():
+                if message.error().code() == KafkaError._PARTITION_EOF:
+                    continue
+                raise ResnapshotError(f"reading the change topics: {message.error()}")
+            if message.value() is None:  # a tombstone
+                continue
+            source = json.loads(message.value()).get("source", {})
+            snapshot = source.get("snapshot")
+            if snapshot in (None, "false", "incremental"):
+                continue
+            seen += source.get("table") != HEARTBEAT
+            if snapshot == "last":
+                progress(f"snapshot complete: {seen} rows")
+                return seen
+            if time.monotonic() - said > 10:
+                said = time.monotonic()
+                progress(f"snapshot: {seen} rows so far")
+        raise ResnapshotError(f"the snapshot did not finish within {SNAPSHOT_TIMEOUT_S:.0f} s ({seen} rows so far)")
+    finally:
+        consumer.close()
+
+
+def _tables() -> list[str]:
+    return [t for t in captured_tables() if t != HEARTBEAT]
+
+
+def _send_missed_deletes(settings: Settings, progress) -> dict[str, int]:
+    """A Debezium-shaped delete, on its change topic, for each row archived as live that the source lacks."""
+    contracts = row_contracts()
+    source = psycopg2.connect(settings.pg_dsn())
+    archive = psycopg2.connect(settings.pg_dsn(settings.offline_db, user=settings.feast_user))
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "acks": "all", "enable.idempotence": True,
+                         "log_level": 3})
+    deleted: dict[str, int] = {}
+    try:
+        with source, source.cursor() as cur:
+            cur.execute("SELECT (pg_current_wal_lsn() - '0/0')::bigint, now()")
+            lsn, now = cur.fetchone()
+        for table in _tables():
+            contract = contracts[table]
+            with source, source.cursor() as cur:
+                cur.execute(f"SELECT {contract.key} FROM {table}")
+                present = {key for (key,) in cur.fetchall()}
+            with archive, archive.cursor(name=f"live_{table}") as cur:
+                cur.itersize = 10_000
+                cur.execute(f"SELECT row_key, after FROM (SELECT DISTINCT ON (row_key) row_key, op, after FROM "
+                            f"{CHANGELOG} WHERE source_table = %s ORDER BY row_key, lsn DESC) latest "
+                            "WHERE op <> 'd'", (table,))
+                for key, image in cur:
+                    if key in present:
+                        continue
+                    producer.produce(f"{settings.topic_prefix}.public.{table}",
+                                     key=json.dumps({contract.key: key}).encode(),
+                                     value=json.dumps(_delete_event(settings, contract, image, lsn, now)).encode())
+                    deleted[table] = deleted.get(table, 0) + 1
+                    producer.poll(0)
+            progress(f"{table}: {deleted.get(table, 0)} row(s) deleted during the gap, sent as deletes")
+        if producer.flush(60) > 0:
+            raise ResnapshotError("Kafka did not acknowledge the deletes within 60 s")
+    finally:
+        source.close()
+        archive.close()
+    return deleted
+
+
+def _delete_event(settings: Settings, contract, image: dict, lsn: int, at: datetime) -> dict:
+    """Debezium's delete of a row whose last image is ``image`` (as archived: dates back to Debezium's days)."""
+    kinds = {c.name: c.kind for c in contract.columns}
+    before = {k: (date.fromisoformat(v) - date(1970, 1, 1)).days if kinds.get(k) == "date" and isinstance(v, str)
+              else v for k, v in image.items()}
+    micros = int(at.astimezone(UTC).timestamp()) * 1_000_000 + at.microsecond
+    return {"before": before, "after": None, "op": "d", "ts_ms": micros // 1000,
+            "source": {"version": "cdcf-resnapshot", "connector": "postgresql", "name": settings.topic_prefix,
+                       "ts_ms": micros // 1000, "ts_us": micros, "snapshot": "false", "db": settings.app_db,
+                       "schema": "public", "table": contract.table, "txId": None, "lsn": lsn}}
