@@ -128,7 +128,10 @@ def render(r: dict, out: Path, markdown: Path) -> None:
         "",
         f"Rendered by `python -m bench.run` ({w['size']} run, seed {w['seed']}) from "
         f"[`{rel / 'latest.json'}`]({rel / 'latest.json'}); rerun with `make bench`. Every figure below was measured "
-        "in that one run, each beside its baseline, on the machine described here.",
+        "in that one run, each beside its baseline, on the machine described here"
+        + "".join(f"; the {', '.join(r['parts'])} part(s) were run again on {r['at']} (seed {r['seed']}) with "
+                  "`python -m bench.run --only`, and their figures replace that run's" for r in r.get("reruns", []))
+        + ".",
         "",
         f"**Machine:** {m['description']}. Python {m['python']}; "
         + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if k != "jars")

@@ -135,8 +135,11 @@ def main() -> None:
     previous = args.out / "latest.json"
     result: dict = json.loads(previous.read_text()) if set(parts) != set(PARTS) and previous.exists() else {}
     result.update({"machine": machine(settings), "phase_s": result.get("phase_s", {})})
-    result["workload"] = {**result.get("workload", {}), "size": "smoke" if args.smoke else "full", "seed": seed,
-                          **size}
+    if result:  # a partial run: the workload stays the full run's; the parts run again are recorded
+        result["reruns"] = [*result.get("reruns", []), {"parts": parts, "seed": seed,
+                                                        "at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}]
+    else:
+        result["workload"] = {"size": "smoke" if args.smoke else "full", "seed": seed, **size}
 
     def phase(name: str, fn):
         if name not in parts:
@@ -168,7 +171,8 @@ def main() -> None:
     # one gives each entity an ever longer history to recompute, a cost of the workload, not of the rate)
     population = {"users": size["load_users"], "products": size["load_products"],
                   "entity_base": random.Random(seed + 1).randrange(1, 9000) * 10**11 + 10**10}
-    result["workload"]["load_entity_base"] = population["entity_base"]
+    if {"freshness", "capacity"} & set(parts):
+        result["workload"]["load_entity_base"] = population["entity_base"]
     result.update(phase("freshness", lambda: freshness.freshness(
         settings, store, size["freshness_rate"], size["freshness_seconds"], size["freshness_runs"], population,
         seed)) or {})
