@@ -302,9 +302,8 @@ def test_resnapshot_brings_every_feature_back_after_capture_lost_its_slot(settin
     from connectors.connect import ConnectClient, connector_config
 
     kept, gone, new, user, product = _ids(5)
-    _sql(settings, "INSERT INTO transactions VALUES (%s, %s, %s, 10.00, 'acme', now(), now()), "
-                   "(%s, %s, %s, 20.00, 'acme', now(), now())", (kept, user, product, gone, user, product))
-    since = _sql(settings, "SELECT 1")
+    since = _sql(settings, "INSERT INTO transactions VALUES (%s, %s, %s, 10.00, 'acme', now(), now()), "
+                           "(%s, %s, %s, 20.00, 'acme', now(), now())", (kept, user, product, gone, user, product))
     assert_exact(settings, store, decl.TRANSACTION_RISK, user, since)
     name, _ = connector_config(settings)
     client = ConnectClient(settings.connect_url)
