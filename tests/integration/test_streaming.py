@@ -326,9 +326,12 @@ def test_resnapshot_brings_every_feature_back_after_capture_lost_its_slot(settin
         if client.status(name)["connector"]["state"] != "RUNNING":
             run_cli("connector", "apply")
         client.close()
+    # the source's truth: 15.00 and 5.00 (the 20.00 was deleted while capture was down), two purchases
+    wait_for(lambda: served(store, decl.TRANSACTION_RISK, user)[0]["txn_amount_sum_1h"] == 20.0, 300,
+             lambda: f"the user's windows to hold the source's rows (served {served(store, decl.TRANSACTION_RISK, user)})")
+    wait_for(lambda: served(store, decl.PRODUCT_STATS, product)[0]["purchases_7d"] == 2, 60, "the product's count")
     for view, entity in ((decl.TRANSACTION_RISK, user), (decl.USER_ACTIVITY, user), (decl.PRODUCT_STATS, product)):
-        assert_exact(settings, store, view, entity, missed, timeout_s=300)
-    assert served(store, decl.TRANSACTION_RISK, user)[0]["txn_amount_sum_1h"] == 20.0  # 15 + 5, the 20 deleted
+        assert_exact(settings, store, view, entity, missed)
 
 
 def _slot_active(cur, slot: str) -> bool:
