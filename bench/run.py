@@ -133,9 +133,10 @@ def main() -> None:
     settings = load_settings()
     store = feature_store(settings)
     previous = args.out / "latest.json"
-    result: dict = json.loads(previous.read_text()) if set(parts) != set(PARTS) and previous.exists() else {}
+    partial = set(parts) != set(PARTS) and previous.exists()
+    result: dict = json.loads(previous.read_text()) if partial else {}
     result.update({"machine": machine(settings), "phase_s": result.get("phase_s", {})})
-    if result:  # a partial run: the workload stays the full run's; the parts run again are recorded
+    if partial:  # the workload stays the full run's; the parts run again are recorded
         result["reruns"] = [*result.get("reruns", []), {"parts": parts, "seed": seed,
                                                         "at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}]
     else:
