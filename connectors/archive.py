@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import psycopg2
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 
+from cdcf.kafka_clients import durable_producer
 from cdcf.settings import Settings
 from cdcf.status import growing_since, report
 from connectors.contracts import HEARTBEAT
@@ -121,8 +122,7 @@ class Archiver:
             "topic.metadata.refresh.interval.ms": 5000, "fetch.wait.max.ms": 20, "log_level": 3,
         })
         self.consumer.subscribe([f"^{s.topic_prefix.replace('.', '[.]')}[.]public[.].+"])
-        self.producer = Producer({"bootstrap.servers": s.kafka_bootstrap, "acks": "all",
-                                  "enable.idempotence": True, "log_level": 3})
+        self.producer = durable_producer(s)
 
     def write(self, messages: list[Message]) -> None:
         """Archive one batch: rows and dead letters durable first, then the Kafka offsets."""

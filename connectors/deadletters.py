@@ -12,13 +12,13 @@ gone from Kafka (past retention) is reported and left alone.
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import psycopg2
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, TopicPartition
 
+from cdcf.kafka_clients import durable_producer, reader
 from cdcf.settings import Settings
 from connectors.archive import TABLE as CHANGELOG
 from connectors.decoder import Change, DeadLetter, Position, decode
@@ -56,9 +56,8 @@ def letters(settings: Settings) -> Iterator[Letter]:
 def replay(settings: Settings, dry_run: bool = False) -> Replayed:
     """Send every dead letter that now decodes back to its change topic (``dry_run``: only say which would go)."""
     result = Replayed()
-    consumer = _consumer(settings)
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "acks": "all", "enable.idempotence": True,
-                         "log_level": 3})
+    consumer = reader(settings, "dead-letters")
+    producer = durable_producer(settings)
     db = psycopg2.connect(settings.pg_dsn(settings.offline_db, user=settings.feast_user))
     try:
         for letter in letters(settings):
@@ -94,14 +93,9 @@ def _archived(db, change: Change) -> bool:
         return cur.fetchone() is not None
 
 
-def _consumer(settings: Settings) -> Consumer:
-    return Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"cdcf-dead-letters-{uuid.uuid4()}",
-                     "enable.auto.commit": False, "log_level": 3})
-
-
 def _read_all(settings: Settings, topic: str):
     """Every message of ``topic`` up to its end as of now."""
-    consumer = _consumer(settings)
+    consumer = reader(settings, "dead-letters")
     try:
         metadata = consumer.list_topics(topic, timeout=READ_TIMEOUT_S).topics[topic]
         if metadata.error is not None:

@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 
 import psycopg2
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import KafkaError, TopicPartition
 
 from cdcf.errors import PipelineError
+from cdcf.kafka_clients import durable_producer, reader
 from cdcf.settings import Settings
 from connectors.archive import TABLE as CHANGELOG
 from connectors.connect import ConnectClient, captured_tables, change_topics, connector_config
@@ -91,13 +92,8 @@ def _drop_slot(settings: Settings) -> None:
         conn.close()
 
 
-def _consumer(settings: Settings) -> Consumer:
-    return Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"cdcf-resnapshot-{time.time()}",
-                     "enable.auto.commit": False, "log_level": 3})
-
-
 def _ends(settings: Settings, topics: list[str]) -> dict[tuple[str, int], int]:
-    consumer = _consumer(settings)
+    consumer = reader(settings, "resnapshot")
     try:
         found = {}
         for topic in topics:
@@ -112,7 +108,7 @@ def _ends(settings: Settings, topics: list[str]) -> dict[tuple[str, int], int]:
 def _await_snapshot(settings: Settings, ends: dict, progress) -> int:
     """Read the change topics from ``ends`` until the snapshot's last record (the heartbeat table is in it too, so
     there always is one); the source rows it held."""
-    consumer = _consumer(settings)
+    consumer = reader(settings, "resnapshot")
     seen, deadline, said = 0, time.monotonic() + SNAPSHOT_TIMEOUT_S, time.monotonic()
     try:
         consumer.assign([TopicPartition(t, p, offset) for (t, p), offset in ends.items()])
@@ -151,8 +147,7 @@ def _send_missed_deletes(settings: Settings, progress) -> dict[str, int]:
     contracts = row_contracts()
     source = psycopg2.connect(settings.pg_dsn())
     archive = psycopg2.connect(settings.pg_dsn(settings.offline_db, user=settings.feast_user))
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "acks": "all", "enable.idempotence": True,
-                         "log_level": 3})
+    producer = durable_producer(settings)
     deleted: dict[str, int] = {}
     try:
         with source, source.cursor() as cur:
