@@ -30,7 +30,7 @@ import psycopg2
 import psycopg2.errors
 import pyarrow as pa
 from psycopg2.extras import execute_values
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from batch.history import history, read_changes, routed
@@ -101,11 +101,12 @@ def run_backfill(spark: SparkSession, settings: Settings, start: datetime | None
         progress(f"backfill of as-of times [{result.start or 'the beginning'}, {end})"
                  + (f", and entities with changes archived after {last[1]}" if last else ""))
         versions = _versions(spark, settings, db, end, result, progress)
-        since_us = None if last is None else _micros(last[1] - ARCHIVE_SLACK)
-        touched = _touched(versions, since_us) if last is not None else {}
+        values = json.loads(engine.route_spec())["values"]
+        changes = reduce(DataFrame.unionByName, [routed(versions[m.table.name], m, values) for m in sources()])
+        touched = _touched(changes, _micros(last[1] - ARCHIVE_SLACK)) if last is not None else {}
         result.touched = sum(len(ids) for ids in touched.values())
         rebuild = result.start is None and not touched  # every row of every table: written once, then swapped in
-        _write_stages(spark, settings, db, versions, result, touched, progress, rebuild)
+        _write_stages(spark, settings, db, changes, result, touched, progress, rebuild)
         _swap(db, result, touched, started_at, archived_until, rebuild)
         for frame in versions.values():
             frame.unpersist()
@@ -138,27 +139,18 @@ def _versions(spark, settings, db, end: datetime, result: BackfillResult, progre
     return versions
 
 
-def _touched(versions: dict[str, DataFrame], since_us: int) -> dict[str, list[tuple[int, int]]]:
-    """Per entity kind, (id, first commit in µs) of every entity that owned a row before or after a change archived
-    since ``since_us``."""
-    found: dict[str, list[DataFrame]] = {}
-    for m in sources():
-        frame = versions[m.table.name]
-        row = Window.partitionBy("key").orderBy("lsn")
-        for entity in m.owners:
-            owner = F.when(~F.col("deleted"), F.col(entity.join_key))
-            marked = frame.select("valid_from", F.unix_micros("archived_at").alias("archived"),
-                                  owner.alias("now"), F.lag(owner).over(row).alias("before"))
-            new = marked.where(F.col("archived") >= since_us)
-            for side in ("now", "before"):
-                found.setdefault(entity.name, []).append(
-                    new.where(F.col(side).isNotNull()).select(F.col(side).alias("id"), "valid_from"))
-    return {name: [(r.id, r.start_us) for r in reduce(DataFrame.unionByName, frames).groupBy("id")
-                   .agg(F.min("valid_from").alias("start_us")).collect()]
-            for name, frames in found.items()}
+def _touched(changes: DataFrame, since_us: int) -> dict[str, list[tuple[int, int]]]:
+    """Per entity kind, (id, first commit in µs) of every entity a change archived since ``since_us`` reached (the
+    engine's input rows: the owner before and the owner after)."""
+    found = changes.where(F.col("archived_us") >= since_us).groupBy("entity", "id") \
+        .agg(F.min("commit_us").alias("start_us")).collect()
+    result: dict[str, list[tuple[int, int]]] = {}
+    for r in found:
+        result.setdefault(r.entity, []).append((r.id, r.start_us))
+    return result
 
 
-def _write_stages(spark, settings, db, versions, result: BackfillResult, touched, progress, rebuild: bool) -> None:
+def _write_stages(spark, settings, db, changes, result: BackfillResult, touched, progress, rebuild: bool) -> None:
     """Replay every entity's history through the window engine and COPY the rows in scope into the views' stage
     tables from the executors; for a rebuild, into new tables, indexed after the load."""
     with db, db.cursor() as cur:
@@ -168,8 +160,6 @@ def _write_stages(spark, settings, db, versions, result: BackfillResult, touched
                 cur.execute(f"CREATE TABLE {_rebuilt(view)} (LIKE {view.name})")
             else:
                 cur.execute(f"TRUNCATE {_stage(view)}")
-    values = json.loads(engine.route_spec())["values"]
-    changes = reduce(DataFrame.unionByName, [routed(versions[m.table.name], m, values) for m in sources()])
     rows = _in_scope(engine.replay(changes, _micros(result.end)), result, touched, spark)
     written = _copy(rows, settings.pg_dsn(settings.offline_db, user=settings.feast_user),
                     _rebuilt if rebuild else _stage)

@@ -81,7 +81,7 @@ def routed(versions: DataFrame, m: Source, values: dict[str, str]) -> DataFrame:
     """Versions -> the window engine's input rows (the columns of Router.java, ``values`` their value columns and
     types): per version, a row for the entity that owned the row before, if the version takes it away (a delete,
     an owner move), and one for the entity that owns it now. The before owner is the previous version's, as
-    Debezium's before image gives it to the streaming job."""
+    Debezium's before image gives it to the streaming job. ``archived_us``: when the archive took the change."""
     by_row = Window.partitionBy("key").orderBy("lsn")
     cells = []
     for name, kind in values.items():
@@ -103,7 +103,8 @@ def routed(versions: DataFrame, m: Source, values: dict[str, str]) -> DataFrame:
             rows.append(marked.where(keep).select(
                 F.lit(entity.name).alias("entity"), F.col(side).alias("id"), F.lit(m.table.name).alias("table"),
                 F.col("key").alias("row_key"), "lsn", F.col("valid_from").alias("commit_us"),
-                F.lit(owns).alias("owns"), event.cast("long").alias("event_us"), *cells))
+                F.lit(owns).alias("owns"), event.cast("long").alias("event_us"),
+                F.unix_micros("archived_at").alias("archived_us"), *cells))
     return reduce(DataFrame.unionByName, rows)
 
 

@@ -79,7 +79,7 @@ final class EntityCore {
      * row. Afterwards ``due()`` is the next moment a window changes with no new change.
      */
     Object[] emit(String kind, long id, long asOfUs, boolean decay) {
-        long asOf = Math.max(asOfUs, meta.lastAsOfUs == Long.MIN_VALUE ? Long.MIN_VALUE : meta.lastAsOfUs + 1);
+        long asOf = Math.max(asOfUs, meta.lastAsOfUs + 1);  // none yet: MIN_VALUE + 1, below any time
         Object[] out = new Object[HEAD + spec.outputNames.size()];
         out[0] = kind;
         out[1] = id;
