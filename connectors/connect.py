@@ -59,8 +59,15 @@ class ConnectClient:
         self._http = httpx.Client(base_url=url, timeout=timeout_s)
 
     def apply(self, name: str, config: dict[str, str], timeout_s: float = 60.0) -> dict[str, Any]:
-        """Create or update (idempotent), then wait until the connector and its tasks are RUNNING."""
-        self._call("PUT", f"/connectors/{name}/config", json=config)
+        """Create or update (idempotent), then wait until the connector and its tasks are RUNNING. A config that is
+        already the connector's is not written again: Connect restarts a connector on every write, and a status read
+        just after one can still show the state from before that restart."""
+        try:
+            current = self.config(name)
+        except ConnectorError:  # no such connector yet
+            current = None
+        if current != {**config, "name": name}:
+            self._call("PUT", f"/connectors/{name}/config", json=config)
         return self.wait_running(name, timeout_s)
 
     def wait_running(self, name: str, timeout_s: float = 60.0) -> dict[str, Any]:
