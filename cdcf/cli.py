@@ -237,11 +237,11 @@ def dead_letters(action: str = typer.Argument("list", help="list, or replay: sen
 
 
 @app.command(hidden=True)
-def supervise(name: str = typer.Argument(..., help="archiver or streaming")) -> None:
-    """Run a background job and start it again, with backoff, whenever it exits (`make up` runs this)."""
-    from cdcf.stack.background import supervise as run_supervised
+def supervise(name: str = typer.Argument(..., help="redis, kafka, connect, archiver or streaming")) -> None:
+    """Run a process of the stack and start it again, with backoff, whenever it exits (`make up` runs this)."""
+    from cdcf.stack import supervisor
 
-    raise typer.Exit(code=_run(lambda s: run_supervised(s, name)))
+    raise typer.Exit(code=_run(lambda s: supervisor.run(s.paths, name)))
 
 
 @app.command()

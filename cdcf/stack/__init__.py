@@ -18,7 +18,7 @@ import psycopg2
 from cdcf import feast_config, features
 from cdcf.errors import PipelineError, PrerequisiteError, ServiceError
 from cdcf.settings import Settings
-from cdcf.stack import jars, kafka, postgres, proc, redis_server
+from cdcf.stack import jars, kafka, postgres, proc, redis_server, supervisor
 from cdcf.stack.background import ARCHIVER, STREAMING
 
 log = logging.getLogger(__name__)
@@ -114,14 +114,25 @@ def status(settings: Settings) -> list[Health]:
     """One health record per component; never raises for an unhealthy part."""
     checks: list[tuple[str, Callable[[Settings], str], Callable[[Settings], int | None]]] = [
         ("postgres", postgres.health, postgres.pid),
-        ("redis", redis_server.health, redis_server.pid),
-        ("kafka", kafka.kafka_health, lambda s: kafka.service_pid(s, kafka.KAFKA)),
-        ("connect", kafka.connect_health, lambda s: kafka.service_pid(s, kafka.CONNECT)),
+        ("redis", _supervised(redis_server.NAME, redis_server.health), redis_server.pid),
+        ("kafka", _supervised(kafka.KAFKA, kafka.kafka_health), lambda s: kafka.service_pid(s, kafka.KAFKA)),
+        ("connect", _supervised(kafka.CONNECT, kafka.connect_health), lambda s: kafka.service_pid(s, kafka.CONNECT)),
         ("feast registry", registry_health, lambda s: None),
         ("archiver", ARCHIVER.health, ARCHIVER.pid),
         ("streaming", STREAMING.health, STREAMING.pid),
     ]
     return [_check(name, health, pid, settings) for name, health, pid in checks]
+
+
+def _supervised(name: str, health: Callable[[Settings], str]) -> Callable[[Settings], str]:
+    """A service's health, failed while it is in a restart loop, and naming a recent restart it recovered from."""
+    def check(settings: Settings) -> str:
+        if problem := supervisor.trouble(settings.paths, name):
+            raise ServiceError(f"{name.capitalize()} {problem}.")
+        detail = health(settings)
+        record = supervisor.restarted(settings.paths, name)
+        return detail + (f"; it {record}" if record and record.in_window() else "")
+    return check
 
 
 def apply_feature_repo(settings: Settings) -> None:

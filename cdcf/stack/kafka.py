@@ -20,7 +20,7 @@ from confluent_kafka.admin import (
 
 from cdcf.errors import ServiceError
 from cdcf.settings import Settings
-from cdcf.stack import proc
+from cdcf.stack import proc, supervisor
 from cdcf.stack.jars import jar_files
 
 CONF = Path(__file__).with_name("conf")
@@ -54,19 +54,19 @@ def _start_jvm(settings: Settings, name: str, props: Path, heap: str, main: str,
                health: Callable[[Settings], str], *, ports: list[tuple[int, str, str]], host: str,
                env: dict[str, str] | None = None, before: Callable[[], None] | None = None,
                timeout_factor: float = 1) -> None:
-    """Start one JVM service unless ours already runs: check its ports, spawn, wait until healthy."""
-    if proc.our_pid(settings.paths, name, str(props)):
+    """Start one JVM service, supervised, unless ours already runs: check its ports, spawn, wait until healthy."""
+    if supervisor.running(settings.paths, name, service_pid(settings, name)):
         return
     for port, label, setting in ports:
         proc.require_free_port(host, port, label, setting)
     if before:
         before()
-    pid = proc.spawn(settings.paths, name, _java(settings, name, heap, main, props), env=env)
-    proc.wait_until(lambda: health(settings), timeout_s=settings.start_timeout_s * timeout_factor,
-                    what=name.capitalize(), log_file=settings.paths.log(name), pid=pid)
+    supervisor.start_service(settings.paths, name, _java(settings, name, heap, main, props), lambda: health(settings),
+                             timeout_s=settings.start_timeout_s * timeout_factor, env=env)
 
 
 def stop(settings: Settings, name: str) -> None:
+    supervisor.stop(settings.paths, name)
     pid = service_pid(settings, name)
     if pid:
         proc.stop_pid(pid, name, timeout_s=60)

@@ -144,8 +144,8 @@ def slot_trouble(slots: list[tuple[str, str | None]]) -> str | None:
     if not risky:
         return None
     return (f"replication slot(s) {', '.join(risky)} no longer reserve their WAL: capture is behind by more than "
-            f"max_wal_size, or has lost changes (lost: re-snapshot with `cdcf connector reset-offsets`, then "
-            f"`cdcf connector resume`).")
+            f"max_wal_size, or has lost changes (lost: run `cdcf resnapshot`, which snapshots every row again and "
+            f"deletes what the source no longer has).")
 
 
 def connect_error(settings: Settings, exc: psycopg2.OperationalError) -> ServiceError:

@@ -8,7 +8,7 @@ import redis
 
 from cdcf.errors import ServiceError
 from cdcf.settings import Settings
-from cdcf.stack import proc
+from cdcf.stack import proc, supervisor
 
 NAME = "redis"
 
@@ -16,16 +16,16 @@ NAME = "redis"
 def start(settings: Settings) -> None:
     paths = settings.paths
     conf = _write_conf(settings)
-    if pid(settings):
+    if supervisor.running(paths, NAME, pid(settings)):
         return
     binary = shutil.which("redis-server") or "redis-server"
     proc.require_free_port(settings.redis_host, settings.redis_port, "Redis", "CDCF_REDIS_PORT")
-    started = proc.spawn(paths, NAME, [binary, str(conf)])
-    proc.wait_until(lambda: client(settings).ping(), timeout_s=settings.start_timeout_s, what="Redis",
-                    log_file=paths.log(NAME), pid=started)
+    supervisor.start_service(paths, NAME, [binary, str(conf)], lambda: client(settings).ping(),
+                             timeout_s=settings.start_timeout_s)
 
 
 def stop(settings: Settings) -> None:
+    supervisor.stop(settings.paths, NAME)
     running = pid(settings)
     if running:
         proc.stop_pid(running, NAME)

@@ -268,9 +268,12 @@ def test_kill_9_mid_stream_loses_and_duplicates_nothing(settings, victim):
     archiver_pid = ARCHIVER.pid(settings)
     writer.start()
     wait_for(lambda: len(_archived(settings, "transactions", low, high)) >= 2_000, 120, "the first changes")
-    os.kill(kafka.service_pid(settings, victim), signal.SIGKILL)
-    time.sleep(2)
-    (kafka.start_connect if victim == kafka.CONNECT else kafka.start_kafka)(settings)
+    killed = kafka.service_pid(settings, victim)
+    os.kill(killed, signal.SIGKILL)
+    # nobody starts it again by hand: its supervisor does
+    wait_for(lambda: kafka.service_pid(settings, victim) not in (None, killed), 30, f"the supervisor to start {victim}")
+    health = kafka.connect_health if victim == kafka.CONNECT else kafka.kafka_health
+    wait_for(lambda: _healthy(health, settings), 120, f"{victim} to be healthy again")
     writer.join(timeout=300)
     client = ConnectClient(settings.connect_url)
     try:
@@ -293,6 +296,13 @@ def test_kill_9_mid_stream_loses_and_duplicates_nothing(settings, victim):
     postgres_state = dict(_sql(settings, "SELECT txn_id, amount FROM transactions WHERE txn_id BETWEEN %s AND %s",
                                (low, high)))
     assert archived_state == postgres_state and len(postgres_state) == 15_000
+
+
+def _healthy(health, settings) -> bool:
+    try:
+        return bool(health(settings))
+    except Exception:  # noqa: BLE001 - not up yet
+        return False
 
 
 def _fifty_thousand_changes(settings, ids: list[int]) -> None:

@@ -3,9 +3,11 @@ its supervisor restarted lately (from the supervisor's record)."""
 
 from __future__ import annotations
 
+import json
 import time
 
-from cdcf.stack.background import RESTART_WINDOW_S, STREAMING, Restarts
+from cdcf.stack.background import RESTART_WINDOW_S, STREAMING
+from cdcf.stack.supervisor import Restarts
 
 HEALTHY = {"batches": 9, "changes": 90, "rows_written": 30, "decayed": 0, "last_as_of": None, "restarts": 0,
            "last_error": None, "last_restart_at": None, "query_active": True, "at": 10_000.0}
@@ -29,6 +31,23 @@ def test_a_job_its_supervisor_restarted_lately_says_how_it_ended():
     failed = Restarts(restarts=1, exit_code=1, at=time.time(), last_error="RecursionError: too deep")
     assert str(failed).endswith("(last error: RecursionError: too deep)")
     assert str(failed).startswith("exited with code 1 and was restarted 1 time(s)")
+
+
+def test_a_service_restarted_twice_within_the_window_is_in_a_restart_loop(tmp_path):
+    from cdcf.settings import StackPaths
+    from cdcf.stack import supervisor
+
+    paths = StackPaths(tmp_path)
+    paths.run.mkdir(parents=True)
+    record = paths.run / "kafka.restarts.json"
+    assert supervisor.trouble(paths, "kafka") is None
+    record.write_text(json.dumps(Restarts(1, -9, time.time() - 5, "", recent=1).__dict__))
+    assert supervisor.trouble(paths, "kafka") is None  # one restart it recovered from is no loop
+    record.write_text(json.dumps(Restarts(3, 1, time.time() - 5, "Address already in use", recent=2).__dict__))
+    assert supervisor.trouble(paths, "kafka").startswith("is in a restart loop: it exited with code 1 and was "
+                                                         "restarted 3 time(s)")
+    record.write_text(json.dumps(Restarts(3, 1, time.time() - RESTART_WINDOW_S - 1, "", recent=2).__dict__))
+    assert supervisor.trouble(paths, "kafka") is None  # long ago
 
 
 def test_a_replication_slot_that_no_longer_reserves_its_wal_fails_status():
