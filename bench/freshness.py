@@ -35,7 +35,7 @@ class Prober:
     `txn_amount_sum_1h` equals that value."""
 
     def __init__(self, settings, store, users: int = 8) -> None:
-        self.store = store
+        self.store, self.settings = store, settings
         self.conn = psycopg2.connect(settings.pg_dsn())
         base = random.randrange(10**13, 10**14)
         self.txn = {base + i: base + i for i in range(users)}  # user id -> its transaction id
@@ -73,20 +73,38 @@ class Prober:
 
     def _commit(self, user: int) -> None:
         self.amount += 1
-        with self.conn.cursor() as cur:
-            cur.execute("UPDATE transactions SET amount = %s, created_at = now() WHERE txn_id = %s",
-                        (self.amount, self.txn[user]))
-        self.conn.commit()
+        try:
+            with self.conn.cursor() as cur:
+                cur.execute("UPDATE transactions SET amount = %s, created_at = now() WHERE txn_id = %s",
+                            (self.amount, self.txn[user]))
+            self.conn.commit()
+        except (psycopg2.OperationalError, psycopg2.InterfaceError):  # the source restarted: no probe this time
+            self.conn = self._reconnect()
+            return
         with self.lock:
             self.pending[user] = (float(self.amount), time.monotonic())
+
+    def _reconnect(self, timeout_s: float = 120):
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return psycopg2.connect(self.settings.pg_dsn())
+            except psycopg2.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
 
     def _poll(self, probes: Probes, stop: threading.Event) -> None:
         while not stop.is_set():
             with self.lock:
                 users = list(self.pending)
             if users:
-                values = self.store.get_online_features(features=[FEATURE], entity_rows=[
-                    {"user_id": u} for u in users]).to_dict()["txn_amount_sum_1h"]
+                try:
+                    values = self.store.get_online_features(features=[FEATURE], entity_rows=[
+                        {"user_id": u} for u in users]).to_dict()["txn_amount_sum_1h"]
+                except Exception:  # noqa: BLE001 - a store (or Feast's registry database) restarting: read again
+                    time.sleep(0.1)
+                    continue
                 seen = time.monotonic()
                 with self.lock:
                     for user, value in zip(users, values, strict=True):

@@ -10,7 +10,8 @@ randomized workload on a fresh entity range, duplicates re-delivered through Kaf
 sample of offline values against a brute-force SQL computation); online reads; writes; freshness at a fixed rate;
 the capacity sweep; capture (Debezium into Kafka at the source's top commit rate); the streaming job's drain of a
 pre-filled topic (2 cores, then 1); the batch backfill and point-in-time sets in a scratch database (with a sample
-of backfilled rows against the same oracle); fetch + score on its own Redis.
+of backfilled rows against the same oracle); fetch + score on its own Redis; the fault matrix, on a side stack of its
+own (bench/faults.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import os
 import platform
 import random
 import re
+import signal
+import sys
 import time
 from importlib import metadata
 from pathlib import Path
@@ -28,7 +31,7 @@ from pathlib import Path
 import psycopg2
 import redis
 
-from bench import cdc_capture, freshness, offline, online, oracle, report, stream
+from bench import cdc_capture, faults, freshness, offline, online, oracle, report, stream
 from bench import inference as infer
 from cdcf.feast_config import feature_store
 from cdcf.settings import PROJECT_ROOT, load_settings
@@ -48,6 +51,8 @@ SIZES = {
         "pit_feast_rows": 10_000, "backfill_oracle_rows": 200,
         "infer_entities": 100_000, "infer_repeats": 300,
         "capture_changes": 200_000, "stream_changes": 1_000_000, "stream_users": 100_000, "stream_products": 10_000,
+        "faults_rate": 500, "faults_before_s": 10, "faults_after_s": 20, "faults_timeout_s": 300,
+        "faults_scenarios": None,
     },
     "smoke": {
         "oracle_seconds": 6, "oracle_rate": 100, "oracle_users": 120, "oracle_products": 8,
@@ -59,6 +64,8 @@ SIZES = {
         "pit_feast_rows": 100, "backfill_oracle_rows": 20,
         "infer_entities": 2_000, "infer_repeats": 20,
         "capture_changes": 2_000, "stream_changes": 5_000, "stream_users": 500, "stream_products": 50,
+        "faults_rate": 100, "faults_before_s": 4, "faults_after_s": 6, "faults_timeout_s": 180,
+        "faults_scenarios": ["kill_streaming_driver", "hostile_burst_1000"],
     },
 }
 TABLES = ("users", "transactions", "sessions", "reviews")
@@ -112,7 +119,8 @@ def oracle_phase(settings, store, size: dict, seed: int) -> dict:
             "online": online_verdict, "offline": offline_verdict}
 
 
-PARTS = ("oracle", "reads", "writes", "freshness", "capacity", "capture", "stream", "offline", "inference")
+PARTS = ("oracle", "reads", "writes", "freshness", "capacity", "capture", "stream", "offline", "inference",
+         "faults")
 
 
 def main() -> None:
@@ -125,6 +133,7 @@ def main() -> None:
                         help=f"comma-separated parts to run ({', '.join(PARTS)}); their keys are merged into the "
                              "existing latest.json")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped: side stacks and scratch databases go too
     parts = args.only.split(",")
     if unknown := set(parts) - set(PARTS):
         parser.error(f"unknown part(s) {', '.join(sorted(unknown))}; choose from {', '.join(PARTS)}")
@@ -197,6 +206,16 @@ def main() -> None:
     if inference is not None:
         result.update({k: inference.pop(k) for k in [k for k in inference if k.startswith("infer_")]})
         result["inference"] = inference
+    matrix = phase("faults", lambda: faults.run(
+        settings, size["faults_rate"], size["faults_before_s"], size["faults_after_s"], size["faults_timeout_s"],
+        size["faults_scenarios"]))
+    if matrix is not None:
+        result.update(matrix)
+        result["workload"].update({k: v for k, v in size.items() if k.startswith("faults_")})
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "faults.json").write_text(json.dumps(
+            {"machine": result["machine"], "at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), **matrix},
+            indent=2, default=str) + "\n")
     _oracle_totals(result)
     gpu = RESULTS / "inference_gpu.json"
     if gpu.exists():

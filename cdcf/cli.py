@@ -205,7 +205,7 @@ def resnapshot() -> None:
 
     done = _run(lambda s: run(s, progress=typer.echo))
     typer.echo(f"resnapshot done in {done.seconds:.1f} s: {done.snapshot_rows} rows snapshotted, "
-               f"{sum(done.deleted.values())} deletes sent for rows removed during the gap")
+               f"{sum(done.deleted.values())} deletes sent for rows removed or moved to other owners during the gap")
 
 
 @app.command("dead-letters")

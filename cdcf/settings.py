@@ -83,8 +83,8 @@ class Settings(BaseSettings):
     stream_trigger_ms: int = Field(100, gt=0, description="Micro-batch interval of the streaming job.")
     stream_max_changes_per_batch: int = Field(200_000, gt=0, description="Cap on Kafka records per micro-batch.")
     stream_settle_s: float = Field(
-        2.0, ge=0, description="The decay clock trails the latest applied commit time by this much, so that "
-        "commits still in flight on other change topics are applied before a window decays past them.")
+        2.0, ge=0, description="The decay clock trails the commit time Connect has confirmed in Kafka (its committed "
+        "source offset) by this much: a margin for the change topics' end offsets, read a moment apart.")
     start_timeout_s: float = Field(90.0, gt=0, description="Deadline for each service to become healthy.")
 
     @cached_property
@@ -110,6 +110,11 @@ class Settings(BaseSettings):
     @property
     def connect_url(self) -> str:
         return f"http://{self.connect_host}:{self.connect_port}"
+
+    @property
+    def connect_offsets_topic(self) -> str:
+        """Where Connect commits its source offsets (the streaming job's clock reads it)."""
+        return f"{self.connect_group}-offsets"
 
 
 class StackPaths:

@@ -3,13 +3,15 @@
 1. The connector is stopped, its offsets deleted and its slot dropped; started again, Debezium snapshots every
    row of every captured table (``op = r``) at a new LSN, then streams from there. Rows inserted or updated
    during the gap come back as they are now.
-2. Rows deleted during the gap are in no snapshot: every row the archive holds as live but the source no longer
-   has gets a delete event, shaped as Debezium's (its before image is the archived one) and dated now at the
-   current WAL position, on its change topic.
+2. A snapshot record has no before image, so it cannot say which entity a row left: rows deleted during the gap
+   are in no snapshot, and a row that moved to another owner (a transaction to another user) comes back under its
+   new owner only. So every row the archive holds as live, in its last version before the snapshot, that the
+   source no longer has, or has under other owners, gets a delete event shaped as Debezium's (its before image is
+   the archived one) on its change topic, dated just before the snapshot (its LSN less one, its first commit time
+   less a microsecond): the old owners lose the row, and the snapshot's record, newer, stands after it.
 
-The archiver and the streaming job take both like any change (newer LSNs than anything they hold), so every
-feature is exact again once they have caught up. A delete the source makes during the resnapshot arrives twice
-(ours and Debezium's); the second is a no-op.
+The archiver and the streaming job take both like any change, so every feature is exact again once they have
+caught up. A row changed again after the snapshot (by a newer event) is not touched by our older delete.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from confluent_kafka import KafkaError, TopicPartition
 from cdcf.errors import PipelineError
 from cdcf.kafka_clients import durable_producer, reader
 from cdcf.settings import Settings
+from cdcf.sources import sources
 from connectors.archive import TABLE as CHANGELOG
 from connectors.connect import ConnectClient, captured_tables, change_topics, connector_config
 from connectors.contracts import HEARTBEAT, row_contracts
@@ -42,7 +45,7 @@ class ResnapshotError(PipelineError):
 @dataclass
 class Resnapshot:
     snapshot_rows: int = 0
-    deleted: dict[str, int] = field(default_factory=dict)  # per table: rows deleted during the gap
+    deleted: dict[str, int] = field(default_factory=dict)  # per table: rows deleted or moved during the gap
     seconds: float = 0.0
 
 
@@ -64,10 +67,10 @@ def resnapshot(settings: Settings, progress: Callable[[str], None] = log.info) -
             client.apply(name, config)
         client.wait_running(name, timeout_s=120)
         progress("connector running: snapshotting every captured table")
-        result.snapshot_rows = _await_snapshot(settings, ends, progress)
+        result.snapshot_rows, lsn, micros = _await_snapshot(settings, ends, progress)
     finally:
         client.close()
-    result.deleted = _send_missed_deletes(settings, progress)
+    result.deleted = _send_gap_deletes(settings, progress, lsn - 1, micros - 1)
     result.seconds = time.monotonic() - began
     return result
 
@@ -105,11 +108,12 @@ def _ends(settings: Settings, topics: list[str]) -> dict[tuple[str, int], int]:
         consumer.close()
 
 
-def _await_snapshot(settings: Settings, ends: dict, progress) -> int:
+def _await_snapshot(settings: Settings, ends: dict, progress) -> tuple[int, int, int]:
     """Read the change topics from ``ends`` until the snapshot's last record (the heartbeat table is in it too, so
-    there always is one); the source rows it held."""
+    there always is one); the source rows it held, and the lowest LSN and commit time (µs) of its records."""
     consumer = reader(settings, "resnapshot")
     seen, deadline, said = 0, time.monotonic() + SNAPSHOT_TIMEOUT_S, time.monotonic()
+    lsn = micros = None
     try:
         consumer.assign([TopicPartition(t, p, offset) for (t, p), offset in ends.items()])
         while time.monotonic() < deadline:
@@ -127,9 +131,11 @@ def _await_snapshot(settings: Settings, ends: dict, progress) -> int:
             if snapshot in (None, "false", "incremental"):
                 continue
             seen += source.get("table") != HEARTBEAT
+            lsn = min(lsn or source["lsn"], source["lsn"])
+            micros = min(micros or source["ts_us"], source["ts_us"])
             if snapshot == "last":
                 progress(f"snapshot complete: {seen} rows")
-                return seen
+                return seen, lsn, micros
             if time.monotonic() - said > 10:
                 said = time.monotonic()
                 progress(f"snapshot: {seen} rows so far")
@@ -142,36 +148,37 @@ def _tables() -> list[str]:
     return [t for t in captured_tables() if t != HEARTBEAT]
 
 
-def _send_missed_deletes(settings: Settings, progress) -> dict[str, int]:
-    """A Debezium-shaped delete, on its change topic, for each row archived as live that the source lacks."""
+def _send_gap_deletes(settings: Settings, progress, lsn: int, micros: int) -> dict[str, int]:
+    """A Debezium-shaped delete at (``lsn``, ``micros``), on its change topic, for each row archived as live before
+    that LSN that the source lacks or holds under other owners."""
     contracts = row_contracts()
+    owners = {s.table.name: [e.join_key for e in s.owners] for s in sources()}
+    now = datetime.fromtimestamp(micros // 1_000_000, UTC).replace(microsecond=micros % 1_000_000)
     source = psycopg2.connect(settings.pg_dsn())
     archive = psycopg2.connect(settings.pg_dsn(settings.offline_db, user=settings.feast_user))
     producer = durable_producer(settings)
     deleted: dict[str, int] = {}
     try:
-        with source, source.cursor() as cur:
-            cur.execute("SELECT (pg_current_wal_lsn() - '0/0')::bigint, now()")
-            lsn, now = cur.fetchone()
         for table in _tables():
-            contract = contracts[table]
+            contract, columns = contracts[table], owners.get(table, [])
             with source, source.cursor() as cur:
-                cur.execute(f"SELECT {contract.key} FROM {table}")
-                present = {key for (key,) in cur.fetchall()}
+                cur.execute(f"SELECT {', '.join([contract.key, *columns])} FROM {table}")
+                present = {key: tuple(owned) for key, *owned in cur.fetchall()}
             with archive, archive.cursor(name=f"live_{table}") as cur:
                 cur.itersize = 10_000
                 cur.execute(f"SELECT row_key, after FROM (SELECT DISTINCT ON (row_key) row_key, op, after FROM "
-                            f"{CHANGELOG} WHERE source_table = %s ORDER BY row_key, lsn DESC) latest "
-                            "WHERE op <> 'd'", (table,))
+                            f"{CHANGELOG} WHERE source_table = %s AND lsn < %s ORDER BY row_key, lsn DESC) latest "
+                            "WHERE op <> 'd'", (table, lsn))
                 for key, image in cur:
-                    if key in present:
+                    if present.get(key) == tuple(image.get(c) for c in columns):
                         continue
                     producer.produce(f"{settings.topic_prefix}.public.{table}",
                                      key=json.dumps({contract.key: key}).encode(),
                                      value=json.dumps(_delete_event(settings, contract, image, lsn, now)).encode())
                     deleted[table] = deleted.get(table, 0) + 1
                     producer.poll(0)
-            progress(f"{table}: {deleted.get(table, 0)} row(s) deleted during the gap, sent as deletes")
+            progress(f"{table}: {deleted.get(table, 0)} row(s) deleted or moved to other owners during the gap, "
+                     "sent as deletes")
         if producer.flush(60) > 0:
             raise ResnapshotError("Kafka did not acknowledge the deletes within 60 s")
     finally:

@@ -4,8 +4,9 @@ the executors) -> Redis + offline tables (from the executors).
 ``build_stream(spark, settings, sink)`` is the factory; ``StreamJob.run`` is the long-running process that
 `make up` starts. Spark reads Kafka with its offsets in the checkpoint, and the engine's state lives in the same
 checkpoint (RocksDB, changelog checkpointing), so a restart resumes exactly. The query's watermark is the
-applied commit-time clock: the latest commit time applied (heartbeats included), held back by the settle delay
-and never ahead of the batch's wall clock; decay timers fire when it passes them.
+captured commit-time clock: the commit time of Connect's latest committed source offset (every change before it is
+in Kafka), held back by the settle delay and never ahead of the batch's wall clock; decay timers fire when it passes
+them (``feature_rows``).
 """
 
 from __future__ import annotations
@@ -48,11 +49,20 @@ def topics(topic_prefix: str) -> list[str]:
     return [f"{topic_prefix}.public.{t}" for t in tables()]
 
 
-def feature_rows(records: DataFrame, topic_prefix: str, settle_s: float) -> DataFrame:
-    """Kafka records (topic, partition, offset, value) -> the engine's output rows (entity, id, as_of_us, decay,
-    <features>)."""
-    changes = routed(records, topic_prefix, engine.route_spec())
+def feature_rows(records: DataFrame, topic_prefix: str, settle_s: float, offsets_topic: str | None = None) -> DataFrame:
+    """Kafka records (topic, partition, offset, key, value) -> the engine's output rows (entity, id, as_of_us,
+    decay, <features>).
+
+    The clock that fires decay timers (the watermark, less ``settle_s``): with ``offsets_topic`` (Connect's
+    offsets topic, read with the change topics), the commit time of Connect's latest committed source offset, before
+    which every change is in Kafka whatever its topic; without it, the latest applied commit time, exact only for
+    topics filled before the query reads them (or one ordered stream). Kafka gives no order across topics: after an
+    outage Connect sends its backlog topic by topic, so the applied commit time of one topic can run ahead of changes
+    still on their way to another, and a window would decay past them."""
+    changes = routed(records, topic_prefix, engine.route_spec(offsets_topic, topic_prefix))
     clock = F.least(F.timestamp_micros("commit_us"), F.current_timestamp())
+    if offsets_topic:  # only the offset commits move it
+        clock = F.when(F.col("table") == engine.CAPTURED, clock).otherwise(F.timestamp_micros(F.lit(0)))
     return engine.features(
         changes.withColumn("clock", clock).withWatermark("clock", f"{int(settle_s * 1000)} milliseconds")
         .drop("clock"))  # the engine gets no event-time column, so Spark drops no late change
@@ -61,11 +71,13 @@ def feature_rows(records: DataFrame, topic_prefix: str, settle_s: float) -> Data
 def build_stream(spark: SparkSession, settings: Settings, sink: Callable[[DataFrame, int], None],
                  checkpoint: Path | None = None, available_now: bool = False) -> StreamingQuery:
     """Start the query: every topic from the earliest offset on a fresh checkpoint (``settings.paths.checkpoint``
-    unless given); ``available_now`` stops it once everything in the topics at its start is processed."""
+    unless given); ``available_now`` stops it once everything in the topics at its start is processed (topics
+    filled before it started: their applied commit time is the clock, see ``feature_rows``)."""
+    offsets_topic = None if available_now else settings.connect_offsets_topic
     records = (
         spark.readStream.format("kafka")
         .option("kafka.bootstrap.servers", settings.kafka_bootstrap)
-        .option("subscribe", ",".join(topics(settings.topic_prefix)))
+        .option("subscribe", ",".join(topics(settings.topic_prefix) + ([offsets_topic] if offsets_topic else [])))
         .option("startingOffsets", "earliest")
         .option("maxOffsetsPerTrigger", settings.stream_max_changes_per_batch)
         .option("minPartitions", spark.sparkContext.defaultParallelism)  # a busy topic is read by every core
@@ -73,7 +85,7 @@ def build_stream(spark: SparkSession, settings: Settings, sink: Callable[[DataFr
         .load()
     )
     writer = (
-        feature_rows(records, settings.topic_prefix, settings.stream_settle_s).writeStream
+        feature_rows(records, settings.topic_prefix, settings.stream_settle_s, offsets_topic).writeStream
         .foreachBatch(sink)
         .outputMode("update")
         .option("checkpointLocation", str(checkpoint or settings.paths.checkpoint))

@@ -185,7 +185,7 @@ def _connect_properties(settings: Settings) -> dict[str, object]:
         "key.converter.schemas.enable": "false",
         "value.converter.schemas.enable": "false",
         "config.storage.topic": f"{group}-configs",
-        "offset.storage.topic": f"{group}-offsets",
+        "offset.storage.topic": settings.connect_offsets_topic,
         "status.storage.topic": f"{group}-status",
         "config.storage.replication.factor": 1,
         "offset.storage.replication.factor": 1,

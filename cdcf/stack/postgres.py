@@ -180,6 +180,16 @@ def ensure_database(settings: Settings, name: str) -> None:
         _psql(settings, f'CREATE DATABASE {name} OWNER "{settings.feast_user}"', db="postgres")
 
 
+def admin_sql(settings: Settings, sql: str, db: str = "postgres") -> str:
+    """One statement as the cluster's superuser, over its socket (operators' tools: the fault matrix)."""
+    return _psql(settings, sql, db)
+
+
+def restart(settings: Settings) -> None:
+    """Restart the cluster (fast shutdown: open sessions are cut, as a crash or a failover would)."""
+    _run(["pg_ctlcluster", str(settings.pg_version), settings.pg_cluster, "restart", "-m", "fast"])
+
+
 def _psql(settings: Settings, sql: str, db: str) -> str:
     return _run(_psql_argv(settings, db) + ["-tAc", sql])
 

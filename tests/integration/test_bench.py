@@ -26,7 +26,7 @@ KEYS = ("freshness_p50_s freshness_p99_s capacity_changes_per_s online_read_1_p5
 def smoke(settings, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     run = subprocess.run([sys.executable, "-m", "bench.run", "--smoke", "--out", str(out), "--seed", "4242"],
-                         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=900)
+                         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=1500)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return out, json.loads((out / "latest.json").read_text())
 
@@ -42,6 +42,7 @@ def test_every_spec_key_is_measured_beside_its_baseline(smoke):
     assert result["workload"]["size"] == "smoke" and result["workload"]["seed"] == 4242
     assert len(result["freshness_runs"]) == 2 and all(r["served"] > 0 for r in result["freshness_runs"])
     assert result["capacity_steps"] and result["capacity_steps"][0]["target_changes_per_s"] == 100
+    assert result["faults_tried"] == 2 and result["bad_inputs_tried"] == 1000
     runs = result["stream_drain_runs"]
     assert {int(c) for c in runs} == {1, 2} and all(r["changes"] == 5_000 for r in runs.values())
 
@@ -69,3 +70,21 @@ def test_the_report_and_its_plots_are_written(smoke):
                        "infer_100_p99_ms"):
             assert f"(`{key}`) | {fmt(result[key])} |" in report, key
     assert "No mismatches." in report
+    assert "## Fault matrix" in report and "| kill_streaming_driver |" in report
+
+
+def test_the_fault_matrix_loses_nothing_counts_nothing_twice_and_stays_exact(smoke):
+    """The smoke matrix (kill -9 of the driver, 1,000 hostile messages) on its side stack; every check of a
+    scenario must hold, and the hostile ones all become dead letters while both jobs keep their pids."""
+    _, result = smoke
+    by_name = {f["scenario"]: f for f in result["faults"]}
+    assert set(by_name) == {"kill_streaming_driver", "hostile_burst_1000"}, result["faults"]
+    for name, fault in by_name.items():
+        assert "error" not in fault, fault
+        assert fault["changes_committed"] > 100 and fault["changes_archived"] == fault["changes_committed"], fault
+        assert (fault["lost"], fault["doubled"], fault["mismatches"]) == (0, 0, []), fault
+        assert fault["oracle_online_compared"] > 100 and fault["oracle_offline_compared"] > 50, fault
+        assert fault["survived"], fault
+    hostile = by_name["hostile_burst_1000"]
+    assert hostile["dead_lettered"] == 1000 and hostile["archiver_pid_unchanged"] and hostile["job_pid_unchanged"]
+    assert result["faults_survived"] == 2

@@ -297,13 +297,15 @@ def test_an_online_store_that_lost_its_writes_is_reseeded_by_the_job(settings, s
 
 def test_resnapshot_brings_every_feature_back_after_capture_lost_its_slot(settings, store):
     """Capture stops and its slot is dropped (as an invalidated slot leaves it); meanwhile a transaction is updated,
-    one deleted and one inserted. `cdcf resnapshot` snapshots every row again and sends a delete for the row gone,
-    and the user's and the product's features are exact again."""
+    one deleted, one inserted and one moved to another user. `cdcf resnapshot` snapshots every row again and sends
+    a delete for the row gone and for the row moved (a snapshot record has no before image to take it from its old
+    owner), and both users' and the product's features are exact again."""
     from connectors.connect import ConnectClient, connector_config
 
-    kept, gone, new, user, product = _ids(5)
+    kept, gone, new, moved, user, other, product = _ids(7)
     since = _sql(settings, "INSERT INTO transactions VALUES (%s, %s, %s, 10.00, 'acme', now(), now()), "
-                           "(%s, %s, %s, 20.00, 'acme', now(), now())", (kept, user, product, gone, user, product))
+                           "(%s, %s, %s, 20.00, 'acme', now(), now()), (%s, %s, NULL, 7.00, 'acme', now(), now())",
+                 (kept, user, product, gone, user, product, moved, user))
     assert_exact(settings, store, decl.TRANSACTION_RISK, user, since)
     name, _ = connector_config(settings)
     client = ConnectClient(settings.connect_url)
@@ -317,20 +319,24 @@ def test_resnapshot_brings_every_feature_back_after_capture_lost_its_slot(settin
         _sql(settings, "UPDATE transactions SET amount = 15.00 WHERE txn_id = %s", (kept,))
         _sql(settings, "DELETE FROM transactions WHERE txn_id = %s", (gone,))
         _sql(settings, "INSERT INTO transactions VALUES (%s, %s, %s, 5.00, 'acme', now(), now())", (new, user, product))
+        _sql(settings, "UPDATE transactions SET user_id = %s WHERE txn_id = %s", (other, moved))
         missed = _sql(settings, "SELECT 1")
         done = run_cli("resnapshot", timeout=900)
         assert done.returncode == 0, done.stdout + done.stderr
-        assert "deletes sent for rows removed during the gap" in done.stdout
+        assert "deletes sent for rows removed or moved to other owners during the gap" in done.stdout
         assert client.status(name)["connector"]["state"] == "RUNNING"
     finally:
         if client.status(name)["connector"]["state"] != "RUNNING":
             run_cli("connector", "apply")
         client.close()
-    # the source's truth: 15.00 and 5.00 (the 20.00 was deleted while capture was down), two purchases
+    # the source's truth: 15.00 and 5.00 (the 20.00 was deleted, the 7.00 moved away while capture was down), two
+    # purchases of the product, and the 7.00 with the other user
     wait_for(lambda: served(store, decl.TRANSACTION_RISK, user)[0]["txn_amount_sum_1h"] == 20.0, 300,
              lambda: f"the user's windows to hold the source's rows (served {served(store, decl.TRANSACTION_RISK, user)})")
+    wait_for(lambda: served(store, decl.TRANSACTION_RISK, other)[0]["txn_amount_sum_1h"] == 7.0, 60, "the other's")
     wait_for(lambda: served(store, decl.PRODUCT_STATS, product)[0]["purchases_7d"] == 2, 60, "the product's count")
-    for view, entity in ((decl.TRANSACTION_RISK, user), (decl.USER_ACTIVITY, user), (decl.PRODUCT_STATS, product)):
+    for view, entity in ((decl.TRANSACTION_RISK, user), (decl.USER_ACTIVITY, user), (decl.TRANSACTION_RISK, other),
+                         (decl.PRODUCT_STATS, product)):
         assert_exact(settings, store, view, entity, missed)
 
 

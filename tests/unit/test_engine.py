@@ -110,14 +110,14 @@ class History:
         return self._event(table, "u", old, new)
 
 
-def _run(spark, tmp_path: Path, batches: list[list[tuple[str, bytes]]]) -> tuple[dict, list]:
-    """Stream the batches through the job's pipeline (settle 0); return every emitted row by entity, and the
-    query's progress (one entry per micro-batch, data or not)."""
+def _run(spark, tmp_path: Path, batches: list[list[tuple]], offsets_topic: str | None = None) -> tuple[dict, list]:
+    """Stream the batches of (topic, value) or (topic, value, key) through the job's pipeline (settle 0); return
+    every emitted row by entity, and the query's progress (one entry per micro-batch, data or not)."""
     source = tmp_path / "records"
     source.mkdir()
     for n, batch in enumerate(batches):
-        spark.createDataFrame([(t, 0, i, v) for i, (t, v) in enumerate(batch)], SCHEMA).coalesce(1) \
-            .write.parquet(str(source / f"{n:04d}"))
+        spark.createDataFrame([(m[0], 0, i, m[1], m[2] if len(m) > 2 else None) for i, m in enumerate(batch)],
+                              f"{SCHEMA}, key binary").coalesce(1).write.parquet(str(source / f"{n:04d}"))
     emitted: dict[tuple, list] = {}
 
     def collect(df, batch_id):
@@ -125,8 +125,9 @@ def _run(spark, tmp_path: Path, batches: list[list[tuple[str, bytes]]]) -> tuple
             values = {k: v for k, v in r.asDict().items() if k not in ("entity", "id", "as_of_us", "decay")}
             emitted.setdefault((r["entity"], r["id"]), []).append((batch_id, r["as_of_us"], r["decay"], values))
 
-    records = spark.readStream.schema(SCHEMA).option("maxFilesPerTrigger", 1).parquet(str(source / "*"))
-    query = (feature_rows(records, PREFIX, settle_s=0).writeStream.foreachBatch(collect).outputMode("update")
+    records = spark.readStream.schema(f"{SCHEMA}, key binary").option("maxFilesPerTrigger", 1) \
+        .parquet(str(source / "*"))
+    query = (feature_rows(records, PREFIX, settle_s=0, offsets_topic=offsets_topic).writeStream.foreachBatch(collect).outputMode("update")
              .option("checkpointLocation", str(tmp_path / "checkpoint")).trigger(processingTime="10 milliseconds")
              .start())
     try:
@@ -214,3 +215,34 @@ def test_the_backfills_replay_gives_the_streaming_values_at_every_streamed_emit(
             assert at >= 0 and replayed[key][at][1] == _features(values, key[0]), (key, as_of)
             compared += 1
     assert compared > 100 and sum(len(v) for v in replayed.values()) >= compared
+
+
+def test_with_connects_offsets_only_an_offset_commit_of_ours_moves_the_clock(spark, tmp_path):
+    """Kafka keeps no order across topics: a heartbeat (or any change) two hours on, on its own topic, says nothing
+    of changes still on their way to others, so it must not decay a window. Connect's offset commit for our server
+    at that time does; another connector's, a tombstone, or garbage do nothing."""
+    history = History(5)
+    created = history.now
+    insert = history._event("transactions", "c", None, {
+        "txn_id": 1, "user_id": 7, "product_id": None, "amount": "10.00", "merchant": "m",
+        "created_at": history._ts(created), "updated_at": None})
+    beat = history.quiet(2)
+    topic = "cdcf-connect-offsets"
+
+    def commit(server: str, at: datetime) -> tuple:
+        return (topic, json.dumps({"lsn": history.lsn, "txId": 1, "ts_usec": int(at.timestamp() * 1e6)}).encode(),
+                json.dumps(["cdcf-app", {"server": server}]).encode())
+
+    later = created + timedelta(hours=2)
+    emitted, _ = _run(spark, tmp_path, [
+        [insert], [beat],
+        [commit("elsewhere", created + timedelta(days=40)), (topic, None, b'["cdcf-app",{"server":"cdc"}]'),
+         (topic, b"not json", b"[]")],
+        [commit(PREFIX, later)]], offsets_topic=topic)
+    rows = emitted[("user", 7)]
+    hour = 3600 * 10**6
+    created_us = int(created.timestamp() * 1e6)
+    decays = [as_of for batch, as_of, decay, _ in rows if decay]
+    assert all(batch >= 3 for batch, _, decay, _ in rows if decay), rows  # from the offset commit on, none before
+    assert decays == [created_us + hour], "the 1h window decayed, as of its end; 24h and more did not"
+    assert rows[-1][3]["txn_count_1h"] == 0 and rows[-1][3]["txn_amount_max_24h"] == 10.0

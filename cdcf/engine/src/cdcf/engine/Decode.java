@@ -63,19 +63,27 @@ public final class Decode {
      * ``records`` -> the window engine's input: for each valid change of a table some feature reads, one row per
      * entity it concerns (the owner its row had before, which loses it unless it stays, and the owner after):
      * entity, id, table, row_key, lsn, commit_us, owns, event_us and the value columns of the after image; for any
-     * other valid change (a heartbeat), one row with an empty entity, for the commit-time clock only. Dead letters
-     * give nothing here (the archiver routes them).
+     * other valid change (a heartbeat), one row with an empty entity, for the commit-time clock only; with a clock
+     * topic in the route spec (Connect's offsets), one such row per offset commit of ours instead, table
+     * Router.CAPTURED. Dead letters give nothing here (the archiver routes them).
      */
     public static Dataset<Row> routed(Dataset<Row> records, String decoderJson, String routeJson) {
         Decoder decoder = new Decoder(decoderJson);
         Router router = new Router(routeJson);
-        return records.select("topic", "partition", "offset", "value").mapPartitions(
+        org.apache.spark.sql.Column key = java.util.Arrays.asList(records.columns()).contains("key")
+            ? records.col("key") : org.apache.spark.sql.functions.lit(null).cast("binary").as("key");
+        return records.select(records.col("topic"), records.col("partition"), records.col("offset"),
+                records.col("value"), key).mapPartitions(
             (MapPartitionsFunction<Row, Row>) rows -> new java.util.Iterator<Row>() {
                 private final java.util.ArrayDeque<Row> ready = new java.util.ArrayDeque<>();
 
                 public boolean hasNext() {
                     while (ready.isEmpty() && rows.hasNext()) {
                         Row in = rows.next();
+                        if (router.isClock(in.getString(0))) {
+                            router.tick((byte[]) in.get(4), (byte[]) in.get(3), ready);
+                            continue;
+                        }
                         Decoder.Result r = decoder.decode(in.getString(0), (byte[]) in.get(3));
                         if (r != null && r.reason == null) router.route(r, ready);
                     }

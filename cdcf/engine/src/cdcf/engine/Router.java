@@ -20,12 +20,19 @@ final class Router implements Serializable {
         String event;  // event-time column, or null (the profile table)
     }
 
+    /** The table name of the clock rows made from Connect's offset commits. */
+    static final String CAPTURED = "(captured)";
+
     private final Map<String, Source> sources = new HashMap<>();
     private final List<String> values = new ArrayList<>();
     private final List<Boolean> text = new ArrayList<>();
+    private final String clockTopic, server;  // Connect's offsets topic and our connector's server name, or null
 
     Router(String json) {
         JsonNode spec = Spec.tree(json);
+        JsonNode clock = spec.path("clock");
+        clockTopic = clock.isObject() ? clock.get("topic").asText() : null;
+        server = clock.isObject() ? clock.get("server").asText() : null;
         for (JsonNode s : spec.get("sources")) {
             Source source = new Source();
             for (JsonNode o : s.get("owners")) source.owners.add(new String[] {o.get("entity").asText(), o.get("column").asText()});
@@ -52,6 +59,32 @@ final class Router implements Serializable {
             Long now = after == null ? null : (Long) after.get(owner[1]);
             if (before != null && !before.equals(now)) out.add(row(owner[0], before, r, false, event, after));
             if (now != null) out.add(row(owner[0], now, r, true, event, after));
+        }
+    }
+
+    boolean isClock(String topic) {
+        return topic.equals(clockTopic);
+    }
+
+    /**
+     * An offset commit of Connect: key ["connector", {"server": ...}], value Debezium's source offset. For our
+     * server, a clock row at its ts_usec: Connect commits an offset only once every record before it is acked by
+     * Kafka, so every change committed up to that time is in its topic, whichever topic that is. Anything else
+     * (another connector, a reset's tombstone, an offset with no time) gives nothing.
+     */
+    void tick(byte[] key, byte[] value, Deque<Row> out) {
+        if (key == null || value == null) return;
+        try {
+            JsonNode k = Spec.tree(new String(key, java.nio.charset.StandardCharsets.UTF_8));
+            JsonNode v = Spec.tree(new String(value, java.nio.charset.StandardCharsets.UTF_8));
+            if (!server.equals(k.path(1).path("server").asText(null)) || !v.path("ts_usec").canConvertToLong()) return;
+            Decoder.Result r = new Decoder.Result();
+            r.table = CAPTURED;
+            r.lsn = v.path("lsn").asLong(0);
+            r.commitUs = v.get("ts_usec").asLong();
+            out.add(row("", 0L, r, false, null, null));
+        } catch (RuntimeException e) {
+            // not an offset commit we can read: no tick
         }
     }
 

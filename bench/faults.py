@@ -1,0 +1,397 @@
+"""The fault matrix (`python -m bench.run --only faults`): each fault injected into a stack of its own while a
+workload of 500 changes/s runs on its own entity range, then the range checked, online and offline, against the
+SQL oracle.
+
+The stack is a side stack (own home, ports and PostgreSQL cluster) whose streaming job runs on a Spark standalone
+cluster of two one-core workers, so that an executor can be killed; nothing recovers by hand except where an
+operator must act (`cdcf resnapshot` after the slot is lost, resuming a connector someone paused). Per scenario:
+
+- ``downtime_s``: the longest a probe waited to be served after the fault struck (a probe every 0.5 s, to one of 8
+  probe users with none outstanding);
+- ``back_to_exact_s``: from the workload's last change to the range verified exact (a probe committed after it
+  served, every online value equal to the oracle, the archive's latest version of every row equal to the source);
+- ``lost``: rows whose current state in the source differs from the archive's latest version, plus committed
+  changes the archive lacks; ``doubled``: archived changes beyond the committed ones (the archive's key makes a
+  re-delivery one row, and the oracle would see a change counted twice in a feature);
+- ``oracle_online_match`` / ``oracle_offline_match``: every online value of the range, and a sample of its offline
+  rows.
+
+After a lost slot, Debezium's new snapshot stands in for the changes made while capture was down (their versions
+are gone from the WAL), so that scenario's ``lost`` counts row states only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg2
+from confluent_kafka import Producer
+
+from bench import oracle
+from bench.freshness import Prober
+from cdcf import stack
+from cdcf.feast_config import feature_store
+from cdcf.settings import Settings, load_settings
+from cdcf.stack import kafka, postgres, redis_server, spark_cluster
+from cdcf.stack.background import ARCHIVER, STREAMING
+from cdcf.workload import Workload
+from connectors.connect import ConnectClient, connector_config
+from connectors.resnapshot import resnapshot
+
+SIDE = {"CDCF_PG_PORT": "35432", "CDCF_REDIS_PORT": "36379", "CDCF_KAFKA_PORT": "39092",
+        "CDCF_KAFKA_CONTROLLER_PORT": "39093", "CDCF_CONNECT_PORT": "38083", "CDCF_PG_CLUSTER": "cdcf_faults"}
+SPARK_PORT, SPARK_UI = 37077, 38090
+LOGS = Path(tempfile.gettempdir()) / "cdcf-faults-logs"
+TABLES = ("users", "transactions", "sessions", "reviews")
+OWNER = {"transactions": "user_id", "sessions": "user_id", "reviews": "product_id", "users": "user_id"}
+VALUE = {"transactions": "amount", "sessions": "duration_s", "reviews": "rating", "users": "income"}
+WHEN = {"transactions": "created_at", "sessions": "started_at", "reviews": "created_at", "users": "updated_at"}
+TEXT = {"transactions": "merchant", "sessions": "user_id", "reviews": "user_id", "users": "account_status"}
+KEY = {"transactions": "txn_id", "sessions": "session_id", "reviews": "review_id", "users": "user_id"}
+
+
+@dataclass
+class Scenario:
+    name: str
+    inject: Callable[[Settings, spark_cluster.Cluster], dict]  # injects the fault and waits out its recovery
+    fault_s: float = 0  # how long the fault lasts: the load runs this much longer
+    by_state_only: bool = False  # history replaced by a snapshot: lost counts row states only
+
+
+def _kill(pid: int | None, what: str) -> dict:
+    if pid is None:
+        raise RuntimeError(f"no {what} to kill")
+    os.kill(pid, signal.SIGKILL)
+    return {"killed_pid": pid}
+
+
+def _stop_redis(settings: Settings, _cluster) -> dict:
+    pid = redis_server.pid(settings)
+    os.kill(pid, signal.SIGSTOP)
+    time.sleep(10)
+    os.kill(pid, signal.SIGCONT)
+    return {"stopped_pid": pid, "stopped_s": 10}
+
+
+def _pause_connector(settings: Settings, _cluster) -> dict:
+    client = ConnectClient(settings.connect_url)
+    name, _ = connector_config(settings)
+    try:
+        client.pause(name)
+        time.sleep(60)
+        client.resume(name)
+    finally:
+        client.close()
+    return {"paused_s": 60}
+
+
+def _lose_the_slot(settings: Settings, _cluster) -> dict:
+    """Stop capture, make PostgreSQL keep 1 MB of WAL for slots, write 64 MB and checkpoint: the slot is lost. Status
+    must say so; then the setting is restored and `cdcf resnapshot` brings capture back."""
+    client = ConnectClient(settings.connect_url)
+    name, _ = connector_config(settings)
+    client.stop(name)
+    client.close()
+    postgres.admin_sql(settings, "ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'")
+    postgres.admin_sql(settings, "SELECT pg_reload_conf()")
+    try:
+        postgres.admin_sql(settings, "CREATE TABLE IF NOT EXISTS wal_filler (x text)")
+        for _ in range(30):
+            postgres.admin_sql(settings, "INSERT INTO wal_filler SELECT repeat(md5(i::text), 20) "
+                                         "FROM generate_series(1, 100000) i")
+            postgres.admin_sql(settings, "TRUNCATE wal_filler")
+            postgres.admin_sql(settings, "SELECT pg_switch_wal()")
+            postgres.admin_sql(settings, "CHECKPOINT")
+            state = postgres.admin_sql(settings, "SELECT wal_status FROM pg_replication_slots WHERE slot_name = "
+                                                 f"'{settings.replication_slot}'")
+            if state == "lost":
+                break
+        status = next(h for h in stack.status(settings) if h.component == "postgres")
+    finally:
+        postgres.admin_sql(settings, "ALTER SYSTEM RESET max_slot_wal_keep_size")
+        postgres.admin_sql(settings, "SELECT pg_reload_conf()")
+    done = resnapshot(settings)
+    return {"slot_state": state, "status_said": status.detail[:200], "status_failed": not status.healthy,
+            "resnapshot_rows": done.snapshot_rows, "resnapshot_deletes": sum(done.deleted.values()),
+            "resnapshot_s": round(done.seconds, 1)}
+
+
+def _hostile_burst(settings: Settings, _cluster) -> dict:
+    """1,000 hostile messages across the change topics (made from real ones); the archiver and the job must stay up
+    (same pids) and dead-letter them."""
+    archiver, job = ARCHIVER.pid(settings), STREAMING.pid(settings)
+    before = json.loads(ARCHIVER.status_file(settings).read_text())["dead_letters"]
+    messages = hostile_messages(settings, 1000)
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "message.max.bytes": 2_000_000})
+    for n, (topic, value) in enumerate(messages):
+        producer.produce(topic, key=f"hostile-{n}".encode(), value=value)
+        producer.poll(0)
+    if producer.flush(60):
+        raise RuntimeError("could not produce the hostile messages")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        letters = json.loads(ARCHIVER.status_file(settings).read_text())["dead_letters"] - before
+        if letters >= len(messages):
+            break
+        time.sleep(1)
+    return {"bad_inputs_tried": len(messages), "dead_lettered": letters,
+            "archiver_pid_unchanged": ARCHIVER.pid(settings) == archiver, "job_pid_unchanged": STREAMING.pid(settings) == job}
+
+
+SCENARIOS = [
+    Scenario("kill_streaming_driver", lambda s, c: _kill(STREAMING.pid(s), "streaming job")),
+    Scenario("kill_executor", lambda s, c: _kill(next(iter(c.executors()), None), "executor")),
+    Scenario("kill_archiver", lambda s, c: _kill(ARCHIVER.pid(s), "archiver")),
+    Scenario("kill_connect", lambda s, c: _kill(kafka.service_pid(s, kafka.CONNECT), "Connect")),
+    Scenario("kill_kafka_broker", lambda s, c: _kill(kafka.service_pid(s, kafka.KAFKA), "broker")),
+    Scenario("kill_redis", lambda s, c: _kill(redis_server.pid(s), "Redis")),
+    Scenario("sigstop_redis_10s", _stop_redis, fault_s=10),
+    Scenario("restart_postgres", lambda s, c: (postgres.restart(s), {})[1]),
+    Scenario("connector_paused_60s", _pause_connector, fault_s=60),
+    Scenario("hostile_burst_1000", _hostile_burst),
+    Scenario("slot_lost_then_resnapshot", _lose_the_slot, fault_s=30, by_state_only=True),
+]
+
+
+def hostile_messages(settings: Settings, count: int) -> list[tuple[str, bytes]]:
+    """``count`` messages over the change topics: deep nesting, invalid UTF-8, truncated JSON, random bytes, and
+    real change events of each table with a value that overflows, a year-1 or NUL-bearing value, an LSN past
+    BIGINT, a ts_us past any date, an unknown op, a missing or mistyped image."""
+    rng = random.Random(7)
+    samples = {t: _real_event(settings, t) for t in TABLES}
+
+    def mutate(doc: dict, table: str, n: int) -> bytes:
+        doc = json.loads(json.dumps(doc))
+        after, source = doc.get("after") or {}, doc["source"]
+        value = VALUE[table]
+        [lambda: after.update({value: "1e30"}), lambda: after.update({value: 10**40}),
+         lambda: after.update({WHEN[table]: "0001-01-01T00:00:00+05:00"}), lambda: source.update(ts_us=10**20, ts_ms=10**17),
+         lambda: source.update(lsn=2**63), lambda: after.update({TEXT[table]: "a\x00b"}), lambda: doc.update(op="x"),
+         lambda: doc.update(after=[1, 2]), lambda: after.pop(OWNER[table], None),
+         lambda: source.update(ts_us=None, ts_ms="yesterday")][n % 10]()
+        return json.dumps(doc).encode()
+
+    shapes = [lambda t, n: b"[" * 200_000, lambda t, n: b"\xff\xfe" * 250_000,
+              lambda t, n: b'{"before": null, "after": {', lambda t, n: rng.randbytes(rng.randint(1, 2000))]
+    out = []
+    for n in range(count):
+        table = TABLES[n % len(TABLES)]
+        topic = f"{settings.topic_prefix}.public.{table}"
+        out.append((topic, shapes[n % 4](table, n) if n % 14 < 4 else mutate(samples[table], table, n)))
+    return out
+
+
+def _real_event(settings: Settings, table: str) -> dict:
+    from confluent_kafka import Consumer, TopicPartition
+
+    topic = f"{settings.topic_prefix}.public.{table}"
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"faults-{time.time()}",
+                         "enable.auto.commit": False, "log_level": 0})
+    try:
+        end = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)[1]
+        consumer.assign([TopicPartition(topic, 0, max(0, end - 1))])
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            msg = consumer.poll(1.0)
+            if msg is not None and not msg.error() and msg.value():
+                doc = json.loads(msg.value())
+                if doc.get("after"):
+                    return doc
+        raise RuntimeError(f"no change event to start from on {topic}")
+    finally:
+        consumer.close()
+
+
+class Load:
+    """The workload at ``rate`` on a range of its own, surviving a source that restarts (a failed transaction is
+    not counted; the workload reloads its live rows and goes on)."""
+
+    def __init__(self, settings: Settings, base: int, users: int, products: int, seed: int) -> None:
+        self.workload = Workload(settings, seed=seed, users=users, products=products, entity_base=base)
+        self.failed_commits = 0
+        self.thread: threading.Thread | None = None
+
+    def start(self, rate: float, seconds: float) -> None:
+        def run() -> None:
+            deadline = time.monotonic() + seconds
+            while (left := deadline - time.monotonic()) > 0:
+                try:
+                    self.workload.run(rate, left, burst_every_s=0, per_commit=max(1, int(rate / 100)))
+                except psycopg2.Error:
+                    self.failed_commits += 1
+                    time.sleep(0.5)
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+
+    def join(self) -> int:
+        self.thread.join()
+        return sum(self.workload.counts.values())
+
+
+def _state_diff(settings: Settings, ranges: dict[str, tuple[int, int]]) -> int:
+    """Rows of the range whose current state (owner and value) in the source differs from the archive's latest
+    version of them (a row the archive holds as live and the source lacks counts too)."""
+    diffs = 0
+    source = psycopg2.connect(settings.pg_dsn())
+    archive = oracle.connect(settings)
+    try:
+        for table in TABLES:
+            key, owner, value = KEY[table], OWNER[table], VALUE[table]
+            low, high = ranges["product_id" if owner == "product_id" else "user_id"]
+            with source.cursor() as cur:
+                cur.execute(f"SELECT {key}, {owner}, {value}::numeric FROM {table} WHERE {owner} BETWEEN %s AND %s",
+                            (low, high))
+                truth = {k: (o, v) for k, o, v in cur.fetchall()}
+            with archive.cursor() as cur:
+                cur.execute(f"""
+                    SELECT DISTINCT ON (row_key) row_key, op, (after->>'{owner}')::bigint, (after->>'{value}')::numeric
+                    FROM cdc_changelog WHERE source_table = %s AND row_key IN (
+                        SELECT row_key FROM cdc_changelog WHERE source_table = %s AND coalesce(
+                            after->>'{owner}', before->>'{owner}') ~ '^[0-9]+$' AND coalesce(after->>'{owner}',
+                            before->>'{owner}')::bigint BETWEEN %s AND %s)
+                    ORDER BY row_key, lsn DESC, op = 'd' DESC""", (table, table, low, high))
+                archived = {k: (o, v) for k, op, o, v in cur.fetchall() if op != "d" and low <= o <= high}
+            diffs += sum(1 for k in truth.keys() | archived.keys() if truth.get(k) != archived.get(k))
+    finally:
+        source.close()
+        archive.close()
+    return diffs
+
+
+def _archived_changes(settings: Settings, since, ranges: dict[str, tuple[int, int]]) -> int:
+    (ulo, uhi), (plo, phi) = ranges["user_id"], ranges["product_id"]
+    owner = "coalesce(after->>'{0}', before->>'{0}')"
+    with oracle.connect(settings) as conn, conn.cursor() as cur:
+        cur.execute(f"""SELECT count(*) FROM cdc_changelog WHERE commit_ts >= %s AND op IN ('c', 'u', 'd') AND (
+            (source_table IN ('transactions', 'sessions') AND {owner.format('user_id')} ~ '^[0-9]+$'
+             AND {owner.format('user_id')}::bigint BETWEEN %s AND %s)
+            OR (source_table = 'reviews' AND {owner.format('product_id')} ~ '^[0-9]+$'
+             AND {owner.format('product_id')}::bigint BETWEEN %s AND %s)
+            OR (source_table = 'users' AND row_key BETWEEN %s AND %s))""", (since, ulo, uhi, plo, phi, ulo, uhi))
+        count = cur.fetchone()[0]
+    conn.close()
+    return count
+
+
+def run_scenario(settings: Settings, store, cluster: spark_cluster.Cluster, scenario: Scenario, n: int,
+                 rate: float, before_s: float, after_s: float, timeout_s: float) -> dict:
+    base = (n + 1) * 10**10
+    users, products = 400, 60
+    ranges = {"user_id": (base + 1, base + users), "product_id": (base + 1, base + products)}
+    with psycopg2.connect(settings.pg_dsn()) as conn, conn.cursor() as cur:
+        cur.execute("SELECT now()")
+        since = cur.fetchone()[0]
+    conn.close()
+    load = Load(settings, base, users, products, seed=n)
+    prober = Prober(settings, store)
+    load.start(rate, before_s + scenario.fault_s + after_s)
+    probes: list = []
+    probing = threading.Thread(target=lambda: probes.append(prober.run(
+        before_s + scenario.fault_s + after_s, 0.5, timeout_s=timeout_s)), daemon=True)
+    probing.start()
+    time.sleep(before_s)
+    faulted = time.monotonic()
+    print(f"faults: {scenario.name} ...", flush=True)
+    detail = scenario.inject(settings, cluster)
+    committed = load.join()
+    load_ended = time.monotonic()
+    probing.join()
+    # the longest any probe waited after the fault: those outstanding when it struck count from then
+    downtime = max((c + s - max(c, faulted) for c, s in probes[0].served + probes[0].unserved if c + s >= faulted),
+                   default=0.0)
+    verdict, lost_rows, deadline = None, None, time.monotonic() + timeout_s
+    while time.monotonic() < deadline:  # a probe after the last change served, then the range must be exact
+        if prober.run(1, 1, timeout_s=max(1.0, deadline - time.monotonic())).served:
+            time.sleep(settings.stream_settle_s + 2)
+            lost_rows = _state_diff(settings, ranges)
+            with oracle.connect(settings) as conn:
+                verdict = oracle.compare_online(settings, conn, ranges)
+            conn.close()
+            if lost_rows == 0 and verdict.match == 1.0:
+                break
+        time.sleep(2)
+    exact_at = time.monotonic()
+    prober.close()
+    with oracle.connect(settings) as conn:
+        offline = oracle.compare_offline(conn, 100, ranges)
+    conn.close()
+    archived = _archived_changes(settings, since, ranges)
+    missing = 0 if scenario.by_state_only else max(0, committed - archived)
+    doubled = 0 if scenario.by_state_only else max(0, archived - committed - load.failed_commits)
+    online_match = verdict.match if verdict else 0.0
+    result = {
+        "scenario": scenario.name, "load_changes_per_s": rate, "entity_base": base, **detail,
+        "downtime_s": round(downtime, 2), "back_to_exact_s": round(exact_at - load_ended, 2),
+        "changes_committed": committed, "changes_archived": archived, "failed_commits": load.failed_commits,
+        "lost": (lost_rows if lost_rows is not None else -1) + missing, "doubled": doubled,
+        "oracle_online_match": online_match, "oracle_online_compared": verdict.compared if verdict else 0,
+        "oracle_offline_match": offline.match, "oracle_offline_compared": offline.compared,
+        "mismatches": ((verdict.mismatches if verdict else []) + offline.mismatches)[:10],
+    }
+    result["survived"] = (result["lost"] == 0 and doubled == 0 and online_match == 1.0 and offline.match == 1.0
+                          and detail.get("archiver_pid_unchanged", True) and detail.get("job_pid_unchanged", True)
+                          and detail.get("dead_lettered") == detail.get("bad_inputs_tried")
+                          and detail.get("status_failed", True))
+    print(f"faults: {scenario.name}: survived={result['survived']} downtime {result['downtime_s']} s, exact "
+          f"{result['back_to_exact_s']} s after the load, lost {result['lost']}, doubled {doubled}, oracle "
+          f"{online_match:.4f}/{offline.match:.4f}", flush=True)
+    return result
+
+
+@contextmanager
+def side_stack(main: Settings, folder: Path, spark_master: str) -> Iterator[Settings]:
+    """A stack of its own under ``folder`` (sharing the main jar cache), its streaming job on ``spark_master``;
+    purged on exit. The environment carries its settings, as the supervised processes read them from there."""
+    home = folder / "stack"
+    (home / "cache").mkdir(parents=True)
+    (home / "cache" / "jars").symlink_to(main.paths.jars)
+    (home / "cache" / "engine").symlink_to(main.paths.cache / "engine")
+    shutil.copy(main.paths.secrets, home / "secrets.env")
+    saved = dict(os.environ)
+    os.environ.update({**SIDE, "CDCF_HOME": str(home), "CDCF_SPARK_MASTER": spark_master})
+    try:
+        settings = load_settings()
+        stack.up(settings, step=lambda line: print(f"faults: side stack {line}", flush=True))
+        yield settings
+    finally:
+        try:
+            shutil.copytree(home / "logs", LOGS, dirs_exist_ok=True)  # for a look after the purge
+            print(f"faults: the side stack's logs are in {LOGS}", flush=True)
+            stack.purge(load_settings())
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+
+
+def run(main: Settings, rate: float, before_s: float, after_s: float, timeout_s: float,
+        only: list[str] | None = None) -> dict:
+    """Every scenario (or those named in ``only``) on a side stack; the matrix and its totals."""
+    scenarios = [s for s in SCENARIOS if only is None or s.name in only]
+    results = []
+    with tempfile.TemporaryDirectory(prefix="cdcf-faults-") as tmp:
+        folder = Path(tmp)
+        with spark_cluster.standalone(folder / "spark", SPARK_PORT, SPARK_UI) as cluster, \
+                side_stack(main, folder, cluster.url) as settings:
+            store = feature_store(settings)
+            Prober(settings, store).run(1, 1, timeout_s=300)  # the job is up and serving before the first fault
+            for n, scenario in enumerate(scenarios):
+                try:
+                    results.append(run_scenario(settings, store, cluster, scenario, n, rate, before_s, after_s,
+                                                timeout_s))
+                except Exception as exc:  # noqa: BLE001 - a scenario that breaks the harness is a failed one
+                    print(f"faults: {scenario.name} failed: {exc!r}", flush=True)
+                    results.append({"scenario": scenario.name, "survived": False, "error": repr(exc)[:500]})
+        shutil.copytree(folder / "spark", LOGS / "spark", dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.jar"))
+    return {"faults_tried": len(results), "faults_survived": sum(1 for r in results if r["survived"]),
+            "bad_inputs_tried": sum(r.get("bad_inputs_tried", 0) for r in results), "faults": results}
