@@ -270,6 +270,10 @@ def _faults_section(r: dict) -> list[str]:
              f"oracle at 1.0; {fmt(r['bad_inputs_tried'])} hostile inputs were tried.", "",
              "| scenario | downtime (s) | exact after the load (s) | changes | lost | doubled | oracle online | "
              "oracle offline | survived |", "|---|---|---|---|---|---|---|---|---|"]
+    failed = [f["scenario"] for f in r["faults"] if not f["survived"]]
+    if failed:
+        lines[3] += (f" Not survived: {', '.join(failed)}; their mismatches are in `bench/results/faults.json`, "
+                      "and streaming/DESIGN.md (\"What is still open\") says why.")
     for f in r["faults"]:
         if "error" in f:
             lines.append(f"| {f['scenario']} | | | | | | | | **no**: {f['error'][:120]} |")
