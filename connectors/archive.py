@@ -120,6 +120,8 @@ class Archiver:
             "bootstrap.servers": s.kafka_bootstrap, "group.id": s.archive_group,
             "enable.auto.commit": False, "auto.offset.reset": "earliest",
             "topic.metadata.refresh.interval.ms": 5000, "fetch.wait.max.ms": 20, "log_level": 3,
+            # a killed archiver's partitions go to its successor once the broker gives up on it: 6 s, not 45
+            "session.timeout.ms": 6000, "heartbeat.interval.ms": 2000,
         })
         self.consumer.subscribe([f"^{s.topic_prefix.replace('.', '[.]')}[.]public[.].+"])
         self.producer = durable_producer(s)
