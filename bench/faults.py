@@ -36,17 +36,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg2
-from confluent_kafka import Producer
+from confluent_kafka import Producer, TopicPartition
 
 from bench import oracle
 from bench.freshness import Prober
 from cdcf import stack
 from cdcf.feast_config import feature_store
+from cdcf.kafka_clients import reader
 from cdcf.settings import Settings, load_settings
 from cdcf.stack import kafka, postgres, redis_server, spark_cluster
 from cdcf.stack.background import ARCHIVER, STREAMING
 from cdcf.workload import Workload
 from connectors.connect import ConnectClient, connector_config
+from connectors.contracts import row_contracts
 from connectors.resnapshot import resnapshot
 
 SIDE = {"CDCF_PG_PORT": "35432", "CDCF_REDIS_PORT": "36379", "CDCF_KAFKA_PORT": "39092",
@@ -58,7 +60,6 @@ OWNER = {"transactions": "user_id", "sessions": "user_id", "reviews": "product_i
 VALUE = {"transactions": "amount", "sessions": "duration_s", "reviews": "rating", "users": "income"}
 WHEN = {"transactions": "created_at", "sessions": "started_at", "reviews": "created_at", "users": "updated_at"}
 TEXT = {"transactions": "merchant", "sessions": "user_id", "reviews": "user_id", "users": "account_status"}
-KEY = {"transactions": "txn_id", "sessions": "session_id", "reviews": "review_id", "users": "user_id"}
 
 
 @dataclass
@@ -193,11 +194,9 @@ def hostile_messages(settings: Settings, count: int) -> list[tuple[str, bytes]]:
 
 
 def _real_event(settings: Settings, table: str) -> dict:
-    from confluent_kafka import Consumer, TopicPartition
-
+    """The last change event with an after image on ``table``'s topic."""
     topic = f"{settings.topic_prefix}.public.{table}"
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"faults-{time.time()}",
-                         "enable.auto.commit": False, "log_level": 0})
+    consumer = reader(settings, "faults")
     try:
         end = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)[1]
         consumer.assign([TopicPartition(topic, 0, max(0, end - 1))])
@@ -247,7 +246,7 @@ def _state_diff(settings: Settings, ranges: dict[str, tuple[int, int]]) -> int:
     archive = oracle.connect(settings)
     try:
         for table in TABLES:
-            key, owner, value = KEY[table], OWNER[table], VALUE[table]
+            key, owner, value = row_contracts()[table].key, OWNER[table], VALUE[table]
             low, high = ranges["product_id" if owner == "product_id" else "user_id"]
             with source.cursor() as cur:
                 cur.execute(f"SELECT {key}, {owner}, {value}::numeric FROM {table} WHERE {owner} BETWEEN %s AND %s",

@@ -131,8 +131,8 @@ def _await_snapshot(settings: Settings, ends: dict, progress) -> tuple[int, int,
             if snapshot in (None, "false", "incremental"):
                 continue
             seen += source.get("table") != HEARTBEAT
-            lsn = min(lsn or source["lsn"], source["lsn"])
-            micros = min(micros or source["ts_us"], source["ts_us"])
+            lsn = source["lsn"] if lsn is None else min(lsn, source["lsn"])
+            micros = source["ts_us"] if micros is None else min(micros, source["ts_us"])
             if snapshot == "last":
                 progress(f"snapshot complete: {seen} rows")
                 return seen, lsn, micros

@@ -118,7 +118,7 @@ def input_columns() -> tuple[str, ...]:
                         | {c["column"] for e in entities if e["profile"] for c in e["profile"]["columns"]}))
 
 
-CAPTURED = "(captured)"  # Router.CAPTURED: the table of clock rows made from Connect's offset commits
+CAPTURED = "(captured)"  # the table of the clock rows the router makes from Connect's offset commits
 
 
 def route_spec(clock_topic: str | None = None, server: str | None = None) -> str:
@@ -127,7 +127,7 @@ def route_spec(clock_topic: str | None = None, server: str | None = None) -> str
     rows come from the offset commits of the connector whose server name (topic prefix) is ``server``."""
     kinds = {c.name: c.kind for contract in row_contracts().values() for c in contract.columns}
     return json.dumps({
-        **({"clock": {"topic": clock_topic, "server": server}} if clock_topic else {}),
+        **({"clock": {"topic": clock_topic, "server": server, "table": CAPTURED}} if clock_topic else {}),
         "sources": [{"table": s.table.name, "event": s.table.event_time,
                      "owners": [{"entity": e.name, "column": e.join_key} for e in s.owners]} for s in sources()],
         "values": {c: "string" if kinds[c] == "string" else "long" for c in input_columns()},

@@ -19,7 +19,7 @@ from psycopg2.extras import execute_values
 from cdcf import features as decl
 from cdcf.errors import ServiceError
 from cdcf.feast_config import feature_store
-from cdcf.stack import kafka
+from cdcf.stack import kafka, proc
 from cdcf.stack.background import ARCHIVER, STREAMING
 from cdcf.workload import Workload
 from connectors.connect import ConnectClient, connector_config
@@ -273,7 +273,7 @@ def test_kill_9_mid_stream_loses_and_duplicates_nothing(settings, victim):
     # nobody starts it again by hand: its supervisor does
     wait_for(lambda: kafka.service_pid(settings, victim) not in (None, killed), 30, f"the supervisor to start {victim}")
     health = kafka.connect_health if victim == kafka.CONNECT else kafka.kafka_health
-    wait_for(lambda: _healthy(health, settings), 120, f"{victim} to be healthy again")
+    proc.wait_until(lambda: health(settings), timeout_s=120, what=f"{victim} after its restart")
     writer.join(timeout=300)
     client = ConnectClient(settings.connect_url)
     try:
@@ -296,13 +296,6 @@ def test_kill_9_mid_stream_loses_and_duplicates_nothing(settings, victim):
     postgres_state = dict(_sql(settings, "SELECT txn_id, amount FROM transactions WHERE txn_id BETWEEN %s AND %s",
                                (low, high)))
     assert archived_state == postgres_state and len(postgres_state) == 15_000
-
-
-def _healthy(health, settings) -> bool:
-    try:
-        return bool(health(settings))
-    except Exception:  # noqa: BLE001 - not up yet
-        return False
 
 
 def _fifty_thousand_changes(settings, ids: list[int]) -> None:

@@ -64,8 +64,8 @@ public final class Decode {
      * entity it concerns (the owner its row had before, which loses it unless it stays, and the owner after):
      * entity, id, table, row_key, lsn, commit_us, owns, event_us and the value columns of the after image; for any
      * other valid change (a heartbeat), one row with an empty entity, for the commit-time clock only; with a clock
-     * topic in the route spec (Connect's offsets), one such row per offset commit of ours instead, table
-     * Router.CAPTURED. Dead letters give nothing here (the archiver routes them).
+     * topic in the route spec (Connect's offsets), one such row per offset commit of ours instead, with the spec's
+     * clock table. Dead letters give nothing here (the archiver routes them).
      */
     public static Dataset<Row> routed(Dataset<Row> records, String decoderJson, String routeJson) {
         Decoder decoder = new Decoder(decoderJson);

@@ -20,19 +20,18 @@ final class Router implements Serializable {
         String event;  // event-time column, or null (the profile table)
     }
 
-    /** The table name of the clock rows made from Connect's offset commits. */
-    static final String CAPTURED = "(captured)";
-
     private final Map<String, Source> sources = new HashMap<>();
     private final List<String> values = new ArrayList<>();
     private final List<Boolean> text = new ArrayList<>();
-    private final String clockTopic, server;  // Connect's offsets topic and our connector's server name, or null
+    // Connect's offsets topic, our connector's server name, and the table its clock rows carry; or null
+    private final String clockTopic, server, captured;
 
     Router(String json) {
         JsonNode spec = Spec.tree(json);
         JsonNode clock = spec.path("clock");
         clockTopic = clock.isObject() ? clock.get("topic").asText() : null;
         server = clock.isObject() ? clock.get("server").asText() : null;
+        captured = clock.isObject() ? clock.get("table").asText() : null;
         for (JsonNode s : spec.get("sources")) {
             Source source = new Source();
             for (JsonNode o : s.get("owners")) source.owners.add(new String[] {o.get("entity").asText(), o.get("column").asText()});
@@ -79,7 +78,7 @@ final class Router implements Serializable {
             JsonNode v = Spec.tree(new String(value, java.nio.charset.StandardCharsets.UTF_8));
             if (!server.equals(k.path(1).path("server").asText(null)) || !v.path("ts_usec").canConvertToLong()) return;
             Decoder.Result r = new Decoder.Result();
-            r.table = CAPTURED;
+            r.table = captured;
             r.lsn = v.path("lsn").asLong(0);
             r.commitUs = v.get("ts_usec").asLong();
             out.add(row("", 0L, r, false, null, null));
