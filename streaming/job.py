@@ -5,8 +5,8 @@ the executors) -> Redis + offline tables (from the executors).
 `make up` starts. Spark reads Kafka with its offsets in the checkpoint, and the engine's state lives in the same
 checkpoint (RocksDB, changelog checkpointing), so a restart resumes exactly. The query's watermark is the
 captured commit-time clock: the commit time of Connect's latest committed source offset (every change before it is
-in Kafka), held back by the settle delay and never ahead of the batch's wall clock; decay timers fire when it passes
-them (``feature_rows``).
+in Kafka), held back by the settle delay and never ahead of the batch's wall clock; each change applies once it has
+passed the change's commit time, and decay timers fire when it passes them (``feature_rows``).
 """
 
 from __future__ import annotations
@@ -53,19 +53,21 @@ def feature_rows(records: DataFrame, topic_prefix: str, settle_s: float, offsets
     """Kafka records (topic, partition, offset, key, value) -> the engine's output rows (entity, id, as_of_us,
     decay, <features>).
 
-    The clock that fires decay timers (the watermark, less ``settle_s``): with ``offsets_topic`` (Connect's
-    offsets topic, read with the change topics), the commit time of Connect's latest committed source offset, before
-    which every change is in Kafka whatever its topic; without it, the latest applied commit time, exact only for
-    topics filled before the query reads them (or one ordered stream). Kafka gives no order across topics: after an
-    outage Connect sends its backlog topic by topic, so the applied commit time of one topic can run ahead of changes
-    still on their way to another, and a window would decay past them."""
+    The clock (the watermark, less ``settle_s``): with ``offsets_topic`` (Connect's offsets topic, read with the
+    change topics), the commit time of Connect's latest committed source offset, before which every change is in
+    Kafka whatever its topic; each change then waits in the engine's state until the clock passes its commit time
+    (gated), so an emit as of T holds every change committed at or before T. Kafka gives no order across topics: one
+    source transaction's changes to two tables can reach the job a micro-batch apart, and after an outage Connect
+    sends its backlog topic by topic. Without it, the latest applied commit time is the clock and changes apply on
+    arrival: exact only for topics filled before the query reads them (the drain benchmark). Decay timers fire when
+    the clock passes them either way."""
     changes = routed(records, topic_prefix, engine.route_spec(offsets_topic, topic_prefix))
     clock = F.least(F.timestamp_micros("commit_us"), F.current_timestamp())
     if offsets_topic:  # only the offset commits move it
         clock = F.when(F.col("table") == engine.CAPTURED, clock).otherwise(F.timestamp_micros(F.lit(0)))
     return engine.features(
         changes.withColumn("clock", clock).withWatermark("clock", f"{int(settle_s * 1000)} milliseconds")
-        .drop("clock"))  # the engine gets no event-time column, so Spark drops no late change
+        .drop("clock"), gated=offsets_topic is not None)  # no event-time column: Spark drops no late change
 
 
 def build_stream(spark: SparkSession, settings: Settings, sink: Callable[[DataFrame, int], None],
@@ -125,7 +127,8 @@ class StreamJob:
         self.totals = {"batches": 0, "changes": 0, "rows_written": 0, "emits": 0, "decayed": 0,
                        "last_as_of": None, "restarts": 0, "last_error": None, "last_restart_at": None,
                        "query_active": None, "lag_max_s": 0.0, "reseeds": 0, "last_reseed": None,
-                       "last_batch_at": None, "behind": 0, "behind_growing_since": None}
+                       "last_batch_at": None, "behind": 0, "behind_growing_since": None,
+                       "clock": None, "clock_moved_at": time.time()}
         self.guard: OnlineGuard | None = None
 
     def write_batch(self, batch: DataFrame, batch_id: int) -> None:
@@ -189,12 +192,15 @@ class StreamJob:
                 self.guard.close()
         return self.totals
 
-    def note_progress(self, behind: int) -> None:
-        """A micro-batch ended ``behind`` offsets short of the end of its most lagging partition: note when the
-        query last made progress, and since when that lag has only grown."""
+    def note_progress(self, behind: int, clock: str | None) -> None:
+        """A micro-batch ended ``behind`` offsets short of the end of its most lagging partition, under the
+        watermark ``clock``: note when the query last made progress, since when that lag has only grown, and when
+        the clock last moved (changes wait for it)."""
         now = time.time()
         since = growing_since(self.totals["behind"], behind, self.totals["behind_growing_since"], now)
         self.totals.update(behind=behind, behind_growing_since=since, last_batch_at=now)
+        if clock and not clock.startswith("1970-01-01T00:00:00") and clock != self.totals["clock"]:
+            self.totals.update(clock=clock, clock_moved_at=now)
 
     def listen(self, spark: SparkSession) -> None:
         """Count the changes read from each micro-batch's progress, as Spark reports it (once per batch)."""
@@ -208,7 +214,8 @@ class StreamJob:
                 progress = event.progress
                 job.totals["changes"] += progress.numInputRows
                 job.note_progress(max((int(float(source.metrics.get("maxOffsetsBehindLatest") or 0))
-                                       for source in progress.sources), default=0))
+                                       for source in progress.sources), default=0),
+                                  progress.eventTime.get("watermark"))
                 log.debug("batch %d progress: %s %s", progress.batchId, progress.durationMs, progress.eventTime)
 
             def onQueryIdle(self, event) -> None:

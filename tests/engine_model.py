@@ -1,13 +1,15 @@
 """The window engine's pure-Python twin, for tests: the same promises as cdcf/engine/src/ (FeatureProcessor,
-TableCore), written the plain way: brute force over each entity's rows, no tiles.
+EntityCore, TableCore), written the plain way: brute force over each entity's rows, no tiles.
 
-Fed decoded changes batch by batch, with the watermark each batch ran under, it gives every entity's emits in
-order: (as-of microseconds, decay?, {feature: value}). The rules it states:
+Fed decoded changes batch by batch, with the watermark (the clock) each batch ran under, it gives every entity's
+emits in order: (as-of microseconds, decay?, {feature: value}). The rules it states:
 - a change reaches the entity its row belonged to before (which loses the row, unless it stays) and the one it
   belongs to after; it applies if its LSN is newer than the one that entity last saw for the row;
-- an entity with an applied change emits once per batch, as of its latest applied commit, or just after its last
-  emit if that is later; then every time the watermark passes its next decay moment (a row entering or leaving a
-  window, rounded up to the window's hop), as of that moment; data before timers in a batch, one round of timers;
+- gated, a change waits until the clock has reached its commit time; ungated, it applies on arrival;
+- an entity with a change in a batch, or whose next decay moment or oldest waiting change the clock has reached,
+  advances: in time order, each decay moment the clock has reached is emitted as of that moment (or just after the
+  last emit), and the changes allowed are applied and emitted once per run between decay moments, as of the run's
+  latest applied commit (or just after the last emit, if that is later);
 - a row dated at or before (T - widest window) at apply time, or in an hour wholly before it at an emit, is kept
   only as its LSN (for a day of commit time, if it changed recently), never as a row.
 """
@@ -46,25 +48,47 @@ def _window_us(f: WindowFeature) -> int:
 
 
 class Model:
-    def __init__(self) -> None:
+    def __init__(self, gated: bool = False) -> None:
+        self.gated = gated
         self.rows: dict[tuple, dict[tuple, Row]] = defaultdict(dict)  # entity key -> (table, row key) -> Row
         self.profile: dict[tuple, Row] = {}
         self.last: dict[tuple, int] = {}
         self.due: dict[tuple, int | None] = {}
+        self.waiting: dict[tuple, list] = defaultdict(list)  # entity key -> (change, owns) not yet applied
         self.tombs: dict[tuple, list[tuple]] = defaultdict(list)  # entity key -> (table, row key, commit)
         self.emits: dict[tuple, list] = defaultdict(list)
 
     def batch(self, changes: list[Change], watermark_us: int | None) -> None:
+        clock = watermark_us if watermark_us is not None else 0
         routed = defaultdict(list)
         for c in changes:
             for key, owns in route(c):
                 routed[key].append((c, owns))
         for key, items in routed.items():
-            self._apply(key, sorted(items, key=lambda item: item[0].lsn))
-        if watermark_us is not None:
-            for key, due in sorted(self.due.items()):
-                if due is not None and due <= watermark_us:
-                    self._emit(key, max(due, self.last[key] + 1), decay=True)
+            self.waiting[key] += items
+            self._advance(key, clock)
+        for key in sorted(set(self.due) | set(self.waiting)):
+            due = self.due.get(key)
+            firsts = [_us(c.commit_ts) for c, _ in self.waiting[key]] + ([] if due is None else [due])
+            if key not in routed and firsts and min(firsts) <= clock:
+                self._advance(key, clock)
+
+    def _advance(self, key: tuple, clock: int) -> None:
+        items = sorted(self.waiting[key], key=lambda item: (_us(item[0].commit_ts), item[0].lsn))
+        until = clock if self.gated else float("inf")
+        while True:
+            commit = _us(items[0][0].commit_ts) if items else float("inf")
+            due = self.due.get(key)
+            if due is not None and due <= clock and due < commit:
+                self._emit(key, max(due, self.last[key] + 1), decay=True)
+                continue
+            if not items or commit > until:
+                break
+            limit = min(until, due) if due is not None and due <= clock else until
+            run = [item for item in items if _us(item[0].commit_ts) <= limit]
+            items = items[len(run):]
+            self._apply(key, sorted(run, key=lambda item: item[0].lsn))
+        self.waiting[key] = items
 
     def _apply(self, key: tuple, items: list) -> None:
         entity = _entity(key[0])

@@ -134,12 +134,13 @@ def route_spec(clock_topic: str | None = None, server: str | None = None) -> str
     })
 
 
-def features(changes: DataFrame) -> DataFrame:
-    """Run the engine over routed change rows (streaming.decode.routed); one row per emit: entity, id, as_of_us and
-    decay (whether time alone made it) and every feature column (null where the entity kind has no such
-    feature)."""
+def features(changes: DataFrame, gated: bool) -> DataFrame:
+    """Run the engine over routed change rows (streaming.decode.routed) under their query's watermark (the
+    commit-time clock); one row per emit: entity, id, as_of_us and decay (whether time alone made it) and every
+    feature column (null where the entity kind has no such feature). ``gated``: a change applies only once the
+    clock has passed its commit time (see FeatureProcessor.java); otherwise on arrival."""
     spark = changes.sparkSession
-    return DataFrame(spark._jvm.cdcf.engine.Engine.features(changes._jdf, spec()), spark)
+    return DataFrame(spark._jvm.cdcf.engine.Engine.features(changes._jdf, spec(), gated), spark)
 
 
 def replay(changes: DataFrame, end_us: int) -> DataFrame:

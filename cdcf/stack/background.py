@@ -21,6 +21,7 @@ from cdcf.stack.supervisor import RESTART_WINDOW_S
 REPORT_EVERY_S = 30  # a job that has not written its status file for this long is unhealthy
 LAG_GROWING_S = 60  # a consumer whose lag grew this long without ever shrinking is falling behind
 STALLED_S = 60  # a streaming query that finished no micro-batch this long is stuck (heartbeats come every 5 s)
+CLOCK_STOPPED_S = 60  # a streaming clock (Connect's committed offsets) still this long is stuck (heartbeats: 5 s)
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ ARCHIVER = Job("archiver", "archive", lambda s: (
 
 STREAMING = Job("streaming", "stream", lambda s: (
     f"{s['batches']} batches, {s['changes']} changes, {s['rows_written']} feature rows "
-    f"({s['decayed']} by decay), last as-of {s['last_as_of'] or '-'}"
+    f"({s['decayed']} by decay), last as-of {s['last_as_of'] or '-'}, clock {s.get('clock') or '-'}"
     + (f", {s['restarts']} restart(s), last error: {s['last_error']}" if s["restarts"] else "")
     + (f", re-seeded the online store {s['reseeds']} time(s), last at {s['last_reseed']}" if s.get("reseeds") else "")),
     start_timeout_s=180, trouble=lambda s: _restarting_or_stalled(s))
@@ -113,4 +114,8 @@ def _restarting_or_stalled(state: dict[str, Any]) -> str | None:
     if state.get("behind_growing_since") and state["at"] - state["behind_growing_since"] >= LAG_GROWING_S:
         return (f"falls behind: its lag has grown for {state['at'] - state['behind_growing_since']:.0f} s, to "
                 f"{state['behind']} offsets on its most lagging partition")
+    if state.get("clock_moved_at") and state["at"] - state["clock_moved_at"] >= CLOCK_STOPPED_S:
+        return (f"has a clock that has not moved for {state['at'] - state['clock_moved_at']:.0f} s (at "
+                f"{state.get('clock') or 'none yet'}): changes wait until Connect commits source offsets past them; "
+                f"is the connector running?")
     return None

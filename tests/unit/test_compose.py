@@ -127,6 +127,7 @@ def test_connect_matches_the_local_worker_properties():
     assert env["CONFIG_STORAGE_TOPIC"] == local["config.storage.topic"]
     assert env["OFFSET_STORAGE_TOPIC"] == local["offset.storage.topic"]
     assert env["STATUS_STORAGE_TOPIC"] == local["status.storage.topic"]
+    assert env["CONNECT_OFFSET_FLUSH_INTERVAL_MS"] == str(local["offset.flush.interval.ms"])
     assert env["KEY_CONVERTER"] == local["key.converter"] and env["VALUE_CONVERTER"] == local["value.converter"]
     assert env["CONNECT_VALUE_CONVERTER_SCHEMAS_ENABLE"] == local["value.converter.schemas.enable"]
     assert env["CONNECT_CONFIG_PROVIDERS_ENV_CLASS"] == local["config.providers.env.class"]

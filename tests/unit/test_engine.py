@@ -1,8 +1,9 @@
 """The window engine (decode -> route -> stateful processor on the executors) against its pure-Python twin
 (tests/engine_model.py), on random CDC histories: inserts, amount and event-time updates, owner moves of users
 and products, deletes, re-inserts, re-delivered events, rows dated up to 40 days back, profile upserts, and clock
-jumps that make windows decay. Each micro-batch is one file of Kafka-shaped records; every emit (as-of time,
-decay or not, every feature to the bit) must match, entity by entity, in order."""
+jumps that make windows decay; ungated (changes apply on arrival) and gated by Connect's offset commits arriving
+a micro-batch or two after the changes they cover. Each micro-batch is one file of Kafka-shaped records; every
+emit (as-of time, decay or not, every feature to the bit) must match, entity by entity, in order."""
 
 from __future__ import annotations
 
@@ -43,9 +44,12 @@ class History:
     def _ts(self, at: datetime) -> str:
         return at.isoformat().replace("+00:00", "Z")
 
-    def _event(self, table: str, op: str, before: dict | None, after: dict | None) -> tuple[str, bytes]:
+    def _event(self, table: str, op: str, before: dict | None, after: dict | None,
+               same_commit: bool = False) -> tuple[str, bytes]:
+        """``same_commit``: in the transaction of the event before (the same commit time)."""
         self.lsn += self.rnd.randrange(1, 50)
-        self.now += timedelta(seconds=self.rnd.choice([1, 5, 30, 120, 600, 1800]))
+        if not same_commit:
+            self.now += timedelta(seconds=self.rnd.choice([1, 5, 30, 120, 600, 1800]))
         source = {"version": "3.6.1.Final", "connector": "postgresql", "name": PREFIX, "ts_ms": 0,
                   "ts_us": int(self.now.timestamp() * 1_000_000), "schema": "public", "table": table,
                   "txId": self.lsn, "lsn": self.lsn}
@@ -110,6 +114,15 @@ class History:
         return self._event(table, "u", old, new)
 
 
+OFFSETS = "cdcf-connect-offsets"
+
+
+def _offset_commit(at_us: int, server: str = PREFIX) -> tuple:
+    """Connect's record of our connector's source offset, committed once every change up to ``at_us`` is in Kafka."""
+    return (OFFSETS, json.dumps({"lsn": 1, "txId": 1, "ts_usec": at_us}).encode(),
+            json.dumps(["cdcf-app", {"server": server}]).encode())
+
+
 def _run(spark, tmp_path: Path, batches: list[list[tuple]], offsets_topic: str | None = None) -> tuple[dict, list]:
     """Stream the batches of (topic, value) or (topic, value, key) through the job's pipeline (settle 0); return
     every emitted row by entity, and the query's progress (one entry per micro-batch, data or not)."""
@@ -150,18 +163,23 @@ def _watermark(progress: dict) -> int | None:
     return int(datetime.fromisoformat(mark.replace("Z", "+00:00")).timestamp() * 1000) * 1000
 
 
-def _batches(seed: int, redelivery: timedelta | None = None) -> list[list[tuple[str, bytes]]]:
-    """About 500 random changes in micro-batches of 1 to 60, with quiet spells of 1 to 200 hours between."""
+def _batches(seed: int, redelivery: timedelta | None = None, clocked: bool = False) -> list[list[tuple]]:
+    """About 500 random changes in micro-batches of 1 to 60, with quiet spells of 1 to 200 hours between.
+    ``clocked``: most batches end with an offset commit at the time the history had reached zero to two batches
+    before (the changes since wait for a later one)."""
     history = History(seed, redelivery)
     rnd = random.Random(seed)
-    batches, steps = [], 0
+    batches, steps, reached = [], 0, []
     while steps < 500:
         if rnd.random() < 0.2:
             batches.append([history.quiet(rnd.choice([1, 2, 25, 200]))])
-            continue
-        size = rnd.choice([1, 2, 5, 20, 60])
-        batches.append([history.step() for _ in range(size)])
-        steps += size
+        else:
+            size = rnd.choice([1, 2, 5, 20, 60])
+            batches.append([history.step() for _ in range(size)])
+            steps += size
+        reached.append(int(history.now.timestamp() * 1_000_000))
+        if clocked and rnd.random() < 0.8:
+            batches[-1].append(_offset_commit(reached[max(0, len(reached) - 1 - rnd.randrange(3))]))
     return batches
 
 
@@ -170,17 +188,18 @@ def _features(values: dict, entity: str) -> dict:
     return {f.name: values[f.name] for f in features_of(kind)}
 
 
-@pytest.mark.parametrize("seed", [1, 2])
-def test_the_engine_agrees_with_its_twin_on_random_histories(spark, tmp_path, seed):
-    batches = _batches(seed)
-    emitted, progress = _run(spark, tmp_path, batches)
+@pytest.mark.parametrize(("seed", "gated"), [(1, False), (2, False), (6, True), (7, True)])
+def test_the_engine_agrees_with_its_twin_on_random_histories(spark, tmp_path, seed, gated):
+    batches = _batches(seed, clocked=gated)
+    emitted, progress = _run(spark, tmp_path, batches, offsets_topic=OFFSETS if gated else None)
 
-    model, files = Model(), iter(batches)
+    model, files, waited = Model(gated), iter(batches), 0
     for p in sorted(progress, key=lambda p: p["batchId"]):
         batch = next(files) if p["numInputRows"] > 0 else []
-        changes = [c for n, (t, v) in enumerate(batch)
-                   if isinstance(c := decode(PREFIX, Position(t, 0, n), None, v), Change)]
+        changes = [c for n, m in enumerate(batch)
+                   if isinstance(c := decode(PREFIX, Position(m[0], 0, n), None, m[1]), Change)]
         model.batch(changes, _watermark(p))
+        waited += sum(len(v) for v in model.waiting.values())
     assert next(files, None) is None, "every file was read by some micro-batch"
     names = {e.name: [f.name for f in features_of(e)] for e in decl.ENTITIES}
     ours = {key: [(as_of, decay, {n: values[n] for n in names[key[0]]}) for _, as_of, decay, values in rows]
@@ -190,6 +209,7 @@ def test_the_engine_agrees_with_its_twin_on_random_histories(spark, tmp_path, se
         assert ours.get(key, []) == twin.get(key, []), key
     assert sum(len(v) for v in twin.values()) > 100
     assert sum(1 for v in twin.values() for _, decay, _ in v if decay) > 5  # windows decayed with no event
+    assert (waited > 100) == gated, "gated, changes wait for an offset commit past them"
 
 
 @pytest.mark.parametrize("seed", [3, 4])
@@ -223,26 +243,41 @@ def test_with_connects_offsets_only_an_offset_commit_of_ours_moves_the_clock(spa
     at that time does; another connector's, a tombstone, or garbage do nothing."""
     history = History(5)
     created = history.now
+    created_us = int(created.timestamp() * 1e6)
     insert = history._event("transactions", "c", None, {
         "txn_id": 1, "user_id": 7, "product_id": None, "amount": "10.00", "merchant": "m",
         "created_at": history._ts(created), "updated_at": None})
     beat = history.quiet(2)
-    topic = "cdcf-connect-offsets"
-
-    def commit(server: str, at: datetime) -> tuple:
-        return (topic, json.dumps({"lsn": history.lsn, "txId": 1, "ts_usec": int(at.timestamp() * 1e6)}).encode(),
-                json.dumps(["cdcf-app", {"server": server}]).encode())
-
-    later = created + timedelta(hours=2)
-    emitted, _ = _run(spark, tmp_path, [
-        [insert], [beat],
-        [commit("elsewhere", created + timedelta(days=40)), (topic, None, b'["cdcf-app",{"server":"cdc"}]'),
-         (topic, b"not json", b"[]")],
-        [commit(PREFIX, later)]], offsets_topic=topic)
-    rows = emitted[("user", 7)]
     hour = 3600 * 10**6
-    created_us = int(created.timestamp() * 1e6)
+    emitted, _ = _run(spark, tmp_path, [
+        [insert, _offset_commit(created_us)], [beat],
+        [_offset_commit(created_us + 40 * 24 * hour, server="elsewhere"), (OFFSETS, None, b'["cdcf-app",{"server":"cdc"}]'),
+         (OFFSETS, b"not json", b"[]")],
+        [_offset_commit(created_us + 2 * hour)]], offsets_topic=OFFSETS)
+    rows = emitted[("user", 7)]
     decays = [as_of for batch, as_of, decay, _ in rows if decay]
     assert all(batch >= 3 for batch, _, decay, _ in rows if decay), rows  # from the offset commit on, none before
     assert decays == [created_us + hour], "the 1h window decayed, as of its end; 24h and more did not"
     assert rows[-1][3]["txn_count_1h"] == 0 and rows[-1][3]["txn_amount_max_24h"] == 10.0
+
+
+def test_a_change_waits_for_the_clock_so_an_emit_holds_its_whole_transaction(spark, tmp_path):
+    """One source transaction buys product 11 and reviews it: two topics, so the job may read the two changes a
+    micro-batch apart. Neither applies before Connect's offset commit says every change up to that commit is in
+    Kafka; then one emit as of the commit holds both, and no row as of that time ever held one without the other."""
+    history = History(8)
+    at = history._ts(history.now)
+    purchase = history._event("transactions", "c", None, {
+        "txn_id": 1, "user_id": 7, "product_id": 11, "amount": "10.00", "merchant": "m", "created_at": at,
+        "updated_at": None})
+    review = history._event("reviews", "c", None, {
+        "review_id": 1, "product_id": 11, "user_id": None, "rating": 4, "created_at": at}, same_commit=True)
+    commit_us = int(history.now.timestamp() * 1e6)
+    earlier = commit_us - 10**6
+    emitted, _ = _run(spark, tmp_path, [[purchase, _offset_commit(earlier)], [review], [_offset_commit(commit_us)]],
+                      offsets_topic=OFFSETS)
+    (product,) = emitted[("product", 11)]
+    assert product[0] >= 2 and product[1] == commit_us and not product[2]
+    assert product[3]["purchases_7d"] == 1 and product[3]["review_count_30d"] == 1
+    (user,) = emitted[("user", 7)]
+    assert user[0] >= 2 and user[1] == commit_us and user[3]["txn_count_1h"] == 1

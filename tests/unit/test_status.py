@@ -71,11 +71,15 @@ def test_an_archiver_dead_lettering_lately_or_falling_behind_is_trouble():
         "falls behind: its lag has grown for 100 s, to 40 changes")
 
 
-def test_a_stalled_or_falling_behind_query_is_trouble():
-    from cdcf.stack.background import LAG_GROWING_S, STALLED_S
+def test_a_stalled_or_falling_behind_query_or_a_stopped_clock_is_trouble():
+    from cdcf.stack.background import CLOCK_STOPPED_S, LAG_GROWING_S, STALLED_S
 
-    working = {**HEALTHY, "last_batch_at": 9_999.0, "behind": 300, "behind_growing_since": 10_000.0 - LAG_GROWING_S + 1}
+    working = {**HEALTHY, "last_batch_at": 9_999.0, "behind": 300, "behind_growing_since": 10_000.0 - LAG_GROWING_S + 1,
+               "clock": "2026-12-01T10:00:00.000Z", "clock_moved_at": 10_000.0 - CLOCK_STOPPED_S + 1}
     assert STREAMING.trouble(working) is None
+    assert STREAMING.trouble({**working, "clock_moved_at": 9_900.0}) == (
+        "has a clock that has not moved for 100 s (at 2026-12-01T10:00:00.000Z): changes wait until Connect commits "
+        "source offsets past them; is the connector running?")
     assert STREAMING.trouble({**working, "last_batch_at": 10_000.0 - STALLED_S - 5}) == (
         "has finished no micro-batch for 65 s (heartbeats alone make one every few seconds)")
     assert STREAMING.trouble({**working, "behind_growing_since": 9_880.0}) == (

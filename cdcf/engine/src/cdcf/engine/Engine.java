@@ -23,14 +23,14 @@ public final class Engine {
     /**
      * Group ``changes`` (entity, id, table, row_key, lsn, commit_us, owns, event_us and the value columns) by
      * entity and run the feature processor over them with event-time timers; the query must carry a watermark
-     * (the applied commit-time clock).
+     * (the commit-time clock). ``gated``: each change waits until the watermark has passed its commit time.
      */
-    public static Dataset<Row> features(Dataset<Row> changes, String specJson) {
+    public static Dataset<Row> features(Dataset<Row> changes, String specJson, boolean gated) {
         Spec spec = Spec.parse(specJson);
         return changes
             .groupByKey((MapFunction<Row, Tuple2<String, Long>>) r -> new Tuple2<>(r.getString(0), r.getLong(1)),
                 Encoders.tuple(Encoders.STRING(), Encoders.LONG()))
-            .transformWithState(new FeatureProcessor(spec), TimeMode.EventTime(), OutputMode.Update(),
+            .transformWithState(new FeatureProcessor(spec, changes.schema(), gated), TimeMode.EventTime(), OutputMode.Update(),
                 Encoders.row(outputSchema(spec)));
     }
 

@@ -6,6 +6,7 @@ import java.util.ArrayList;
 import java.util.Comparator;
 import java.util.List;
 import org.apache.spark.sql.Row;
+import org.apache.spark.sql.types.StructType;
 
 /**
  * The features of one entity: its changes applied to the window core of each of its event tables (TableCore) and
@@ -37,7 +38,6 @@ final class EntityCore {
     private final State state;
     private final TableCore[] cores;
     final Meta meta;
-    private long due = Long.MAX_VALUE;
 
     EntityCore(Spec spec, Spec.Entity entity, State state) {
         this.spec = spec;
@@ -75,6 +75,34 @@ final class EntityCore {
     }
 
     /**
+     * Bring the entity forward in time order: apply ``changes`` (sorted by commit time, then LSN) whose commit time
+     * is at or before ``changesUntilUs``, and emit every decay moment at or before ``decayUntilUs`` before the
+     * changes after it. Changes are emitted as of each commit (``everyCommit``: the backfill), or once per run of
+     * commits up to the next decay moment (the stream: one emit per entity and micro-batch unless a window changes
+     * between its changes). Every emitted row goes to ``out``; return how many changes (a prefix) were taken.
+     */
+    int advance(String kind, long id, List<Row> changes, Columns columns, long changesUntilUs, long decayUntilUs,
+                boolean everyCommit, List<Object[]> out) {
+        int i = 0;
+        while (true) {
+            long commit = i < changes.size() ? changes.get(i).getLong(columns.commit) : Long.MAX_VALUE;
+            long due = meta.dueUs;
+            boolean decays = due != Long.MAX_VALUE && due <= decayUntilUs;
+            if (decays && due < commit) {
+                out.add(emit(kind, id, due, true));
+                continue;
+            }
+            if (i == changes.size() || commit > changesUntilUs) return i;
+            long limit = everyCommit ? commit : decays ? Math.min(changesUntilUs, due) : changesUntilUs;
+            int j = i;
+            while (j < changes.size() && changes.get(j).getLong(columns.commit) <= limit) j++;
+            long applied = apply(new ArrayList<>(changes.subList(i, j)), columns);
+            i = j;
+            if (applied != Long.MIN_VALUE) out.add(emit(kind, id, applied, false));
+        }
+    }
+
+    /**
      * Every feature of the entity as of ``asOfUs`` (or just after the last emit, if that is later): the output
      * row. Afterwards ``due()`` is the next moment a window changes with no new change.
      */
@@ -85,7 +113,7 @@ final class EntityCore {
         out[1] = id;
         out[2] = asOf;
         out[3] = decay;
-        due = Long.MAX_VALUE;
+        long due = Long.MAX_VALUE;
         long horizon = asOf - spec.tombstoneHorizonUs;
         for (int t = 0; t < cores.length; t++) {
             due = Math.min(due, cores[t].finish(asOf, out, HEAD));
@@ -95,15 +123,16 @@ final class EntityCore {
         for (TableCore core : cores) core.flush();
         profileValues(out);
         meta.lastAsOfUs = asOf;
+        meta.dueUs = due;
         return out;
     }
 
     /** The next moment after the last emit at which a window changes with no new change (Long.MAX_VALUE: none). */
     long due() {
-        return due;
+        return meta.dueUs;
     }
 
-    /** Write the meta value (last as-of time, timer, tombstones) back. */
+    /** Write the meta value (last as-of time, next decay moment, timer, tombstones, pending changes) back. */
     void save() {
         state.putMeta(meta.write());
     }
@@ -154,25 +183,48 @@ final class EntityCore {
 
     // ---- plumbing ------------------------------------------------------------------------------------------
 
-    /** Per entity: the last emitted T, the timer set (streaming only), and the tombstones. */
+    /**
+     * Per entity: the last emitted T, the next decay moment, the timer set and the changes still waiting for the
+     * clock (the stream only), and the tombstones. Written with a leading format mark; a value without it (before the
+     * stream gated its changes) holds the last T, the timer (then always the decay moment) and the tombstones.
+     */
     static final class Meta {
+        private static final long FORMAT = 0x6364_6366_0000_0002L;  // "cdcf" 2: no µs time is this far out
         long lastAsOfUs = Long.MIN_VALUE;
+        long dueUs = Long.MAX_VALUE;
         long timerMs = Long.MIN_VALUE;
         final Tombstones tombstones = new Tombstones();
+        byte[] pending;  // the stream's changes not yet passed by the clock (FeatureProcessor's encoding), or null
 
         static Meta read(byte[] bytes) {
             Meta m = new Meta();
             if (bytes == null) return m;
             ByteBuffer in = ByteBuffer.wrap(bytes);
+            if (in.getLong(0) != FORMAT) {
+                m.lastAsOfUs = in.getLong();
+                m.timerMs = in.getLong();
+                m.dueUs = m.timerMs == Long.MIN_VALUE ? Long.MAX_VALUE : m.timerMs * 1000;
+                m.tombstones.read(in, in.remaining() / Tombstones.BYTES);
+                return m;
+            }
+            in.getLong();
             m.lastAsOfUs = in.getLong();
+            m.dueUs = in.getLong();
             m.timerMs = in.getLong();
-            m.tombstones.read(in);
+            m.tombstones.read(in, in.getInt());
+            if (in.hasRemaining()) {
+                m.pending = new byte[in.remaining()];
+                in.get(m.pending);
+            }
             return m;
         }
 
         byte[] write() {
-            ByteBuffer out = ByteBuffer.allocate(16 + tombstones.bytes()).putLong(lastAsOfUs).putLong(timerMs);
+            int size = 36 + tombstones.bytes() + (pending == null ? 0 : pending.length);
+            ByteBuffer out = ByteBuffer.allocate(size).putLong(FORMAT).putLong(lastAsOfUs).putLong(dueUs)
+                .putLong(timerMs).putInt(tombstones.size());
             tombstones.write(out);
+            if (pending != null) out.put(pending);
             return out.array();
         }
     }
@@ -182,14 +234,17 @@ final class EntityCore {
         final int entity, id, table, rowKey, lsn, commit, owns, event;
         private final java.util.Map<String, Integer> byName = new java.util.HashMap<>();
 
-        Columns(Row r) {
-            entity = r.fieldIndex("entity"); id = r.fieldIndex("id");
-            table = r.fieldIndex("table"); rowKey = r.fieldIndex("row_key"); lsn = r.fieldIndex("lsn");
-            commit = r.fieldIndex("commit_us"); owns = r.fieldIndex("owns"); event = r.fieldIndex("event_us");
+        private final StructType schema;
+
+        Columns(StructType schema) {
+            this.schema = schema;
+            entity = schema.fieldIndex("entity"); id = schema.fieldIndex("id");
+            table = schema.fieldIndex("table"); rowKey = schema.fieldIndex("row_key"); lsn = schema.fieldIndex("lsn");
+            commit = schema.fieldIndex("commit_us"); owns = schema.fieldIndex("owns"); event = schema.fieldIndex("event_us");
         }
 
         int index(Row r, String name) {
-            return byName.computeIfAbsent(name, r::fieldIndex);
+            return byName.computeIfAbsent(name, schema::fieldIndex);
         }
 
         long nulls(Row r, Spec.Table t) {

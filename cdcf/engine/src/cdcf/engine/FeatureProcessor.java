@@ -3,6 +3,7 @@ package cdcf.engine;
 import java.nio.ByteBuffer;
 import java.util.ArrayList;
 import java.util.Collections;
+import java.util.Comparator;
 import java.util.List;
 import org.apache.spark.sql.Encoders;
 import org.apache.spark.sql.Row;
@@ -15,27 +16,38 @@ import org.apache.spark.sql.streaming.TTLConfig;
 import org.apache.spark.sql.streaming.TimeMode;
 import org.apache.spark.sql.streaming.TimerValues;
 import org.apache.spark.sql.streaming.ValueState;
+import org.apache.spark.sql.types.StructType;
 import scala.Tuple2;
 import scala.collection.Iterator;
 import scala.jdk.javaapi.CollectionConverters;
 
 /**
- * The stateful stage, keyed by entity (kind, id), on the executors: EntityCore over Spark's state store. Per key
- * and micro-batch: apply the changes routed to it, then, if any was new, emit every feature of the entity as of
- * T = the commit time of its latest applied change (or just after its last emitted T, so a correction is always
- * newer), and set one event-time timer at the next moment a window changes with no new change. A timer fires once the applied commit-time clock (the query's watermark) has passed it, and emits
- * as of its time. State: per event table the row index (LSNs), the hours' rows and the tiles; the profile row;
- * and a meta value (last T, timer, tombstones).
+ * The stateful stage, keyed by entity (kind, id), on the executors: EntityCore over Spark's state store.
+ *
+ * <p>The query's watermark is the captured commit-time clock: every change committed at or before it is in Kafka.
+ * Gated (the live stream, with that clock), an entity's changes wait in its state until the clock passes their
+ * commit time, then apply in commit order, so that an emit as of T holds every change committed at or before T
+ * whatever topic it came by; ungated (topics filled before the query reads them), they apply on arrival. Per key
+ * and call, EntityCore.advance applies what the clock allows and emits, in time order, each decay moment the clock
+ * has passed and the changes applied (one emit per run of changes between decay moments); then one event-time timer
+ * is set at the earlier of the next decay moment and the oldest waiting change. State: per event table the row index
+ * (LSNs), the hours' rows and the tiles; the profile row; and a meta value (last T, next decay moment, timer,
+ * tombstones, waiting changes).
  */
 public final class FeatureProcessor extends StatefulProcessor<Tuple2<String, Long>, Row, Row> {
     private final Spec spec;
+    private final StructType schema;
+    private final boolean gated;
     private transient ValueState<byte[]> meta;
     private transient java.util.Map<String, TableState> tables;
     private transient java.util.Map<String, ValueState<byte[]>> profiles;
     private transient EntityCore.Columns columns;
+    private transient Comparator<Row> inCommitOrder;
 
-    FeatureProcessor(Spec spec) {
+    FeatureProcessor(Spec spec, StructType schema, boolean gated) {
         this.spec = spec;
+        this.schema = schema;
+        this.gated = gated;
     }
 
     @Override
@@ -44,6 +56,8 @@ public final class FeatureProcessor extends StatefulProcessor<Tuple2<String, Lon
         meta = getHandle().getValueState("meta", Encoders.BINARY(), none);
         tables = new java.util.HashMap<>();
         profiles = new java.util.HashMap<>();
+        columns = new EntityCore.Columns(schema);
+        inCommitOrder = Comparator.<Row>comparingLong(r -> r.getLong(columns.commit)).thenComparingLong(r -> r.getLong(columns.lsn));
         for (Spec.Entity e : spec.entities.values()) {
             for (Spec.Table t : e.tables) {
                 tables.computeIfAbsent(t.name, name -> new TableState(
@@ -61,36 +75,46 @@ public final class FeatureProcessor extends StatefulProcessor<Tuple2<String, Lon
     @Override
     public Iterator<Row> handleInputRows(Tuple2<String, Long> key, Iterator<Row> rows, TimerValues timers) {
         Spec.Entity entity = spec.entities.get(key._1());
-        if (entity == null) {  // the clock's rows (heartbeats): they only moved the watermark
+        if (entity == null) {  // the clock's rows: they only moved the watermark
             while (rows.hasNext()) rows.next();
             return none();
         }
-        List<Row> changes = new ArrayList<>();
-        while (rows.hasNext()) changes.add(rows.next());
-        if (columns == null) columns = new EntityCore.Columns(changes.get(0));
         EntityCore core = core(entity);
-        long applied = core.apply(changes, columns);
-        return applied == Long.MIN_VALUE ? none() : emit(key, core, applied, false);
+        List<Row> changes = RowCodec.decode(core.meta.pending, schema);
+        while (rows.hasNext()) changes.add(rows.next());
+        return advance(key, core, changes, timers);
     }
 
     @Override
     public Iterator<Row> handleExpiredTimer(Tuple2<String, Long> key, TimerValues timers, ExpiredTimerInfo info) {
         EntityCore core = core(spec.entities.get(key._1()));
         core.meta.timerMs = Long.MIN_VALUE;  // Spark deletes the timer that fired
-        return emit(key, core, info.getExpiryTimeInMs() * 1000, true);
+        return advance(key, core, RowCodec.decode(core.meta.pending, schema), timers);
     }
 
-    /** Emit, and set the one timer at the next moment a window changes with no new change. */
-    private Iterator<Row> emit(Tuple2<String, Long> key, EntityCore core, long asOf, boolean decay) {
-        Object[] out = core.emit(key._1(), key._2(), asOf, decay);
-        long dueMs = core.due() == Long.MAX_VALUE ? Long.MIN_VALUE : Math.floorDiv(core.due(), 1000L);
-        if (dueMs != core.meta.timerMs) {
+    /**
+     * Take the entity as far as the clock allows, keep the changes it does not yet allow, and set the one timer (a
+     * timer fires once the watermark is past it: at ⌈t / 1 ms⌉ − 1, it fires once the clock has reached t).
+     */
+    private Iterator<Row> advance(Tuple2<String, Long> key, EntityCore core, List<Row> changes, TimerValues timers) {
+        changes.sort(inCommitOrder);
+        long clockUs = timers.getCurrentWatermarkInMs() * 1000;
+        List<Object[]> out = new ArrayList<>();
+        int taken = core.advance(key._1(), key._2(), changes, columns, gated ? clockUs : Long.MAX_VALUE, clockUs, false,
+            out);
+        List<Row> waiting = changes.subList(taken, changes.size());
+        core.meta.pending = RowCodec.encode(waiting, schema);
+        long next = waiting.isEmpty() ? core.due() : Math.min(core.due(), waiting.get(0).getLong(columns.commit));
+        long timerMs = next == Long.MAX_VALUE ? Long.MIN_VALUE : -Math.floorDiv(-next, 1000L) - 1;
+        if (timerMs != core.meta.timerMs) {
             if (core.meta.timerMs != Long.MIN_VALUE) getHandle().deleteTimer(core.meta.timerMs);
-            if (dueMs != Long.MIN_VALUE) getHandle().registerTimer(dueMs);
-            core.meta.timerMs = dueMs;
+            if (timerMs != Long.MIN_VALUE) getHandle().registerTimer(timerMs);
+            core.meta.timerMs = timerMs;
         }
         core.save();
-        return CollectionConverters.asScala(Collections.singletonList(RowFactory.create(out)).iterator());
+        List<Row> rows = new ArrayList<>(out.size());
+        for (Object[] row : out) rows.add(RowFactory.create(row));
+        return CollectionConverters.asScala(rows.iterator());
     }
 
     private static Iterator<Row> none() {

@@ -46,7 +46,7 @@ final class Replay implements Iterator<Row> {
     private void replayOne() {
         Row first = next != null ? next : input.next();
         next = null;
-        if (columns == null) columns = new EntityCore.Columns(first);
+        if (columns == null) columns = new EntityCore.Columns(first.schema());
         String kind = first.getString(columns.entity);
         long id = first.getLong(columns.id);
         List<Row> changes = new ArrayList<>();
@@ -61,30 +61,9 @@ final class Replay implements Iterator<Row> {
         }
         Spec.Entity entity = spec.entities.get(kind);
         if (entity == null) return;
-        EntityCore core = new EntityCore(spec, entity, new MemoryState());
-        long due = Long.MAX_VALUE;
-        for (int i = 0; i < changes.size(); ) {
-            long commit = changes.get(i).getLong(columns.commit);
-            int j = i;
-            while (j < changes.size() && changes.get(j).getLong(columns.commit) == commit) j++;
-            due = decay(core, kind, id, due, Math.min(commit, endUs));
-            long applied = core.apply(new ArrayList<>(changes.subList(i, j)), columns);
-            if (applied != Long.MIN_VALUE && applied < endUs) {
-                ready.add(RowFactory.create(core.emit(kind, id, applied, false)));
-                due = core.due();
-            }
-            i = j;
-        }
-        decay(core, kind, id, due, endUs);
-    }
-
-    /** Emit every decay moment before ``untilUs``; return the next one. */
-    private long decay(EntityCore core, String kind, long id, long due, long untilUs) {
-        while (due < untilUs) {
-            ready.add(RowFactory.create(core.emit(kind, id, due, true)));
-            due = core.due();
-        }
-        return due;
+        List<Object[]> out = new ArrayList<>();
+        new EntityCore(spec, entity, new MemoryState()).advance(kind, id, changes, columns, endUs - 1, endUs - 1, true, out);
+        for (Object[] row : out) ready.add(RowFactory.create(row));
     }
 
     /** An entity's state in memory, for the length of its replay. */

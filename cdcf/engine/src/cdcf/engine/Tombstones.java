@@ -10,6 +10,7 @@ import java.util.List;
  * re-delivers minutes, not days), the LSN is forgotten.
  */
 final class Tombstones {
+    static final int BYTES = 20;  // one tombstone written
     private final List<long[]> items = new ArrayList<>();  // {table index, row key, commit us}
     private int table;
 
@@ -29,20 +30,20 @@ final class Tombstones {
         return expired;
     }
 
-    boolean isEmpty() {
-        return items.isEmpty();
-    }
-
-    void read(ByteBuffer in) {
+    void read(ByteBuffer in, int count) {
         items.clear();
-        while (in.hasRemaining()) items.add(new long[] {in.getInt(), in.getLong(), in.getLong()});
+        for (int n = 0; n < count; n++) items.add(new long[] {in.getInt(), in.getLong(), in.getLong()});
     }
 
     void write(ByteBuffer out) {
         for (long[] t : items) out.putInt((int) t[0]).putLong(t[1]).putLong(t[2]);
     }
 
+    int size() {
+        return items.size();
+    }
+
     int bytes() {
-        return items.size() * 20;
+        return items.size() * BYTES;
     }
 }
