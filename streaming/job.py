@@ -58,16 +58,19 @@ def feature_rows(records: DataFrame, topic_prefix: str, settle_s: float, offsets
     Kafka whatever its topic; each change then waits in the engine's state until the clock passes its commit time
     (gated), so an emit as of T holds every change committed at or before T. Kafka gives no order across topics: one
     source transaction's changes to two tables can reach the job a micro-batch apart, and after an outage Connect
-    sends its backlog topic by topic. Without it, the latest applied commit time is the clock and changes apply on
-    arrival: exact only for topics filled before the query reads them (the drain benchmark). Decay timers fire when
-    the clock passes them either way."""
-    changes = routed(records, topic_prefix, engine.route_spec(offsets_topic, topic_prefix))
+    sends its backlog topic by topic. The engine also reads the offset commits of each micro-batch (the watermark
+    moves only between micro-batches), so most changes apply in the micro-batch that reads them. Without it, the
+    latest applied commit time is the clock and changes apply on arrival: exact only for topics filled before the
+    query reads them (the drain benchmark). Decay timers fire when the clock passes them either way."""
+    partitions = int(records.sparkSession.conf.get("spark.sql.shuffle.partitions"))
+    changes = routed(records, topic_prefix, engine.route_spec(offsets_topic, topic_prefix, partitions))
     clock = F.least(F.timestamp_micros("commit_us"), F.current_timestamp())
     if offsets_topic:  # only the offset commits move it
         clock = F.when(F.col("table") == engine.CAPTURED, clock).otherwise(F.timestamp_micros(F.lit(0)))
+    settle_ms = int(settle_s * 1000)
     return engine.features(
-        changes.withColumn("clock", clock).withWatermark("clock", f"{int(settle_s * 1000)} milliseconds")
-        .drop("clock"), gated=offsets_topic is not None)  # no event-time column: Spark drops no late change
+        changes.withColumn("clock", clock).withWatermark("clock", f"{settle_ms} milliseconds").drop("clock"),
+        gated=offsets_topic is not None, settle_ms=settle_ms)  # no event-time column: Spark drops no late change
 
 
 def build_stream(spark: SparkSession, settings: Settings, sink: Callable[[DataFrame, int], None],

@@ -5,11 +5,13 @@ Fed decoded changes batch by batch, with the watermark (the clock) each batch ra
 emits in order: (as-of microseconds, decay?, {feature: value}). The rules it states:
 - a change reaches the entity its row belonged to before (which loses the row, unless it stays) and the one it
   belongs to after; it applies if its LSN is newer than the one that entity last saw for the row;
-- gated, a change waits until the clock has reached its commit time; ungated, it applies on arrival;
-- an entity with a change in a batch, or whose next decay moment or oldest waiting change the clock has reached,
-  advances: in time order, each decay moment the clock has reached is emitted as of that moment (or just after the
-  last emit), and the changes allowed are applied and emitted once per run between decay moments, as of the run's
-  latest applied commit (or just after the last emit, if that is later);
+- gated, a change waits until the clock has reached its commit time; ungated, it applies on arrival; gated, a batch's
+  clock is the watermark after it (its own offset commits count), ungated the watermark it ran under;
+- an entity with a change in a batch, or whose timer the watermark has passed, advances: in time order, each decay
+  moment the clock has reached is emitted as of that moment (or just after the last emit), and the changes allowed
+  are applied and emitted once per run between decay moments, as of the run's latest applied commit (or just after
+  the last emit, if that is later); then its timer is set at its next decay moment or, with changes waiting, once
+  the watermark is within LOOKAHEAD_MS of the oldest (and not in this batch);
 - a row dated at or before (T - widest window) at apply time, or in an hour wholly before it at an emit, is kept
   only as its LSN (for a day of commit time, if it changed recently), never as a row.
 """
@@ -27,6 +29,7 @@ from connectors.contracts import row_contracts
 from connectors.decoder import Change
 
 HOUR = 3_600_000_000
+LOOKAHEAD_MS = 1000  # FeatureProcessor.LOOKAHEAD_MS
 HORIZON = 24 * HOUR
 
 
@@ -55,25 +58,26 @@ class Model:
         self.last: dict[tuple, int] = {}
         self.due: dict[tuple, int | None] = {}
         self.waiting: dict[tuple, list] = defaultdict(list)  # entity key -> (change, owns) not yet applied
+        self.timer: dict[tuple, int | None] = {}  # entity key -> the timer set (ms)
         self.tombs: dict[tuple, list[tuple]] = defaultdict(list)  # entity key -> (table, row key, commit)
         self.emits: dict[tuple, list] = defaultdict(list)
 
-    def batch(self, changes: list[Change], watermark_us: int | None) -> None:
-        clock = watermark_us if watermark_us is not None else 0
+    def batch(self, changes: list[Change], watermark_us: int | None, after_us: int | None = None) -> None:
+        """One micro-batch: its changes, the watermark it ran under and (gated) the watermark after it."""
+        watermark = watermark_us or 0
+        clock = max(watermark, after_us or 0) if self.gated else watermark
         routed = defaultdict(list)
         for c in changes:
             for key, owns in route(c):
                 routed[key].append((c, owns))
         for key, items in routed.items():
             self.waiting[key] += items
-            self._advance(key, clock)
-        for key in sorted(set(self.due) | set(self.waiting)):
-            due = self.due.get(key)
-            firsts = [_us(c.commit_ts) for c, _ in self.waiting[key]] + ([] if due is None else [due])
-            if key not in routed and firsts and min(firsts) <= clock:
-                self._advance(key, clock)
+            self._advance(key, clock, watermark)
+        for key, timer_ms in sorted(self.timer.items()):
+            if key not in routed and timer_ms is not None and timer_ms * 1000 <= watermark:
+                self._advance(key, clock, watermark)
 
-    def _advance(self, key: tuple, clock: int) -> None:
+    def _advance(self, key: tuple, clock: int, watermark: int) -> None:
         items = sorted(self.waiting[key], key=lambda item: (_us(item[0].commit_ts), item[0].lsn))
         until = clock if self.gated else float("inf")
         while True:
@@ -89,6 +93,11 @@ class Model:
             items = items[len(run):]
             self._apply(key, sorted(run, key=lambda item: item[0].lsn))
         self.waiting[key] = items
+        due = self.due.get(key)
+        timers = [-(-due // 1000)] if due is not None else []
+        if items:
+            timers.append(max(watermark // 1000 + 1, -(-_us(items[0][0].commit_ts) // 1000) - LOOKAHEAD_MS))
+        self.timer[key] = min(timers, default=None)
 
     def _apply(self, key: tuple, items: list) -> None:
         entity = _entity(key[0])

@@ -121,26 +121,30 @@ def input_columns() -> tuple[str, ...]:
 CAPTURED = "(captured)"  # the table of the clock rows the router makes from Connect's offset commits
 
 
-def route_spec(clock_topic: str | None = None, server: str | None = None) -> str:
+def route_spec(clock_topic: str | None = None, server: str | None = None, partitions: int = 1) -> str:
     """What the router needs (Router.java): per source table its owners (entity, column) and event-time column,
     and the engine's value columns with their kinds; with ``clock_topic`` (Connect's offsets topic), the clock
-    rows come from the offset commits of the connector whose server name (topic prefix) is ``server``."""
+    rows come from the offset commits of the connector whose server name (topic prefix) is ``server``, one to each
+    of the engine's ``partitions`` state partitions."""
     kinds = {c.name: c.kind for contract in row_contracts().values() for c in contract.columns}
     return json.dumps({
-        **({"clock": {"topic": clock_topic, "server": server, "table": CAPTURED}} if clock_topic else {}),
+        **({"clock": {"topic": clock_topic, "server": server, "table": CAPTURED, "partitions": partitions}}
+           if clock_topic else {}),
         "sources": [{"table": s.table.name, "event": s.table.event_time,
                      "owners": [{"entity": e.name, "column": e.join_key} for e in s.owners]} for s in sources()],
         "values": {c: "string" if kinds[c] == "string" else "long" for c in input_columns()},
     })
 
 
-def features(changes: DataFrame, gated: bool) -> DataFrame:
+def features(changes: DataFrame, gated: bool, settle_ms: int) -> DataFrame:
     """Run the engine over routed change rows (streaming.decode.routed) under their query's watermark (the
-    commit-time clock); one row per emit: entity, id, as_of_us and decay (whether time alone made it) and every
-    feature column (null where the entity kind has no such feature). ``gated``: a change applies only once the
-    clock has passed its commit time (see FeatureProcessor.java); otherwise on arrival."""
+    commit-time clock, less ``settle_ms``); one row per emit: entity, id, as_of_us and decay (whether time alone
+    made it) and every feature column (null where the entity kind has no such feature). ``gated``: a change
+    applies only once the clock (Connect's offset commits, as the router's ``CAPTURED`` rows) has passed its commit
+    time (see FeatureProcessor.java); otherwise on arrival."""
     spark = changes.sparkSession
-    return DataFrame(spark._jvm.cdcf.engine.Engine.features(changes._jdf, spec(), gated), spark)
+    return DataFrame(spark._jvm.cdcf.engine.Engine.features(changes._jdf, spec(), CAPTURED if gated else None,
+                                                            settle_ms), spark)
 
 
 def replay(changes: DataFrame, end_us: int) -> DataFrame:

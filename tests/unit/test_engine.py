@@ -15,9 +15,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from pyspark.sql import functions as F
 
 from cdcf import features as decl
-from cdcf.engine import replay, route_spec
+from cdcf.engine import CAPTURED, replay, route_spec
 from cdcf.sources import features_of
 from connectors.decoder import Change, Position, decode
 from streaming.decode import routed
@@ -194,11 +195,12 @@ def test_the_engine_agrees_with_its_twin_on_random_histories(spark, tmp_path, se
     emitted, progress = _run(spark, tmp_path, batches, offsets_topic=OFFSETS if gated else None)
 
     model, files, waited = Model(gated), iter(batches), 0
-    for p in sorted(progress, key=lambda p: p["batchId"]):
+    progress = sorted(progress, key=lambda p: p["batchId"])
+    for p, after in zip(progress, progress[1:] + [None], strict=True):
         batch = next(files) if p["numInputRows"] > 0 else []
         changes = [c for n, m in enumerate(batch)
                    if isinstance(c := decode(PREFIX, Position(m[0], 0, n), None, m[1]), Change)]
-        model.batch(changes, _watermark(p))
+        model.batch(changes, _watermark(p), _watermark(after) if after else None)
         waited += sum(len(v) for v in model.waiting.values())
     assert next(files, None) is None, "every file was read by some micro-batch"
     names = {e.name: [f.name for f in features_of(e)] for e in decl.ENTITIES}
@@ -281,3 +283,16 @@ def test_a_change_waits_for_the_clock_so_an_emit_holds_its_whole_transaction(spa
     assert product[3]["purchases_7d"] == 1 and product[3]["review_count_30d"] == 1
     (user,) = emitted[("user", 7)]
     assert user[0] >= 2 and user[1] == commit_us and user[3]["txn_count_1h"] == 1
+
+
+@pytest.mark.parametrize("partitions", [2, 4, 16])
+def test_each_offset_commit_reaches_every_state_partition(spark, partitions):
+    """The engine reads the clock of its own micro-batch from the offset commits routed to each state partition
+    (one row per partition, keyed so that Spark's hash partitioning sends it there)."""
+    records = spark.createDataFrame([(*_offset_commit(1_790_000_000_000_000), 0, 0)],
+                                    "topic string, value binary, key binary, partition int, offset long")
+    clock = routed(records, PREFIX, route_spec(OFFSETS, PREFIX, partitions))
+    landed = clock.repartition(partitions, "entity", "id").select(F.spark_partition_id().alias("p"), "entity", "table")
+    rows = landed.collect()
+    assert sorted(r["p"] for r in rows) == list(range(partitions))
+    assert {(r["entity"], r["table"]) for r in rows} == {("", CAPTURED)}

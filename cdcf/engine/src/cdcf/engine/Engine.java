@@ -23,14 +23,15 @@ public final class Engine {
     /**
      * Group ``changes`` (entity, id, table, row_key, lsn, commit_us, owns, event_us and the value columns) by
      * entity and run the feature processor over them with event-time timers; the query must carry a watermark
-     * (the commit-time clock). ``gated``: each change waits until the watermark has passed its commit time.
+     * (the commit-time clock). ``clockTable``: the table of the router's clock rows (Connect's offset commits), whose
+     * time each change waits for (FeatureProcessor, less ``settleMs``); null: changes apply on arrival.
      */
-    public static Dataset<Row> features(Dataset<Row> changes, String specJson, boolean gated) {
+    public static Dataset<Row> features(Dataset<Row> changes, String specJson, String clockTable, long settleMs) {
         Spec spec = Spec.parse(specJson);
         return changes
             .groupByKey((MapFunction<Row, Tuple2<String, Long>>) r -> new Tuple2<>(r.getString(0), r.getLong(1)),
                 Encoders.tuple(Encoders.STRING(), Encoders.LONG()))
-            .transformWithState(new FeatureProcessor(spec, changes.schema(), gated), TimeMode.EventTime(), OutputMode.Update(),
+            .transformWithState(new FeatureProcessor(spec, changes.schema(), clockTable, settleMs), TimeMode.EventTime(), OutputMode.Update(),
                 Encoders.row(outputSchema(spec)));
     }
 

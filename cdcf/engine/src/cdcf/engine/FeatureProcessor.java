@@ -24,30 +24,39 @@ import scala.jdk.javaapi.CollectionConverters;
 /**
  * The stateful stage, keyed by entity (kind, id), on the executors: EntityCore over Spark's state store.
  *
- * <p>The query's watermark is the captured commit-time clock: every change committed at or before it is in Kafka.
- * Gated (the live stream, with that clock), an entity's changes wait in its state until the clock passes their
- * commit time, then apply in commit order, so that an emit as of T holds every change committed at or before T
- * whatever topic it came by; ungated (topics filled before the query reads them), they apply on arrival. Per key
- * and call, EntityCore.advance applies what the clock allows and emits, in time order, each decay moment the clock
- * has passed and the changes applied (one emit per run of changes between decay moments); then one event-time timer
- * is set at the earlier of the next decay moment and the oldest waiting change. State: per event table the row index
+ * <p>The clock: every change committed at or before it is in Kafka. Gated (the live stream, whose clock is
+ * Connect's committed source offsets), an entity's changes wait in its state until the clock passes their commit
+ * time, then apply in commit order, so that an emit as of T holds every change committed at or before T whatever
+ * topic it came by; ungated (topics filled before the query reads them; the clock is the applied commit time),
+ * they apply on arrival. Gated, the clock is the later of the query's watermark (the offset commits read by earlier
+ * micro-batches) and the offset commits of this micro-batch: the router sends each to every state partition, and
+ * their key ("", id) sorts before every entity, so each partition reads them first.
+ *
+ * <p>Per key and call, EntityCore.advance applies what the clock allows and emits, in time order, each decay moment
+ * the clock has passed and the changes applied (one emit per run of changes between decay moments); then one
+ * event-time timer is set, at the next decay moment or, for a waiting change, once the watermark is within a
+ * second of it (this micro-batch's offset commits usually cover it then). State: per event table the row index
  * (LSNs), the hours' rows and the tiles; the profile row; and a meta value (last T, next decay moment, timer,
  * tombstones, waiting changes).
  */
 public final class FeatureProcessor extends StatefulProcessor<Tuple2<String, Long>, Row, Row> {
+    static final long LOOKAHEAD_MS = 1000;
     private final Spec spec;
     private final StructType schema;
-    private final boolean gated;
+    private final String clockTable;  // the table of the clock rows (Router); null: ungated
+    private final long settleMs;
     private transient ValueState<byte[]> meta;
     private transient java.util.Map<String, TableState> tables;
     private transient java.util.Map<String, ValueState<byte[]>> profiles;
     private transient EntityCore.Columns columns;
     private transient Comparator<Row> inCommitOrder;
+    private transient long batchClockMs;  // the clock of this micro-batch's offset commits, in this partition
 
-    FeatureProcessor(Spec spec, StructType schema, boolean gated) {
+    FeatureProcessor(Spec spec, StructType schema, String clockTable, long settleMs) {
         this.spec = spec;
         this.schema = schema;
-        this.gated = gated;
+        this.clockTable = clockTable;
+        this.settleMs = settleMs;
     }
 
     @Override
@@ -57,6 +66,7 @@ public final class FeatureProcessor extends StatefulProcessor<Tuple2<String, Lon
         tables = new java.util.HashMap<>();
         profiles = new java.util.HashMap<>();
         columns = new EntityCore.Columns(schema);
+        batchClockMs = Long.MIN_VALUE;
         inCommitOrder = Comparator.<Row>comparingLong(r -> r.getLong(columns.commit)).thenComparingLong(r -> r.getLong(columns.lsn));
         for (Spec.Entity e : spec.entities.values()) {
             for (Spec.Table t : e.tables) {
@@ -75,8 +85,15 @@ public final class FeatureProcessor extends StatefulProcessor<Tuple2<String, Lon
     @Override
     public Iterator<Row> handleInputRows(Tuple2<String, Long> key, Iterator<Row> rows, TimerValues timers) {
         Spec.Entity entity = spec.entities.get(key._1());
-        if (entity == null) {  // the clock's rows: they only moved the watermark
-            while (rows.hasNext()) rows.next();
+        if (entity == null) {  // the clock's rows (as the watermark reads them: capped at the batch's time, in ms)
+            long batchMs = timers.getCurrentProcessingTimeInMs();
+            while (rows.hasNext()) {
+                Row r = rows.next();
+                if (clockTable != null && batchMs > 0 && clockTable.equals(r.getString(columns.table))) {
+                    long tickMs = Math.floorDiv(Math.min(r.getLong(columns.commit), batchMs * 1000), 1000L);
+                    batchClockMs = Math.max(batchClockMs, tickMs - settleMs);
+                }
+            }
             return none();
         }
         EntityCore core = core(entity);
@@ -88,24 +105,22 @@ public final class FeatureProcessor extends StatefulProcessor<Tuple2<String, Lon
     @Override
     public Iterator<Row> handleExpiredTimer(Tuple2<String, Long> key, TimerValues timers, ExpiredTimerInfo info) {
         EntityCore core = core(spec.entities.get(key._1()));
-        core.meta.timerMs = Long.MIN_VALUE;  // Spark deletes the timer that fired
+        if (core.meta.timerMs == info.getExpiryTimeInMs()) core.meta.timerMs = Long.MIN_VALUE;  // Spark deletes it
         return advance(key, core, RowCodec.decode(core.meta.pending, schema), timers);
     }
 
-    /**
-     * Take the entity as far as the clock allows, keep the changes it does not yet allow, and set the one timer (a
-     * timer fires once the watermark is past it: at ⌈t / 1 ms⌉ − 1, it fires once the clock has reached t).
-     */
+    /** Take the entity as far as the clock allows, keep the changes it does not yet allow, and set the one timer. */
     private Iterator<Row> advance(Tuple2<String, Long> key, EntityCore core, List<Row> changes, TimerValues timers) {
         changes.sort(inCommitOrder);
-        long clockUs = timers.getCurrentWatermarkInMs() * 1000;
+        long watermarkMs = timers.getCurrentWatermarkInMs();
+        long clockUs = clockTable == null ? watermarkMs * 1000 : Math.max(watermarkMs, batchClockMs) * 1000;
         List<Object[]> out = new ArrayList<>();
-        int taken = core.advance(key._1(), key._2(), changes, columns, gated ? clockUs : Long.MAX_VALUE, clockUs, false,
-            out);
+        int taken = core.advance(key._1(), key._2(), changes, columns, clockTable == null ? Long.MAX_VALUE : clockUs,
+            clockUs, false, out);
         List<Row> waiting = changes.subList(taken, changes.size());
         core.meta.pending = RowCodec.encode(waiting, schema);
-        long next = waiting.isEmpty() ? core.due() : Math.min(core.due(), waiting.get(0).getLong(columns.commit));
-        long timerMs = next == Long.MAX_VALUE ? Long.MIN_VALUE : -Math.floorDiv(-next, 1000L) - 1;
+        long timerMs = timerMs(core.due(), waiting.isEmpty() ? Long.MAX_VALUE : waiting.get(0).getLong(columns.commit),
+            watermarkMs);
         if (timerMs != core.meta.timerMs) {
             if (core.meta.timerMs != Long.MIN_VALUE) getHandle().deleteTimer(core.meta.timerMs);
             if (timerMs != Long.MIN_VALUE) getHandle().registerTimer(timerMs);
@@ -115,6 +130,20 @@ public final class FeatureProcessor extends StatefulProcessor<Tuple2<String, Lon
         List<Row> rows = new ArrayList<>(out.size());
         for (Object[] row : out) rows.add(RowFactory.create(row));
         return CollectionConverters.asScala(rows.iterator());
+    }
+
+    /**
+     * The one timer (Long.MIN_VALUE: none) for the next decay moment ``dueUs`` and the oldest waiting change
+     * ``waitingUs`` (Long.MAX_VALUE: none). A timer fires once the watermark has reached it: at ⌈t / 1 ms⌉ it fires
+     * once the watermark has reached t; a waiting change's fires once the watermark is within LOOKAHEAD_MS of it,
+     * and not in this micro-batch (Spark deletes a timer that fired after its call, even one set again in it).
+     */
+    static long timerMs(long dueUs, long waitingUs, long watermarkMs) {
+        long due = dueUs == Long.MAX_VALUE ? Long.MAX_VALUE : -Math.floorDiv(-dueUs, 1000L);
+        long waiting = waitingUs == Long.MAX_VALUE ? Long.MAX_VALUE
+            : Math.max(watermarkMs + 1, -Math.floorDiv(-waitingUs, 1000L) - LOOKAHEAD_MS);
+        long timer = Math.min(due, waiting);
+        return timer == Long.MAX_VALUE ? Long.MIN_VALUE : timer;
     }
 
     private static Iterator<Row> none() {

@@ -9,9 +9,11 @@ import java.util.List;
 import java.util.Map;
 import org.apache.spark.sql.Row;
 import org.apache.spark.sql.RowFactory;
+import org.apache.spark.sql.catalyst.expressions.Murmur3HashFunction$;
 import org.apache.spark.sql.types.DataTypes;
 import org.apache.spark.sql.types.StructField;
 import org.apache.spark.sql.types.StructType;
+import org.apache.spark.unsafe.types.UTF8String;
 
 /** A decoded change -> the engine's input rows, one per entity it concerns (spec from cdcf/engine/__init__.py). */
 final class Router implements Serializable {
@@ -25,6 +27,7 @@ final class Router implements Serializable {
     private final List<Boolean> text = new ArrayList<>();
     // Connect's offsets topic, our connector's server name, and the table its clock rows carry; or null
     private final String clockTopic, server, captured;
+    private final long[] clockIds;  // one clock row key per state partition: ("", clockIds[p]) lands in partition p
 
     Router(String json) {
         JsonNode spec = Spec.tree(json);
@@ -32,6 +35,7 @@ final class Router implements Serializable {
         clockTopic = clock.isObject() ? clock.get("topic").asText() : null;
         server = clock.isObject() ? clock.get("server").asText() : null;
         captured = clock.isObject() ? clock.get("table").asText() : null;
+        clockIds = clock.isObject() ? keysOfEachPartition(clock.get("partitions").asInt()) : new long[0];
         for (JsonNode s : spec.get("sources")) {
             Source source = new Source();
             for (JsonNode o : s.get("owners")) source.owners.add(new String[] {o.get("entity").asText(), o.get("column").asText()});
@@ -67,9 +71,10 @@ final class Router implements Serializable {
 
     /**
      * An offset commit of Connect: key ["connector", {"server": ...}], value Debezium's source offset. For our
-     * server, a clock row at its ts_usec: Connect commits an offset only once every record before it is acked by
-     * Kafka, so every change committed up to that time is in its topic, whichever topic that is. Anything else
-     * (another connector, a reset's tombstone, an offset with no time) gives nothing.
+     * server, clock rows at its ts_usec, one to each state partition (the engine reads the clock of its own
+     * micro-batch from them): Connect commits an offset only once every record before it is acked by Kafka, so every
+     * change committed up to that time is in its topic, whichever topic that is. Anything else (another connector,
+     * a reset's tombstone, an offset with no time) gives nothing.
      */
     void tick(byte[] key, byte[] value, Deque<Row> out) {
         if (key == null || value == null) return;
@@ -81,10 +86,29 @@ final class Router implements Serializable {
             r.table = captured;
             r.lsn = v.path("lsn").asLong(0);
             r.commitUs = v.get("ts_usec").asLong();
-            out.add(row("", 0L, r, false, null, null));
+            for (long id : clockIds) out.add(row("", id, r, false, null, null));
         } catch (RuntimeException e) {
             // not an offset commit we can read: no tick
         }
+    }
+
+    /**
+     * For each of ``n`` state partitions, the smallest id whose key ("", id) Spark's shuffle sends there: the
+     * stateful operator hash-partitions its grouping columns (Murmur3, seed 42, each column's hash the next one's
+     * seed, then pmod n).
+     */
+    static long[] keysOfEachPartition(int n) {
+        long[] ids = new long[n];
+        java.util.Arrays.fill(ids, -1);
+        int h0 = (int) Murmur3HashFunction$.MODULE$.hash(UTF8String.fromString(""), DataTypes.StringType, 42L);
+        for (long id = 0, found = 0; found < n; id++) {
+            int p = Math.floorMod((int) Murmur3HashFunction$.MODULE$.hash(id, DataTypes.LongType, h0), n);
+            if (ids[p] < 0) {
+                ids[p] = id;
+                found++;
+            }
+        }
+        return ids;
     }
 
     private Row row(String entity, Long id, Decoder.Result r, boolean owns, Long event, Map<String, Object> after) {
