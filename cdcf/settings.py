@@ -83,7 +83,7 @@ class Settings(BaseSettings):
     stream_trigger_ms: int = Field(100, gt=0, description="Micro-batch interval of the streaming job.")
     stream_max_changes_per_batch: int = Field(200_000, gt=0, description="Cap on Kafka records per micro-batch.")
     stream_settle_s: float = Field(
-        0.25, ge=0, description="The streaming job's clock trails the commit time Connect has confirmed in Kafka (its "
+        0.1, ge=0, description="The streaming job's clock trails the commit time Connect has confirmed in Kafka (its "
         "committed source offset) by this much: a margin for the topics' end offsets, read a moment apart, and for "
         "commit times that are not quite in commit order. Every change waits for the clock, so it adds to freshness.")
     start_timeout_s: float = Field(90.0, gt=0, description="Deadline for each service to become healthy.")
