@@ -67,8 +67,12 @@ class ConnectClient:
         except ConnectorError:  # no such connector yet
             current = None
         if current != {**config, "name": name}:
-            self._call("PUT", f"/connectors/{name}/config", json=config)
+            self.write_config(name, config)
         return self.wait_running(name, timeout_s)
+
+    def write_config(self, name: str, config: dict[str, str]) -> None:
+        """Create or update, without waiting (a stopped connector stays stopped)."""
+        self._call("PUT", f"/connectors/{name}/config", json=config)
 
     def wait_running(self, name: str, timeout_s: float = 60.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout_s

@@ -58,6 +58,7 @@ class Reason:
     FOREIGN = "foreign producer: source.connector and source.name are not postgresql and '{prefix}'"
     SOURCE_TABLE = "source table does not match the topic's public.{table}"
     LSN = "source.lsn missing or not an integer in 0 .. 2^63-1"
+    SNAPSHOT_LSN = "source.lsn of a snapshot read (op r) is 0: it must be at least 1"
     TX_ID = "source.txId is not an integer"
     NO_COMMIT_TIME = "source has no commit time (ts_us / ts_ms)"
     COMMIT_RANGE = "source commit time (ts_us / ts_ms) is out of range"
@@ -177,6 +178,10 @@ def _decode(topic_prefix: str, position: Position, value: bytes) -> Change:
                             for k in image if k not in contract.names}))
     if op in "cr" and after is None:
         raise Invalid(Reason.NO_AFTER.format(op=op))
+    if op == "r":  # a snapshot's rows sit just before its LSN: the change streamed at that LSN is newer than them
+        if source["lsn"] == 0:
+            raise Invalid(Reason.SNAPSHOT_LSN)
+        source["lsn"] -= 1
     if op == "d" and before is None:
         raise Invalid(Reason.NO_BEFORE)
     if op == "u" and before is None:

@@ -120,6 +120,13 @@ def stream_session(settings: Settings, name: str = "cdcf-streaming-features") ->
                          conf=state_store_conf(settings.stream_state_partitions, settings.stream_state_memory_mb))
 
 
+def _state_metrics(op) -> dict:
+    """What one stateful operator reports for a micro-batch: times (ms), rows, and its nonzero custom metrics
+    (timers registered, deleted and expired; RocksDB's commit phases)."""
+    return {"updates_ms": op.allUpdatesTimeMs, "removals_ms": op.allRemovalsTimeMs, "commit_ms": op.commitTimeMs,
+            "rows_updated": op.numRowsUpdated, **{k: v for k, v in (op.customMetrics or {}).items() if v}}
+
+
 class StreamJob:
     def __init__(self, settings: Settings, status_file: Path | None = None, guard_online: bool = True) -> None:
         """``guard_online``: re-seed the online store when it lost writes (see ``streaming.reseed``)."""
@@ -219,7 +226,8 @@ class StreamJob:
                 job.note_progress(max((int(float(source.metrics.get("maxOffsetsBehindLatest") or 0))
                                        for source in progress.sources), default=0),
                                   progress.eventTime.get("watermark"))
-                log.debug("batch %d progress: %s %s", progress.batchId, progress.durationMs, progress.eventTime)
+                log.debug("batch %d progress: %s %s state: %s", progress.batchId, progress.durationMs,
+                          progress.eventTime, [_state_metrics(op) for op in progress.stateOperators])
 
             def onQueryIdle(self, event) -> None:
                 pass

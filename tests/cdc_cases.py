@@ -75,6 +75,8 @@ BAD_INPUTS: list[tuple[str, str, bytes, str]] = [
     ("truncate event", TOPIC, _with(("op",), "t"), "unsupported op: expected one of c, u, d, r"),
     ("missing lsn", TOPIC, _with(("source", "lsn"), _DROP), "source.lsn missing or not an integer in 0 .. 2^63-1"),
     ("lsn of 2^63", TOPIC, _with(("source", "lsn"), 2**63), "source.lsn missing or not an integer in 0 .. 2^63-1"),
+    ("snapshot read at lsn 0", TOPIC, encoded(envelope("r", snapshot="true", lsn=0)),
+     "source.lsn of a snapshot read (op r) is 0: it must be at least 1"),
     ("txId a string", TOPIC, _with(("source", "txId"), "869"), "source.txId is not an integer"),
     ("no commit time", TOPIC, encoded({**envelope(), "source": {
         k: v for k, v in envelope()["source"].items() if k not in ("ts_ms", "ts_us")}}),

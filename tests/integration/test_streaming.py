@@ -68,13 +68,20 @@ def served(store, view: decl.FeatureView, entity_id: int) -> tuple[dict, datetim
 
 
 def offline_row(settings, view: decl.FeatureView, entity_id: int, as_of: datetime) -> dict | None:
-    with psycopg2.connect(settings.pg_dsn(settings.offline_db, user=settings.feast_user)) as conn:
+    rows = offline_rows(settings, view, entity_id, f"{decl.EVENT_TIMESTAMP} = %s", as_of)
+    return rows[as_of] if rows else None
+
+
+def offline_rows(settings, view: decl.FeatureView, entity_id: int, where: str, *params) -> dict[datetime, dict]:
+    """The entity's offline rows that satisfy ``where``, by as-of time."""
+    conn = psycopg2.connect(settings.pg_dsn(settings.offline_db, user=settings.feast_user))
+    try:
         with conn.cursor() as cur:
-            cur.execute(f"SELECT {', '.join(f.name for f in view.features)} FROM {view.name} "
-                        f"WHERE {view.entity.join_key} = %s AND {decl.EVENT_TIMESTAMP} = %s", (entity_id, as_of))
-            row = cur.fetchone()
-    conn.close()
-    return None if row is None else dict(zip([f.name for f in view.features], row, strict=True))
+            cur.execute(f"SELECT {decl.EVENT_TIMESTAMP}, {', '.join(f.name for f in view.features)} FROM {view.name} "
+                        f"WHERE {view.entity.join_key} = %s AND {where}", (entity_id, *params))
+            return {t: dict(zip([f.name for f in view.features], values, strict=True)) for t, *values in cur}
+    finally:
+        conn.close()
 
 
 def assert_exact(settings, store, view, entity_id: int, since: datetime | None, timeout_s: float = 60) -> datetime:
@@ -299,7 +306,8 @@ def test_resnapshot_brings_every_feature_back_after_capture_lost_its_slot(settin
     """Capture stops and its slot is dropped (as an invalidated slot leaves it); meanwhile a transaction is updated,
     one deleted, one inserted and one moved to another user. `cdcf resnapshot` snapshots every row again and sends
     a delete for the row gone and for the row moved (a snapshot record has no before image to take it from its old
-    owner), and both users' and the product's features are exact again."""
+    owner), and both users' and the product's features are exact again, online and in every offline row from the
+    snapshot on (the deletes reach the job before its clock passes their time)."""
     from connectors.connect import ConnectClient, connector_config
 
     kept, gone, new, moved, user, other, product = _ids(7)
@@ -338,6 +346,11 @@ def test_resnapshot_brings_every_feature_back_after_capture_lost_its_slot(settin
     for view, entity in ((decl.TRANSACTION_RISK, user), (decl.USER_ACTIVITY, user), (decl.TRANSACTION_RISK, other),
                          (decl.PRODUCT_STATS, product)):
         assert_exact(settings, store, view, entity, missed)
+        rows = offline_rows(settings, view, entity, f"{decl.EVENT_TIMESTAMP} >= %s", missed)
+        assert rows, f"{view.name}[{entity}] has no offline row from the snapshot on"
+        for as_of, values in rows.items():
+            wrong = oracle.mismatches(view, values, oracle.expected(settings, view, entity, as_of))
+            assert not wrong, f"{view.name}[{entity}] offline as of {as_of}: (stored, oracle) {wrong}"
 
 
 def _slot_active(cur, slot: str) -> bool:

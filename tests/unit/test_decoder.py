@@ -47,6 +47,14 @@ def test_snapshot_reads_and_other_tables():
     assert change.after["signup_date"] == date(2024, 10, 4)  # 20,000 days after 1970-01-01
 
 
+def test_a_snapshot_read_sits_just_before_its_lsn_where_streaming_resumes():
+    """Debezium gives every snapshot record the snapshot's LSN, and the first change streamed after the snapshot
+    can carry that same LSN (its WAL record starts right at the snapshot's point): the read must be the older."""
+    read = decode(PREFIX, AT, None, encoded(envelope("r", snapshot="true", lsn=500)))
+    streamed = decode(PREFIX, AT, None, encoded(good_update() | {"source": envelope(lsn=500)["source"]}))
+    assert (read.lsn, streamed.lsn) == (499, 500)
+
+
 def test_schemas_enabled_wrapper_is_accepted():
     change = decode(PREFIX, AT, None, encoded({"schema": {}, "payload": envelope()}))
     assert isinstance(change, Change) and change.key == 7

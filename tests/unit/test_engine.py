@@ -118,10 +118,16 @@ class History:
 OFFSETS = "cdcf-connect-offsets"
 
 
-def _offset_commit(at_us: int, server: str = PREFIX) -> tuple:
-    """Connect's record of our connector's source offset, committed once every change up to ``at_us`` is in Kafka."""
-    return (OFFSETS, json.dumps({"lsn": 1, "txId": 1, "ts_usec": at_us}).encode(),
-            json.dumps(["cdcf-app", {"server": server}]).encode())
+def _offset_commit(at_us: int, server: str = PREFIX, phase: str = "streaming") -> tuple:
+    """Connect's record of our connector's source offset, committed once every change up to ``at_us`` is in Kafka;
+    as Debezium writes it while streaming, during a snapshot, or when streaming starts after a snapshot."""
+    offset = {"lsn_proc": 2, "messageType": "INSERT", "lsn_commit": 1, "lsn": 2, "txId": 1, "ts_usec": at_us}
+    if phase == "snapshot":
+        offset = {"last_snapshot_record": True, "lsn": 1, "txId": 1, "ts_usec": at_us, "snapshot": "INITIAL",
+                  "snapshot_completed": True}
+    elif phase == "after snapshot":
+        offset = {"lsn": 1, "txId": 1, "ts_usec": at_us}
+    return (OFFSETS, json.dumps(offset).encode(), json.dumps(["cdcf-app", {"server": server}]).encode())
 
 
 def _run(spark, tmp_path: Path, batches: list[list[tuple]], offsets_topic: str | None = None) -> tuple[dict, list]:
@@ -242,7 +248,8 @@ def test_the_backfills_replay_gives_the_streaming_values_at_every_streamed_emit(
 def test_with_connects_offsets_only_an_offset_commit_of_ours_moves_the_clock(spark, tmp_path):
     """Kafka keeps no order across topics: a heartbeat (or any change) two hours on, on its own topic, says nothing
     of changes still on their way to others, so it must not decay a window. Connect's offset commit for our server
-    at that time does; another connector's, a tombstone, or garbage do nothing."""
+    at that time does; another connector's, a tombstone, garbage, or the offsets of a snapshot and of the streaming
+    start after it (their time is the snapshot's, not that of the changes still to be streamed) do nothing."""
     history = History(5)
     created = history.now
     created_us = int(created.timestamp() * 1e6)
@@ -254,7 +261,8 @@ def test_with_connects_offsets_only_an_offset_commit_of_ours_moves_the_clock(spa
     emitted, _ = _run(spark, tmp_path, [
         [insert, _offset_commit(created_us)], [beat],
         [_offset_commit(created_us + 40 * 24 * hour, server="elsewhere"), (OFFSETS, None, b'["cdcf-app",{"server":"cdc"}]'),
-         (OFFSETS, b"not json", b"[]")],
+         (OFFSETS, b"not json", b"[]"), _offset_commit(created_us + 30 * 24 * hour, phase="snapshot"),
+         _offset_commit(created_us + 30 * 24 * hour, phase="after snapshot")],
         [_offset_commit(created_us + 2 * hour)]], offsets_topic=OFFSETS)
     rows = emitted[("user", 7)]
     decays = [as_of for batch, as_of, decay, _ in rows if decay]

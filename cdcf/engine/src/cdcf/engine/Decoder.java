@@ -150,6 +150,10 @@ final class Decoder implements Serializable {
         boolean hasBefore = row(contract, envelope.get("before"), "before", r.before);
         boolean hasAfter = row(contract, envelope.get("after"), "after", r.after);
         if ("cr".contains(r.op) && !hasAfter) throw invalid("NO_AFTER", "op", r.op);
+        if (r.op.equals("r")) {  // decoder.py: a snapshot's rows sit just before its LSN
+            if (r.lsn == 0) throw invalid("SNAPSHOT_LSN");
+            r.lsn -= 1;
+        }
         if (r.op.equals("d") && !hasBefore) throw invalid("NO_BEFORE");
         if (r.op.equals("u") && !hasBefore) throw invalid("UPDATE_NO_BEFORE");
         if (r.op.equals("u") && !hasAfter) throw invalid("NO_AFTER", "op", r.op);

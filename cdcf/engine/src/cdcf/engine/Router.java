@@ -73,15 +73,19 @@ final class Router implements Serializable {
      * An offset commit of Connect: key ["connector", {"server": ...}], value Debezium's source offset. For our
      * server, clock rows at its ts_usec, one to each state partition (the engine reads the clock of its own
      * micro-batch from them): Connect commits an offset only once every record before it is acked by Kafka, so every
-     * change committed up to that time is in its topic, whichever topic that is. Anything else (another connector,
-     * a reset's tombstone, an offset with no time) gives nothing.
+     * change committed up to that time is in its topic, whichever topic that is. Only offsets of streaming count,
+     * those that name the last LSN processed (``lsn_proc``): a snapshot's offsets (``snapshot``) and the first offset
+     * of the streaming that follows carry the snapshot's time, while changes committed after the snapshot's point
+     * are still to be streamed, and a re-snapshot's deletes still to be sent (connectors/resnapshot.py). Anything
+     * else (another connector, a reset's tombstone, an offset with no time) gives nothing.
      */
     void tick(byte[] key, byte[] value, Deque<Row> out) {
         if (key == null || value == null) return;
         try {
             JsonNode k = Spec.tree(new String(key, java.nio.charset.StandardCharsets.UTF_8));
             JsonNode v = Spec.tree(new String(value, java.nio.charset.StandardCharsets.UTF_8));
-            if (!server.equals(k.path(1).path("server").asText(null)) || !v.path("ts_usec").canConvertToLong()) return;
+            if (!server.equals(k.path(1).path("server").asText(null)) || !v.path("ts_usec").canConvertToLong()
+                || v.has("snapshot") || !v.has("lsn_proc")) return;
             Decoder.Result r = new Decoder.Result();
             r.table = captured;
             r.lsn = v.path("lsn").asLong(0);
