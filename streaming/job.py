@@ -11,6 +11,7 @@ passed the change's commit time, and decay timers fire when it passes them (``fe
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import threading
@@ -79,6 +80,13 @@ def build_stream(spark: SparkSession, settings: Settings, sink: Callable[[DataFr
     unless given); ``available_now`` stops it once everything in the topics at its start is processed (topics
     filled before it started: their applied commit time is the clock, see ``feature_rows``)."""
     offsets_topic = None if available_now else settings.connect_offsets_topic
+    checkpoint = checkpoint or settings.paths.checkpoint
+    fixed = checkpointed_partitions(checkpoint)
+    if fixed is not None and str(fixed) != spark.conf.get("spark.sql.shuffle.partitions"):
+        # Spark keeps the checkpoint's; the clock's rows must be routed for that many state partitions too
+        log.warning("the checkpoint has %d state partitions (CDCF_STREAM_STATE_PARTITIONS applies to a new "
+                    "checkpoint only)", fixed)
+        spark.conf.set("spark.sql.shuffle.partitions", str(fixed))
     records = (
         spark.readStream.format("kafka")
         .option("kafka.bootstrap.servers", settings.kafka_bootstrap)
@@ -93,11 +101,23 @@ def build_stream(spark: SparkSession, settings: Settings, sink: Callable[[DataFr
         feature_rows(records, settings.topic_prefix, settings.stream_settle_s, offsets_topic).writeStream
         .foreachBatch(sink)
         .outputMode("update")
-        .option("checkpointLocation", str(checkpoint or settings.paths.checkpoint))
+        .option("checkpointLocation", str(checkpoint))
         .queryName("cdcf-features")
     )
     trigger = {"availableNow": True} if available_now else {"processingTime": f"{settings.stream_trigger_ms} milliseconds"}
     return writer.trigger(**trigger).start()
+
+
+def checkpointed_partitions(checkpoint: Path) -> int | None:
+    """The state partitions an existing checkpoint fixed: Spark records the shuffle partitions in each batch's
+    offsets file (a version line, then the batch's metadata) and keeps them for good."""
+    offsets = checkpoint / "offsets"
+    batches = [int(p.name) for p in offsets.iterdir() if p.name.isdigit()] if offsets.is_dir() else []
+    if not batches:
+        return None
+    lines = (offsets / str(max(batches))).read_text().splitlines()
+    value = json.loads(lines[1]).get("conf", {}).get("spark.sql.shuffle.partitions") if len(lines) > 1 else None
+    return int(value) if value else None
 
 
 def state_store_conf(partitions: int, memory_mb: int) -> dict[str, str]:

@@ -22,7 +22,7 @@ from cdcf.engine import CAPTURED, replay, route_spec
 from cdcf.sources import features_of
 from connectors.decoder import Change, Position, decode
 from streaming.decode import routed
-from streaming.job import feature_rows
+from streaming.job import checkpointed_partitions, feature_rows
 from tests.cdc_cases import PREFIX
 from tests.engine_model import Model
 
@@ -291,6 +291,13 @@ def test_a_change_waits_for_the_clock_so_an_emit_holds_its_whole_transaction(spa
     assert product[3]["purchases_7d"] == 1 and product[3]["review_count_30d"] == 1
     (user,) = emitted[("user", 7)]
     assert user[0] >= 2 and user[1] == commit_us and user[3]["txn_count_1h"] == 1
+
+
+def test_a_checkpoint_tells_the_state_partitions_it_fixed(spark, tmp_path):
+    """Spark keeps a checkpoint's first shuffle partitions for good; the job routes its clock for that many."""
+    assert checkpointed_partitions(tmp_path / "checkpoint") is None
+    _run(spark, tmp_path, [[_offset_commit(1_790_000_000_000_000)]], offsets_topic=OFFSETS)
+    assert checkpointed_partitions(tmp_path / "checkpoint") == int(spark.conf.get("spark.sql.shuffle.partitions"))
 
 
 @pytest.mark.parametrize("partitions", [2, 4, 16])
