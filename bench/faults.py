@@ -44,7 +44,7 @@ from cdcf import stack
 from cdcf.feast_config import feature_store
 from cdcf.kafka_clients import reader
 from cdcf.settings import Settings, load_settings
-from cdcf.stack import kafka, postgres, redis_server, spark_cluster
+from cdcf.stack import kafka, postgres, proc, redis_server, spark_cluster
 from cdcf.stack.background import ARCHIVER, STREAMING
 from cdcf.workload import Workload
 from connectors.connect import ConnectClient, connector_config
@@ -75,6 +75,17 @@ def _kill(pid: int | None, what: str) -> dict:
         raise RuntimeError(f"no {what} to kill")
     os.kill(pid, signal.SIGKILL)
     return {"killed_pid": pid}
+
+
+def _kill_archiver(settings: Settings, _cluster) -> dict:
+    """kill -9 of the archiver: its decoding workers (and their resource tracker) must go with it."""
+    pid = ARCHIVER.pid(settings)
+    children = proc.children(pid) if pid else []
+    detail = _kill(pid, "archiver")
+    deadline = time.monotonic() + 10
+    while (left := [c for c in children if proc.alive(c)]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return {**detail, "archiver_children": len(children), "archiver_children_left": len(left)}
 
 
 def _stop_redis(settings: Settings, _cluster) -> dict:
@@ -153,7 +164,7 @@ def _hostile_burst(settings: Settings, _cluster) -> dict:
 SCENARIOS = [
     Scenario("kill_streaming_driver", lambda s, c: _kill(STREAMING.pid(s), "streaming job")),
     Scenario("kill_executor", lambda s, c: _kill(next(iter(c.executors()), None), "executor")),
-    Scenario("kill_archiver", lambda s, c: _kill(ARCHIVER.pid(s), "archiver")),
+    Scenario("kill_archiver", _kill_archiver),
     Scenario("kill_connect", lambda s, c: _kill(kafka.service_pid(s, kafka.CONNECT), "Connect")),
     Scenario("kill_kafka_broker", lambda s, c: _kill(kafka.service_pid(s, kafka.KAFKA), "broker")),
     Scenario("kill_redis", lambda s, c: _kill(redis_server.pid(s), "Redis")),
@@ -341,7 +352,7 @@ def run_scenario(settings: Settings, store, cluster: spark_cluster.Cluster, scen
     result["survived"] = (result["lost"] == 0 and doubled == 0 and online_match == 1.0 and offline.match == 1.0
                           and detail.get("archiver_pid_unchanged", True) and detail.get("job_pid_unchanged", True)
                           and detail.get("dead_lettered") == detail.get("bad_inputs_tried")
-                          and detail.get("status_failed", True))
+                          and detail.get("status_failed", True) and not detail.get("archiver_children_left"))
     print(f"faults: {scenario.name}: survived={result['survived']} downtime {result['downtime_s']} s, exact "
           f"{result['back_to_exact_s']} s after the load, lost {result['lost']}, doubled {doubled}, oracle "
           f"{online_match:.4f}/{offline.match:.4f}", flush=True)

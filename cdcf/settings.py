@@ -64,6 +64,8 @@ class Settings(BaseSettings):
     replication_slot: str = Field("cdcf_app", pattern=r"^[a-z0-9_]+$", description="Debezium's replication slot.")
     dead_letter_topic: str = Field("cdc.dead-letter", description="Where undecodable changes go, with the reason.")
     archive_group: str = Field("cdcf-archiver", description="Consumer group of the changelog archiver.")
+    archive_workers: int = Field(2, ge=0, description="Processes that decode for the changelog archiver, a batch "
+                                 "each, while it consumes and writes (0: it decodes in its own process).")
 
     spark_master: str = Field("local[2]", description="Spark master URL for jobs.")
     spark_shuffle_partitions: int = Field(2, ge=1, description="spark.sql.shuffle.partitions (small on 2 cores).")

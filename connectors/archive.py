@@ -7,19 +7,27 @@ durable. So a crash anywhere replays a little and stores nothing twice.
 
 from __future__ import annotations
 
+import csv
+import ctypes
 import io
 import json
 import logging
+import multiprocessing
+import os
 import signal
+import sys
 import time
+from collections import deque
 from collections.abc import Iterable
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import psycopg2
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from cdcf.kafka_clients import durable_producer
 from cdcf.settings import Settings
@@ -60,7 +68,8 @@ MOVE = (f"INSERT INTO {TABLE} ({', '.join(COLUMNS)}) SELECT {', '.join(COLUMNS)}
 RETRY_COMMIT = {KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.COORDINATOR_NOT_AVAILABLE,
                 KafkaError.NOT_COORDINATOR, KafkaError._TRANSPORT, KafkaError._TIMED_OUT,
                 KafkaError.REQUEST_TIMED_OUT, KafkaError._ALL_BROKERS_DOWN, KafkaError._WAIT_COORD}
-COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+PR_SET_PDEATHSIG = 1  # prctl(2)
+COPY = f"COPY {STAGE} ({', '.join(COLUMNS)}) FROM STDIN WITH (FORMAT csv)"
 
 
 def archive_row(change: Change) -> tuple:
@@ -71,34 +80,60 @@ def archive_row(change: Change) -> tuple:
 
 
 def copy_buffer(rows: Iterable[tuple]) -> io.StringIO:
-    """Rows in COPY's text format (tab-separated, \\N for null, backslash escapes)."""
+    """Rows in COPY's CSV format: None is an empty field, which COPY reads as null (no archive value is an empty
+    string)."""
     buffer = io.StringIO()
-    for values in rows:
-        buffer.write("\t".join("\\N" if v is None else str(v).translate(COPY_ESCAPES) for v in values))
-        buffer.write("\n")
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
     buffer.seek(0)
     return buffer
 
 
-def split(prefix: str, messages: Iterable[Message]) -> tuple[list[Change], list[DeadLetter]]:
-    """Decode a batch: the good changes and the dead letters (tombstones and Kafka errors are neither)."""
-    changes, dead = [], []
-    for msg in messages:
-        if msg.error():
-            if msg.error().code() != KafkaError._PARTITION_EOF:
-                log.warning("kafka error on %s[%s]: %s", msg.topic(), msg.partition(), msg.error())
-            continue
-        result = decode(prefix, Position(msg.topic(), msg.partition(), msg.offset()), msg.key(), msg.value())
+Raw = tuple[str, int, int, bytes | None, bytes | None]  # topic, partition, offset, key, value
+
+
+@dataclass
+class Encoded:
+    """A batch decoded for the archive: its rows as COPY text, the dead letters, and per table the columns its
+    images carry that no contract names."""
+
+    rows: str
+    changes: int
+    dead: list[DeadLetter]
+    ignored: dict[str, set[str]]
+
+
+def encode(prefix: str, messages: list[Raw]) -> Encoded:
+    """Decode a batch (a worker process runs this): tombstones are dropped, heartbeats too (only the streaming job's
+    clock reads them)."""
+    changes, dead, ignored = [], [], {}
+    for topic, partition, offset, key, value in messages:
+        result = decode(prefix, Position(topic, partition, offset), key, value)
         if isinstance(result, Change):
-            if result.table != HEARTBEAT:  # only the streaming job's clock reads heartbeats
+            if result.table != HEARTBEAT:
                 changes.append(result)
+                if result.ignored:
+                    ignored.setdefault(result.table, set()).update(result.ignored)
         elif isinstance(result, DeadLetter):
             dead.append(result)
-    return changes, dead
+    return Encoded(copy_buffer(archive_row(c) for c in changes).getvalue(), len(changes), dead, ignored)
+
+
+@dataclass
+class Batch:
+    """Consumed messages on their way to the archive: their encoding (done, or under way in a worker) and the
+    offsets to commit once their rows are durable."""
+
+    encoded: Future
+    offsets: dict[tuple[str, int], int]
+    messages: int
 
 
 class Archiver:
-    """Consumes every change topic of the prefix and archives what it decodes; dead letters go to their topic."""
+    """Consumes every change topic of the prefix and archives what it decodes; dead letters go to their topic.
+
+    Decoding takes most of the time, so ``settings.archive_workers`` processes do it, a batch each, while the
+    archiver consumes the next; the batches are written, and their offsets committed, in the order they were
+    consumed (and all of them before a rebalance takes partitions away)."""
 
     def __init__(self, settings: Settings, batch_size: int = 5000, status_file: Path | None = None) -> None:
         self.settings = settings
@@ -109,6 +144,8 @@ class Archiver:
                        "ignored_columns": {}}  # table -> columns its images carry that no contract names
         self._lag, self._reported = 0, 0.0
         self._stopping = False
+        self._pending: deque[Batch] = deque()
+        self._pool: ProcessPoolExecutor | None = None
 
     def setup(self) -> None:
         s = self.settings
@@ -116,6 +153,9 @@ class Archiver:
         with self.db, self.db.cursor() as cur:
             cur.execute(DDL)
             cur.execute(STAGE_DDL)
+        if s.archive_workers:
+            self._pool = ProcessPoolExecutor(s.archive_workers, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_worker_start)
         self.consumer = Consumer({
             "bootstrap.servers": s.kafka_bootstrap, "group.id": s.archive_group,
             "enable.auto.commit": False, "auto.offset.reset": "earliest",
@@ -123,15 +163,33 @@ class Archiver:
             # a killed archiver's partitions go to its successor once the broker gives up on it: 6 s, not 45
             "session.timeout.ms": 6000, "heartbeat.interval.ms": 2000,
         })
-        self.consumer.subscribe([f"^{s.topic_prefix.replace('.', '[.]')}[.]public[.].+"])
+        self.consumer.subscribe([f"^{s.topic_prefix.replace('.', '[.]')}[.]public[.].+"],
+                                on_revoke=lambda _consumer, _partitions: self._drain())
         self.producer = durable_producer(s)
 
-    def write(self, messages: list[Message]) -> None:
-        """Archive one batch: rows and dead letters durable first, then the Kafka offsets."""
+    def submit(self, messages: list[Message]) -> None:
+        """Start encoding a consumed batch (in a worker, or here without workers)."""
+        raw, offsets = [], {}
+        for msg in messages:
+            if msg.error():
+                if msg.error().code() != KafkaError._PARTITION_EOF:
+                    log.warning("kafka error on %s[%s]: %s", msg.topic(), msg.partition(), msg.error())
+                continue
+            raw.append((msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value()))
+            offsets[(msg.topic(), msg.partition())] = msg.offset() + 1
+        if self._pool is not None:
+            encoded = self._pool.submit(encode, self.settings.topic_prefix, raw)
+        else:
+            encoded = Future()
+            encoded.set_result(encode(self.settings.topic_prefix, raw))
+        self._pending.append(Batch(encoded, offsets, len(messages)))
+
+    def write(self, batch: Batch) -> None:
+        """Archive one batch: rows and dead letters durable first, then its Kafka offsets."""
         started = time.monotonic()
-        changes, dead = split(self.settings.topic_prefix, messages)
-        self._note_ignored(changes)
-        now = datetime.now(UTC)
+        encoded: Encoded = batch.encoded.result()
+        self._note_ignored(encoded.ignored)
+        now, dead = datetime.now(UTC), encoded.dead
         for letter in dead:
             self.producer.produce(self.settings.dead_letter_topic, key=letter.key,
                                   value=json.dumps(letter.payload(now)).encode(),
@@ -141,19 +199,19 @@ class Archiver:
                 raise RuntimeError("stopping with dead letters not yet acknowledged by Kafka")
             log.warning("waiting for Kafka to acknowledge %d dead letters", len(self.producer))
         inserted = 0
-        if changes:
+        if encoded.changes:
             with self.db, self.db.cursor() as cur:
-                cur.copy_from(copy_buffer(archive_row(c) for c in changes), STAGE, columns=COLUMNS)
+                cur.copy_expert(COPY, io.StringIO(encoded.rows))
                 cur.execute(MOVE)
                 inserted = cur.rowcount
-        self._commit_offsets()
+        self._commit_offsets(batch.offsets)
         self.totals["changes"] += inserted
-        self.totals["duplicates"] += len(changes) - inserted
+        self.totals["duplicates"] += encoded.changes - inserted
         self.totals["dead_letters"] += len(dead)
         if dead:
             self.health.update(last_dead_letter_at=time.time(), last_dead_letter_reason=dead[-1].reason[:200])
-        log.info("batch of %d messages: %d archived, %d duplicates, %d dead letters in %.3f s", len(messages),
-                 inserted, len(changes) - inserted, len(dead), time.monotonic() - started)
+        log.info("batch of %d messages: %d archived, %d duplicates, %d dead letters in %.3f s", batch.messages,
+                 inserted, encoded.changes - inserted, len(dead), time.monotonic() - started)
 
     def run(self, idle_exit_s: float | None = None) -> dict[str, int]:
         """Consume until SIGTERM/SIGINT (or ``idle_exit_s`` without messages); return the totals."""
@@ -161,27 +219,45 @@ class Archiver:
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         last_message = time.monotonic()
+        workers = self.settings.archive_workers
         try:
             while not self._stopping:
-                batch = self.consumer.consume(num_messages=self.batch_size, timeout=0.05)
-                if batch:
-                    self.write(batch)
+                messages = self.consumer.consume(num_messages=self.batch_size, timeout=0.05)
+                if messages:
+                    self.submit(messages)
                     last_message = time.monotonic()
-                elif idle_exit_s is not None and time.monotonic() - last_message > idle_exit_s:
+                # write what is encoded, in order; wait for the oldest batch once every worker has one
+                while self._pending and (not messages or len(self._pending) > workers
+                                         or self._pending[0].encoded.done()):
+                    self.write(self._pending.popleft())
+                if not messages and idle_exit_s is not None and time.monotonic() - last_message > idle_exit_s:
                     break
                 self._report()
+            self._drain()
+        except BaseException:
+            self._pending.clear()  # not committed: consumed again by whoever gets the partitions
+            raise
         finally:
             self.consumer.close()
             self.producer.flush(10)
             self.db.close()
+            if self._pool is not None:
+                self._pool.shutdown(cancel_futures=True)
         return self.totals
 
-    def _commit_offsets(self) -> None:
-        """Commit the consumed offsets; the rows are durable already, so a failed commit only means a replay
-        (which the archive's key absorbs): retry while Kafka says the error is passing, else log and go on."""
+    def _drain(self) -> None:
+        while self._pending:
+            self.write(self._pending.popleft())
+
+    def _commit_offsets(self, offsets: dict[tuple[str, int], int]) -> None:
+        """Commit a batch's offsets; its rows are durable already, so a failed commit only means a replay (which
+        the archive's key absorbs): retry while Kafka says the error is passing, else log and go on."""
+        if not offsets:
+            return
+        partitions = [TopicPartition(topic, partition, offset) for (topic, partition), offset in offsets.items()]
         while True:
             try:
-                self.consumer.commit(asynchronous=False)
+                self.consumer.commit(offsets=partitions, asynchronous=False)
                 return
             except KafkaException as exc:
                 error = exc.args[0]
@@ -193,16 +269,16 @@ class Archiver:
                 log.warning("offset commit failed (%s); retrying in 1 s", error)
                 time.sleep(1)
 
-    def _note_ignored(self, changes: list[Change]) -> None:
+    def _note_ignored(self, ignored: dict[str, set[str]]) -> None:
         """Report once each column a table's images carry that its contract does not name (added upstream): its
         values are ignored, its changes archived."""
         known = self.health["ignored_columns"]
-        for change in changes:
-            new = [c for c in change.ignored if c not in known.get(change.table, ())]
+        for table, columns in ignored.items():
+            new = sorted(columns - set(known.get(table, ())))
             if new:
-                known[change.table] = sorted({*known.get(change.table, ()), *new})
+                known[table] = sorted({*known.get(table, ()), *new})
                 log.warning("%s has column(s) %s that no contract names (added upstream?): ignored; add them to "
-                            "schemas/ to use them", change.table, ", ".join(new))
+                            "schemas/ to use them", table, ", ".join(new))
 
     def _stop(self, *_: object) -> None:
         self._stopping = True
@@ -219,7 +295,8 @@ class Archiver:
 
     def _lag_now(self) -> int:
         """Messages on the assigned partitions not archived yet: the high watermark less the next offset, which is
-        the position, or the committed offset of a partition nothing arrived on since it was assigned."""
+        the position, or the committed offset of a partition nothing arrived on since it was assigned; and the
+        batches consumed but not written yet."""
         positions = self.consumer.position(self.consumer.assignment())
         unknown = [tp for tp in positions if tp.offset < 0]
         try:
@@ -232,7 +309,19 @@ class Archiver:
             low, high = self.consumer.get_watermark_offsets(tp, cached=True) or (0, 0)
             next_offset = tp.offset if tp.offset >= 0 else committed.get((tp.topic, tp.partition), -1)
             lag += max(0, high - (next_offset if next_offset >= 0 else low))
-        return lag
+        return lag + sum(batch.messages for batch in self._pending)
+
+
+def _worker_start() -> None:
+    """A worker leaves SIGTERM and SIGINT to the archiver, which finishes its batches and then stops the workers;
+    and it dies with the archiver (Linux's parent-death signal), so a killed archiver leaves no worker behind."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:  # it died before the signal was asked for
+        os._exit(0)
 
 
 def _json(row: dict[str, Any] | None) -> str | None:

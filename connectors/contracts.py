@@ -10,7 +10,7 @@ import copy
 import io
 import json
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +39,14 @@ class RowContract:
     columns: tuple[Column, ...]
     schema: dict[str, Any]
 
-    @property
+    @cached_property
     def names(self) -> frozenset[str]:
         return frozenset(c.name for c in self.columns)
+
+    @cached_property
+    def places(self) -> tuple[tuple[str, str, Column], ...]:
+        """(name, ``table.name``, column) of every column: the place names a reason gives."""
+        return tuple((c.name, f"{self.table}.{c.name}", c) for c in self.columns)
 
 
 @cache

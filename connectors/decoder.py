@@ -30,6 +30,7 @@ UNAVAILABLE = "__debezium_unavailable_value"
 OPS = ("c", "u", "d", "r")
 INT_RANGE = {"int": (-(2**31), 2**31 - 1), "long": (-(2**63), 2**63 - 1)}
 EPOCH = date(1970, 1, 1)
+EPOCH_UTC = datetime(1970, 1, 1, tzinfo=UTC)
 DATE_DAYS = ((date.min - EPOCH).days, (date.max - EPOCH).days)  # days since epoch of 0001-01-01 .. 9999-12-31
 COMMIT_US = (0, 253_402_300_799_999_999)  # commit times from 1970 to the end of 9999, in microseconds
 # what Debezium writes for timestamptz; a value without a zone is named as such
@@ -175,7 +176,7 @@ def _decode(topic_prefix: str, position: Position, value: bytes) -> Change:
     before = _row(contract, envelope.get("before"), "before")
     after = _row(contract, envelope.get("after"), "after")
     ignored = tuple(sorted({k for image in (envelope.get("before"), envelope.get("after")) if image
-                            for k in image if k not in contract.names}))
+                            for k in image.keys() - contract.names}))
     if op in "cr" and after is None:
         raise Invalid(Reason.NO_AFTER.format(op=op))
     if op == "r":  # a snapshot's rows sit just before its LSN: the change streamed at that LSN is newer than them
@@ -252,7 +253,7 @@ def _source(source: Any, topic_prefix: str, table: str) -> dict[str, Any]:
         micros = millis * 1000
     if not COMMIT_US[0] <= micros <= COMMIT_US[1]:
         raise Invalid(Reason.COMMIT_RANGE)
-    return {"lsn": lsn, "tx_id": tx_id, "commit_ts": datetime.fromtimestamp(0, UTC) + timedelta(microseconds=micros)}
+    return {"lsn": lsn, "tx_id": tx_id, "commit_ts": EPOCH_UTC + timedelta(microseconds=micros)}
 
 
 def _row(contract: RowContract, image: Any, which: str) -> dict[str, Any] | None:
@@ -260,10 +261,10 @@ def _row(contract: RowContract, image: Any, which: str) -> dict[str, Any] | None
         return None
     if not isinstance(image, dict):
         raise Invalid(Reason.IMAGE_NOT_OBJECT.format(which=which))
-    missing = sorted(contract.names - set(image))  # a column added upstream is ignored (Change.ignored)
-    if missing:
-        raise Invalid(Reason.DRIFT.format(table=contract.table, which=which, missing=", ".join(missing)))
-    return {c.name: _value(f"{contract.table}.{c.name}", c, image[c.name]) for c in contract.columns}
+    if not contract.names <= image.keys():  # a column added upstream is ignored (Change.ignored)
+        missing = ", ".join(sorted(contract.names - image.keys()))
+        raise Invalid(Reason.DRIFT.format(table=contract.table, which=which, missing=missing))
+    return {name: _value(where, column, image[name]) for name, where, column in contract.places}
 
 
 

@@ -52,13 +52,13 @@ def stop_pid(pid: int, name: str, timeout_s: float = 30.0) -> None:
         return
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if not _alive(pid):
+        if not alive(pid):
             log.info("stopped %s (pid %d)", name, pid)
             return
         time.sleep(0.2)
     log.warning("%s (pid %d) ignored SIGTERM for %.0f s; killing it", name, pid, timeout_s)
     os.kill(pid, signal.SIGKILL)
-    while _alive(pid):
+    while alive(pid):
         time.sleep(0.1)
 
 
@@ -82,7 +82,7 @@ def wait_until(check: Callable[[], object], *, timeout_s: float, what: str, log_
     deadline = time.monotonic() + timeout_s
     last_error: Exception | None = None
     while time.monotonic() < deadline:
-        if pid is not None and not _alive(pid):
+        if pid is not None and not alive(pid):
             raise ServiceError(f"{what} exited during start-up.{_tail(log_file)}")
         try:
             result = check()
@@ -108,7 +108,8 @@ def rss_mb(pid: int | None) -> float | None:
     return None
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Running: not gone and not a zombie."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -118,6 +119,14 @@ def _alive(pid: int) -> bool:
     except ChildProcessError:
         pass
     return not _is_zombie(pid)
+
+
+def children(pid: int) -> list[int]:
+    """The pids of a process's children (Linux's /proc), none once it is gone."""
+    try:
+        return [int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
+    except FileNotFoundError:
+        return []
 
 
 def _is_zombie(pid: int) -> bool:

@@ -70,21 +70,23 @@ def test_the_report_and_its_plots_are_written(smoke):
                        "infer_100_p99_ms"):
             assert f"(`{key}`) | {fmt(result[key])} |" in report, key
     assert "No mismatches." in report
-    assert "## Fault matrix" in report and "| kill_streaming_driver |" in report
+    assert "## Fault matrix" in report and "| kill_archiver |" in report
 
 
 def test_the_fault_matrix_loses_nothing_counts_nothing_twice_and_stays_exact(smoke):
-    """The smoke matrix (kill -9 of the driver, 1,000 hostile messages) on its side stack; every check of a
+    """The smoke matrix (kill -9 of the archiver, 1,000 hostile messages) on its side stack; every check of a
     scenario must hold, and the hostile ones all become dead letters while both jobs keep their pids."""
     _, result = smoke
     by_name = {f["scenario"]: f for f in result["faults"]}
-    assert set(by_name) == {"kill_streaming_driver", "hostile_burst_1000"}, result["faults"]
+    assert set(by_name) == {"kill_archiver", "hostile_burst_1000"}, result["faults"]
     for name, fault in by_name.items():
         assert "error" not in fault, fault
         assert fault["changes_committed"] > 100 and fault["changes_archived"] == fault["changes_committed"], fault
         assert (fault["lost"], fault["doubled"], fault["mismatches"]) == (0, 0, []), fault
         assert fault["oracle_online_compared"] > 100 and fault["oracle_offline_compared"] > 50, fault
         assert fault["survived"], fault
+    killed = by_name["kill_archiver"]  # its decoding workers and their resource tracker went with it
+    assert killed["archiver_children"] >= 2 and killed["archiver_children_left"] == 0, killed
     hostile = by_name["hostile_burst_1000"]
     assert hostile["dead_lettered"] == 1000 and hostile["archiver_pid_unchanged"] and hostile["job_pid_unchanged"]
     assert result["faults_survived"] == 2

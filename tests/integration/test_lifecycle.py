@@ -9,7 +9,7 @@ import pytest
 
 from cdcf.errors import ServiceError
 from cdcf.settings import load_settings
-from cdcf.stack import jars, kafka, postgres, redis_server
+from cdcf.stack import jars, kafka, postgres, proc, redis_server
 from cdcf.stack.background import ARCHIVER, STREAMING
 from tests.conftest import run_cli
 
@@ -47,7 +47,7 @@ def test_up_status_down_up_up_from_nothing(side_home):
         assert run_cli("down", env=env).returncode == 0
         assert _pids(side) == dict.fromkeys(running)
         for pid in running.values():
-            assert not _alive(pid)
+            assert not proc.alive(pid)
         stopped = run_cli("status", env=env)
         assert stopped.returncode == 1 and stopped.stdout.count("FAIL") == 7
 
@@ -61,14 +61,6 @@ def test_up_status_down_up_up_from_nothing(side_home):
     finally:
         run_cli("down", "--purge", env=env)
     assert not postgres.cluster_exists(side)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(") ", 1)[1][0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_a_new_home_never_inherits_the_database_of_another(side_home, tmp_path):

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import csv
+import io
 import json
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -8,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from connectors import contracts
-from connectors.archive import archive_row
+from connectors.archive import archive_row, encode
 from connectors.decoder import DEAD_LETTER_PAYLOAD, Change, DeadLetter, Position, decode
 from tests.cdc_cases import BAD_INPUTS, PREFIX, TOPIC, encoded, envelope, good_update, row
 from tests.fuzz import messages
@@ -115,6 +117,23 @@ def test_archive_row_keeps_decimals_exact_and_times_in_utc():
     assert values[:5] == ("transactions", 7, 35841752, "u", 869)
     assert '"amount":"13.75"' in values[7] and '"created_at":"2026-11-27T17:16:42.146637+00:00"' in values[7]
     assert values[8:] == (TOPIC, 0, 42)
+
+
+def test_a_batch_encodes_to_csv_rows_that_read_back_as_its_archive_rows():
+    """The archiver's batch (decoded in a worker): each change one CSV row that reads back as its archive row
+    (quotes, commas, backslashes, line breaks and nulls included), dead letters with their reason, tombstones
+    dropped, and per table the columns no contract names."""
+    tricky = encoded(envelope(after=row(txn_id=11, merchant='Joe\'s "best", \\ shop\nline 2\t'), txId=None))
+    extra = encoded(envelope(after={**row(txn_id=12), "added_upstream": 1}))
+    batch = [(TOPIC, 0, 1, None, tricky), (TOPIC, 0, 2, None, b"{not json"), (TOPIC, 0, 3, b"k", None),
+             (TOPIC, 0, 4, None, extra)]
+    out = encode(PREFIX, batch)
+    rows = [archive_row(decode(PREFIX, Position(TOPIC, 0, offset), None, value))
+            for _, _, offset, _, value in (batch[0], batch[3])]
+    assert out.changes == 2 and rows[0][4] is None
+    assert list(csv.reader(io.StringIO(out.rows))) == [["" if v is None else str(v) for v in r] for r in rows]
+    assert [(d.reason, d.position.offset) for d in out.dead] == [("malformed JSON", 2)]
+    assert out.ignored == {"transactions": {"added_upstream"}}
 
 
 @settings(max_examples=10_000, deadline=None, suppress_health_check=list(HealthCheck))
