@@ -21,7 +21,8 @@ from confluent_kafka import Consumer, TopicPartition
 from psycopg2.extras import execute_values
 
 from cdcf.settings import load_settings
-from cdcf.stack.background import ARCHIVER
+from cdcf.stack import proc
+from cdcf.stack.background import ARCHIVER, STREAMING
 
 OUT = Path(__file__).parent / "results" / "cdc_capture.json"
 
@@ -135,6 +136,18 @@ def throughput_run(settings, changes: int) -> dict:
             "archive_changes_per_s": changes / archive_s}
 
 
+def await_stream(settings, timeout_s: float = 300) -> None:
+    """Until the streaming job reports, after now, that it has read every change (so a run after this one does not
+    share the cores with its catching up)."""
+    status, since = STREAMING.status_file(settings), time.time()
+
+    def caught_up() -> bool:
+        state = json.loads(status.read_text()) if status.exists() else {}
+        return state.get("at", 0) > since and state.get("behind") == 0
+
+    proc.wait_until(caught_up, timeout_s=timeout_s, what="the streaming job to catch up")
+
+
 def backlog_run(settings, changes: int) -> dict:
     """The archiver's own rate, which the run above cannot show (the archive cannot finish before Kafka has the
     changes): ``changes`` inserts captured while the archiver is stopped, then the seconds from its first write to
@@ -162,8 +175,9 @@ def main() -> None:
                    f"{__import__('os').cpu_count()} cores",
         "latency": latency_run(settings, args.rate, args.seconds),
         "throughput": throughput_run(settings, args.bulk),
-        "archive_backlog": backlog_run(settings, args.bulk),
     }
+    await_stream(settings)
+    result["archive_backlog"] = backlog_run(settings, args.bulk)
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -47,7 +47,7 @@ SIZES = {
         "freshness_runs": 3,
         "capacity_rates": [1000, 1500, 2000, 2500, 3000, 4000, 6000, 8000, 12000, 20000], "capacity_hold_s": 180,
         "capacity_bound_s": 10,
-        "backfill_changes": 1_000_000, "backfill_users": 20_000, "backfill_products": 2_000, "pit_rows": 1_000_000,
+        "backfill_changes": 3_000_000, "backfill_users": 60_000, "backfill_products": 6_000, "pit_rows": 1_000_000,
         "pit_feast_rows": 10_000, "backfill_oracle_rows": 200,
         "infer_entities": 100_000, "infer_repeats": 300,
         "capture_changes": 200_000, "stream_changes": 1_000_000, "stream_users": 100_000, "stream_products": 10_000,
@@ -231,6 +231,7 @@ def capture(settings, changes: int) -> dict:
     """Debezium into Kafka with the source committing as fast as it can (and the archive behind it); then the
     archiver's own rate on a backlog of as many changes."""
     run = cdc_capture.throughput_run(settings, changes)
+    cdc_capture.await_stream(settings)
     backlog = cdc_capture.backlog_run(settings, changes)
     return {"capture_changes_per_s": round(run["kafka_changes_per_s"], 1),
             "archive_changes_per_s": round(backlog["archive_changes_per_s"], 1),
