@@ -51,9 +51,10 @@ from connectors.connect import ConnectClient, connector_config
 from connectors.contracts import row_contracts
 from connectors.resnapshot import resnapshot
 
-SIDE = {"CDCF_PG_PORT": "35432", "CDCF_REDIS_PORT": "36379", "CDCF_KAFKA_PORT": "39092",
-        "CDCF_KAFKA_CONTROLLER_PORT": "39093", "CDCF_CONNECT_PORT": "38083", "CDCF_PG_CLUSTER": "cdcf_faults"}
-SPARK_PORT, SPARK_UI = 37077, 38090
+# below Linux's ephemeral range (32768-60999), where a client's outgoing connection can hold a port a moment
+SIDE = {"CDCF_PG_PORT": "21432", "CDCF_REDIS_PORT": "21379", "CDCF_KAFKA_PORT": "21092",
+        "CDCF_KAFKA_CONTROLLER_PORT": "21093", "CDCF_CONNECT_PORT": "21083", "CDCF_PG_CLUSTER": "cdcf_faults"}
+SPARK_PORT, SPARK_UI = 21077, 21180  # the workers' UIs take the next ports
 LOGS = Path(tempfile.gettempdir()) / "cdcf-faults-logs"
 TABLES = ("users", "transactions", "sessions", "reviews")
 OWNER = {"transactions": "user_id", "sessions": "user_id", "reviews": "product_id", "users": "user_id"}

@@ -190,19 +190,22 @@ def _state_bytes(spark, checkpoint: Path) -> int:
 
 def stream_phase(settings: Settings, changes: int, users: int, products: int, seed: int) -> dict:
     """Prefill, then drain with two cores and with one; the section-6 keys and the runs behind them."""
-    prefix = f"bench{seed}"
+    prefix = f"bench{seed}_{time.time_ns()}"  # topics of this run alone, deleted after it
     base = random.Random(seed).randrange(1, 9000) * 10**11 + 5 * 10**10
     _create_scratch(settings)
-    result = {"stream_workload": {"changes": changes, "users": users, "products": products, "entity_base": base,
-                                  "topic_partitions": PARTITIONS,
-                                  **prefill(settings, prefix, changes, users, products, base, seed)}}
     workdir = Path(tempfile.mkdtemp(prefix="cdcf-drain-"))
-    STREAMING.stop(settings)  # the live job would share the cores: the drain measures the job alone
     try:
-        runs = {cores: drain(settings, prefix, cores, workdir) for cores in (2, 1)}
+        result = {"stream_workload": {"changes": changes, "users": users, "products": products, "entity_base": base,
+                                      "topic_partitions": PARTITIONS,
+                                      **prefill(settings, prefix, changes, users, products, base, seed)}}
+        STREAMING.stop(settings)  # the live job would share the cores: the drain measures the job alone
+        try:
+            runs = {cores: drain(settings, prefix, cores, workdir) for cores in (2, 1)}
+        finally:
+            STREAMING.start(settings)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-        STREAMING.start(settings)
+        kafka.delete_topics(settings, [f"{prefix}.public.{t}" for t in tables()])
     two, one = runs[2], runs[1]
     entities = users + products
     result.update({

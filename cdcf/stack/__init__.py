@@ -51,8 +51,8 @@ def check_prerequisites(settings: Settings) -> None:
     needed = dict(PROGRAMS)
     needed[settings.java] = "apt-get install openjdk-17-jdk-headless, or set CDCF_JAVA"
     needed[settings.javac] = "apt-get install openjdk-17-jdk-headless (it builds the window engine), or set CDCF_JAVAC"
-    if not all((settings.paths.jar_dir(p) / jars.MARKER).exists() for p in jars.PROFILES):
-        needed[settings.maven] = "apt-get install maven (needed while the jar cache is empty), or set CDCF_MAVEN"
+    if not jars.resolved(settings):
+        needed[settings.maven] = "apt-get install maven (needed while the jar cache is empty or jars.xml changed), or set CDCF_MAVEN"
     missing = [f"{name} ({fix})" for name, fix in needed.items() if shutil.which(name) is None]
     if os.geteuid() != 0:
         missing.append("root rights (the stack creates its PostgreSQL cluster with pg_createcluster)")

@@ -1,11 +1,13 @@
 """The JVM jars of the stack, resolved once from Maven Central into the ignored cache.
 
-``jars.xml`` beside this file names them; each profile fills one folder. A folder with its ``.complete`` marker
-is never resolved again, so a second ``make up`` needs neither Maven nor the network.
+``jars.xml`` beside this file names them; each profile fills one folder. A folder whose ``.complete`` marker
+names this ``jars.xml`` (its digest) is never resolved again, so a second ``make up`` needs neither Maven nor the
+network; a changed ``jars.xml`` resolves every folder again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 import subprocess
@@ -25,15 +27,14 @@ def ensure_jars(settings: Settings) -> None:
     """Fill every jar folder that is not complete yet."""
     for profile in PROFILES:
         target = settings.paths.jar_dir(profile)
-        if (target / MARKER).exists():
-            continue
-        _resolve(settings, profile, target)
+        if not _complete(target):
+            _resolve(settings, profile, target)
 
 
 def jar_files(settings: Settings, profile: str) -> list[Path]:
     """The jars of one complete folder, sorted; raise if it was never resolved."""
     folder = settings.paths.jar_dir(profile)
-    if not (folder / MARKER).exists():
+    if not _complete(folder):
         raise JarResolutionError(f"The {profile} jars are not in {folder}; run `make up` (or `cdcf up`) first.")
     return sorted(folder.glob("*.jar"))
 
@@ -61,9 +62,23 @@ def _resolve(settings: Settings, profile: str, target: Path) -> None:
             "Check that this machine reaches the repository (or set CDCF_MAVEN_REPO_URL to a mirror), "
             "then run `make up` again."
         )
-    (staging / MARKER).write_text("resolved from jars.xml\n")
+    (staging / MARKER).write_text(_digest())
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
+
+
+def _digest() -> str:
+    return f"resolved from jars.xml {hashlib.sha256(POM.read_bytes()).hexdigest()[:16]}\n"
+
+
+def _complete(folder: Path) -> bool:
+    marker = folder / MARKER
+    return marker.exists() and marker.read_text() == _digest()
+
+
+def resolved(settings: Settings) -> bool:
+    """Every folder is filled from this ``jars.xml``: ``make up`` needs no Maven."""
+    return all(_complete(settings.paths.jar_dir(p)) for p in PROFILES)
 
 
 def _mirror_settings(settings: Settings) -> Path:

@@ -104,6 +104,17 @@ def ensure_topics(settings: Settings, topics: list[str], partitions: int = 1,
             future.result(timeout=30)
 
 
+def delete_topics(settings: Settings, topics: list[str]) -> None:
+    """Delete the topics that exist (a benchmark's scratch topics)."""
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap, "log_level": 0})
+    for topic, future in admin.delete_topics(topics, operation_timeout=30).items():
+        try:
+            future.result(timeout=30)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                raise ServiceError(f"Could not delete Kafka topic {topic}: {exc}") from exc
+
+
 def kafka_health(settings: Settings) -> str:
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap, "socket.timeout.ms": 3000, "log_level": 0})
     meta = admin.list_topics(timeout=3)

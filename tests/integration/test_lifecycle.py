@@ -29,7 +29,7 @@ def test_up_status_down_up_up_from_nothing(side_home):
     env = {"CDCF_HOME": str(side_home), "CDCF_PG_CLUSTER": "cdcf_lifecycle", **PORTS}
     side = load_settings(home=side_home, pg_cluster="cdcf_lifecycle",
                          **{k.removeprefix("CDCF_").lower(): int(v) for k, v in PORTS.items()})
-    assert all((side.paths.jar_dir(p) / jars.MARKER).exists() for p in jars.PROFILES)  # shared, warm cache
+    assert jars.resolved(side)  # shared, warm cache
     try:
         first = run_cli("up", env=env)
         assert first.returncode == 0, first.stdout + first.stderr
@@ -43,6 +43,9 @@ def test_up_status_down_up_up_from_nothing(side_home):
         assert "4 feature views, 4 services" in healthy.stdout
         running = _pids(side)
         assert all(running.values()), running
+        for service in ("kafka", "connect"):  # the JVMs log through log4j2 (an slf4j 1.x API would silence them)
+            assert "StaticLoggerBinder" not in side.paths.log(service).read_text(), service
+        assert "(io.debezium." in side.paths.log("connect").read_text()  # Debezium's account of its connector
 
         assert run_cli("down", env=env).returncode == 0
         assert _pids(side) == dict.fromkeys(running)
