@@ -155,8 +155,8 @@ def ensure_secrets(home: Path) -> Path:
     home.mkdir(parents=True, exist_ok=True)
     existing = _read_env_file(path)
     missing = [f for f in SECRET_FIELDS if f"CDCF_{f.upper()}" not in existing]
-    if missing:
-        with path.open("a") as fh:
+    if missing:  # created private: no moment when others could read a password
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "a") as fh:
             for field in missing:
                 fh.write(f"CDCF_{field.upper()}={secrets.token_urlsafe(24)}\n")
     path.chmod(0o600)

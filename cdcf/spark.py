@@ -5,12 +5,21 @@ from __future__ import annotations
 
 import os
 import sys
+from urllib.parse import urlparse
 
 from pyspark.sql import SparkSession
 
 from cdcf.engine import engine_jar
 from cdcf.settings import Settings
 from cdcf.stack.jars import jar_files
+
+LOOPBACK = "127.0.0.1"
+
+
+def on_this_machine(master: str) -> bool:
+    """A master whose executors all run here (local mode, or a standalone master on loopback): Spark binds its
+    ports to ``SPARK_LOCAL_IP``, and its UI to every interface without it."""
+    return master.startswith("local") or urlparse(master).hostname in (LOOPBACK, "localhost")
 
 
 def spark_session(settings: Settings, app_name: str, master: str | None = None,
@@ -19,10 +28,13 @@ def spark_session(settings: Settings, app_name: str, master: str | None = None,
     overrides or adds settings."""
     # Python workers must import pandas/feast/cdcf: point them at this interpreter (FACTS.md).
     os.environ["PYSPARK_PYTHON"] = os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
+    master = master or settings.spark_master
+    if on_this_machine(master):  # the driver, its UI and block manager listen on loopback, not on the LAN
+        os.environ.setdefault("SPARK_LOCAL_IP", LOOPBACK)
     engine = engine_jar(settings.paths.cache / "engine", settings.javac)
     jars = ",".join(str(j) for j in [*jar_files(settings, "spark"), engine])
     builder = (
-        SparkSession.builder.master(master or settings.spark_master)
+        SparkSession.builder.master(master)
         .appName(app_name)
         .config("spark.jars", jars)
         .config("spark.sql.shuffle.partitions", settings.spark_shuffle_partitions)

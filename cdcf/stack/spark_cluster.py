@@ -44,7 +44,7 @@ def standalone(folder: Path, port: int, ui_port: int, workers: int = 2) -> Itera
     cluster and stops it on exit."""
     folder.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "SPARK_LOG_DIR": str(folder), "SPARK_WORKER_DIR": str(folder / "work"),
-           "PYSPARK_PYTHON": sys.executable}
+           "PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1"}  # UIs too: not on the LAN
     url = f"spark://127.0.0.1:{port}"
     daemons = [subprocess.Popen([str(SPARK_CLASS), "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
                                  "--port", str(port), "--webui-port", str(ui_port)],

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
+import os
 import socket
 import subprocess
 import time
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 
 import httpx
 import pandas as pd
@@ -17,7 +21,8 @@ import redis
 from cdcf import features as decl
 from cdcf.feast_config import feature_store
 from cdcf.spark import spark_session
-from cdcf.stack import kafka, status
+from cdcf.stack import kafka, postgres, proc, redis_server, status
+from cdcf.stack.background import STREAMING
 from tests.conftest import CDCF, run_cli
 
 pytestmark = pytest.mark.integration
@@ -31,6 +36,41 @@ def test_status_reports_every_component_healthy(settings):
                                                       "streaming"]
     assert all(" OK " in line for line in lines), result.stdout
     assert all(h.healthy for h in status(settings))
+
+
+def test_every_port_the_stack_listens_on_is_loopback(settings):
+    """Postgres, Redis, Kafka, Connect and the streaming job's Spark driver (its UI included): nothing of the local
+    stack listens where the LAN reaches it."""
+    job = STREAMING.pid(settings)
+    pids = {postgres.pid(settings), redis_server.pid(settings), kafka.service_pid(settings, kafka.KAFKA),
+            kafka.service_pid(settings, kafka.CONNECT), job, *proc.children(job)}
+    sockets = _listening(pids - {None})
+    assert {settings.pg_port, settings.redis_port, settings.kafka_port, settings.connect_port} <= {
+        port for _, port in sockets}, sockets
+    assert len(sockets) >= 8, sockets  # and the driver's RPC, block manager and UI ports
+    assert all((address.ipv4_mapped if address.version == 6 and address.ipv4_mapped else address).is_loopback
+               for address, _ in sockets), sorted(map(str, sockets))
+
+
+def _listening(pids: set[int]) -> set[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]]:
+    """(address, port) of every TCP socket the processes ``pids`` listen on, from Linux's /proc."""
+    inodes = set()
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[len("socket:["):-1])
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                address, port = fields[1].split(":")
+                raw = bytes.fromhex(address)  # each 32-bit word in the host's (little-endian) order
+                found.add((ipaddress.ip_address(b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))),
+                           int(port, 16)))
+    return found
 
 
 def test_connect_lists_the_debezium_postgres_plugin(settings):

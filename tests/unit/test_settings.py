@@ -1,9 +1,32 @@
 from __future__ import annotations
 
+import os
+import secrets
+
 import pytest
 
 from cdcf.errors import ConfigError
 from cdcf.settings import SECRET_FIELDS, ensure_secrets, load_settings
+
+
+def test_the_secrets_file_is_private_before_a_password_is_in_it(tmp_path, monkeypatch):
+    """Created 0600, not made private after the fact: under a umask of 0 a file opened the usual way would be
+    world-readable while the passwords are written."""
+    for field in SECRET_FIELDS:
+        monkeypatch.delenv(f"CDCF_{field.upper()}", raising=False)
+    path, modes, token = tmp_path / "secrets.env", [], secrets.token_urlsafe
+
+    def watched(n: int) -> str:  # each password is made while the file is open
+        modes.append(path.stat().st_mode & 0o777)
+        return token(n)
+
+    monkeypatch.setattr(secrets, "token_urlsafe", watched)
+    umask = os.umask(0)
+    try:
+        ensure_secrets(tmp_path)
+    finally:
+        os.umask(umask)
+    assert modes == [0o600] * len(SECRET_FIELDS)
 
 
 def test_first_run_writes_private_random_secrets_and_keeps_them(tmp_path, monkeypatch):
