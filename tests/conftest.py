@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 
 from cdcf import stack
 from cdcf.settings import PROJECT_ROOT, default_home, ensure_secrets, load_settings
+from cdcf.workload import Workload
 
 CDCF = str(Path(sys.executable).with_name("cdcf"))
 
@@ -35,6 +37,13 @@ def side_home(tmp_path, settings):
     (home / "cache" / "jars").symlink_to(settings.paths.jars)
     shutil.copy(settings.paths.secrets, home / "secrets.env")
     return home
+
+
+def fresh_workload(settings, seed: int | None = None) -> Workload:
+    """A workload on users and products of its own (a fresh id range): its updates, moves and deletes touch no
+    other test's rows, and no history an older run left on the same stack."""
+    return Workload(settings, seed=random.randrange(10**6) if seed is None else seed,
+                    entity_base=random.randrange(10**4, 10**7) * 10**5)
 
 
 def wait_for(check, timeout_s: float, what: str | Callable[[], str]):

@@ -23,10 +23,9 @@ from cdcf import layout
 from cdcf.feast_config import feature_store
 from cdcf.spark import spark_session
 from cdcf.stack.background import STREAMING
-from cdcf.workload import Workload
 from streaming.reseed import seed_online
 from tests import oracle
-from tests.conftest import wait_for
+from tests.conftest import fresh_workload, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +44,7 @@ def _query(settings, statement: str, params=None, db: str | None = None) -> list
 def history(settings):
     """The workload's start; by then its changes are archived and served, and the streaming job is stopped."""
     started = _query(settings, "SELECT now()")[0][0]
-    Workload(settings, seed=random.randrange(10**6)).run(300, 15, burst_every_s=0)
+    fresh_workload(settings).run(300, 15, burst_every_s=0)
     marker = random.randrange(10**13, 10**14)
     _query(settings, "INSERT INTO transactions VALUES (%s, %s, NULL, 1.00, 'marker', now(), now())",
            (marker, marker), db=settings.app_db)

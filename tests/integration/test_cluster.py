@@ -18,8 +18,7 @@ from cdcf import features as decl
 from cdcf.feast_config import feature_store
 from cdcf.stack import proc, spark_cluster
 from cdcf.stack.background import STREAMING
-from cdcf.workload import Workload
-from tests.conftest import CDCF
+from tests.conftest import CDCF, fresh_workload
 from tests.integration.test_streaming import _last_change_by_user, _sql, assert_exact
 
 pytestmark = pytest.mark.integration
@@ -55,7 +54,7 @@ def test_the_job_runs_unchanged_on_a_standalone_cluster(settings, cluster, tmp_p
 
         # kill -9 of one executor in the middle of a load: its tasks run again, nothing is lost or counted twice
         started = _sql(settings, "SELECT 1")
-        load = threading.Thread(target=lambda: Workload(settings, seed=random.randrange(10**6)).run(200, 15))
+        load = threading.Thread(target=lambda: fresh_workload(settings).run(200, 15))
         load.start()
         time.sleep(6)
         executors = cluster.executors()

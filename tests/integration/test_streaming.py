@@ -25,10 +25,10 @@ from cdcf import layout
 from cdcf.errors import ServiceError
 from cdcf.feast_config import feature_store
 from cdcf.stack.background import STREAMING
-from cdcf.workload import Workload, redeliver
+from cdcf.workload import redeliver
 from streaming.online import OnlineWriter
 from tests import oracle
-from tests.conftest import run_cli, wait_for
+from tests.conftest import fresh_workload, run_cli, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -208,7 +208,7 @@ def test_a_window_decays_with_no_new_events(settings, store):
 
 def test_kill_9_mid_load_loses_and_double_counts_nothing(settings, store):
     started = _sql(settings, "SELECT 1")
-    load = threading.Thread(target=lambda: Workload(settings, seed=random.randrange(10**6)).run(300, 20))
+    load = threading.Thread(target=lambda: fresh_workload(settings).run(300, 20))
     load.start()
     time.sleep(8)
     killed = STREAMING.pid(settings)
