@@ -128,6 +128,7 @@ def render(r: dict, out: Path, markdown: Path) -> None:
     rel = Path(os.path.relpath(out, markdown.parent))
     m, w = r["machine"], r["workload"]
     reruns = {part: run for run in r.get("reruns", []) for part in run["parts"]}  # each part's latest
+    history = r["offline_workload"]  # the offline part's own sizes (a rerun may differ from the full run's)
     lines = [
         "# Benchmarks",
         "",
@@ -156,7 +157,7 @@ def render(r: dict, out: Path, markdown: Path) -> None:
     lines += [
         "",
         f"Sizes: training set {fmt(r['pit_rows'])} rows, Feast baseline {fmt(r['pit_feast_rows'])} rows; backfill "
-        f"{fmt(r['backfill_changes'])} changes of {w['backfill_users']:,} users over 30 days -> "
+        f"{fmt(r['backfill_changes'])} changes of {history['users']:,} users over {history['days']} days -> "
         f"{fmt(r['backfill_rows_written'])} offline rows; inference on `{r['infer_device']}` "
         f"(1 / 100 / 1,024 entities p99: {r['infer_1_p99_ms']} / {r['infer_100_p99_ms']} / {r['infer_1024_p99_ms']} "
         "ms).",
