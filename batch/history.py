@@ -35,12 +35,8 @@ class History:
     rejects: DataFrame  # source_table, key, lsn, reason
 
 
-def jdbc_url(settings: Settings) -> str:
-    return f"jdbc:postgresql://{settings.pg_host}:{settings.pg_port}/{settings.offline_db}"
-
-
 def jdbc_options(settings: Settings) -> dict[str, str]:
-    return {"url": jdbc_url(settings), "user": settings.feast_user, "driver": "org.postgresql.Driver",
+    return {"url": settings.jdbc_url(settings.offline_db), "user": settings.feast_user, "driver": "org.postgresql.Driver",
             "password": settings.feast_password.get_secret_value(), "fetchsize": "20000"}
 
 

@@ -17,9 +17,10 @@ from decimal import Decimal
 from pathlib import Path
 
 import psycopg2
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import TopicPartition
 from psycopg2.extras import execute_values
 
+from cdcf import kafka_clients
 from cdcf.settings import load_settings
 from cdcf.stack import proc
 from cdcf.stack.background import ARCHIVER, STREAMING
@@ -30,8 +31,8 @@ OUT = Path(__file__).parent / "results" / "cdc_capture.json"
 def latency_run(settings, rate: float, seconds: float) -> dict:
     """One INSERT transaction every 1/rate s; each commit's wall time against the time its event is consumed."""
     topic = f"{settings.topic_prefix}.public.transactions"
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"bench-{time.time()}",
-                         "enable.auto.commit": False, "fetch.wait.max.ms": 5, "log_level": 0})
+    consumer = kafka_clients.consumer(settings, "admin", f"bench-{time.time()}",
+                                      **{"enable.auto.commit": False, "fetch.wait.max.ms": 5})
     _, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
     consumer.assign([TopicPartition(topic, 0, high)])
     base = random.randrange(10**13, 10**14)
@@ -88,7 +89,7 @@ def _capture(settings, changes: int) -> tuple[int, float, float]:
     """Commit ``changes`` inserts as fast as Postgres takes them; the first key, and the seconds until they were
     committed and until all were in Kafka."""
     topic = TopicPartition(f"{settings.topic_prefix}.public.transactions", 0)
-    probe = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "bench-probe", "log_level": 0})
+    probe = kafka_clients.consumer(settings, "admin", "bench-probe")
     _, start_high = probe.get_watermark_offsets(topic, timeout=10)
     base = random.randrange(10**13, 10**14)
     conn = psycopg2.connect(settings.pg_dsn())

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import signal
 import tempfile
@@ -36,13 +35,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg2
-from confluent_kafka import Producer, TopicPartition
 
 from bench import oracle
 from bench.freshness import Prober
-from cdcf import stack
+from bench.hostile import OWNER, TABLES, VALUE, hostile_messages
+from cdcf import kafka_clients, stack
 from cdcf.feast_config import feature_store
-from cdcf.kafka_clients import reader
 from cdcf.settings import Settings, load_settings
 from cdcf.stack import kafka, postgres, proc, redis_server, spark_cluster
 from cdcf.stack.background import ARCHIVER, STREAMING
@@ -56,11 +54,6 @@ SIDE = {"CDCF_PG_PORT": "21432", "CDCF_REDIS_PORT": "21379", "CDCF_KAFKA_PORT": 
         "CDCF_KAFKA_CONTROLLER_PORT": "21093", "CDCF_CONNECT_PORT": "21083", "CDCF_PG_CLUSTER": "cdcf_faults"}
 SPARK_PORT, SPARK_UI = 21077, 21180  # the workers' UIs take the next ports
 LOGS = Path(tempfile.gettempdir()) / "cdcf-faults-logs"
-TABLES = ("users", "transactions", "sessions", "reviews")
-OWNER = {"transactions": "user_id", "sessions": "user_id", "reviews": "product_id", "users": "user_id"}
-VALUE = {"transactions": "amount", "sessions": "duration_s", "reviews": "rating", "users": "income"}
-WHEN = {"transactions": "created_at", "sessions": "started_at", "reviews": "created_at", "users": "updated_at"}
-TEXT = {"transactions": "merchant", "sessions": "user_id", "reviews": "user_id", "users": "account_status"}
 
 
 @dataclass
@@ -98,7 +91,7 @@ def _stop_redis(settings: Settings, _cluster) -> dict:
 
 
 def _pause_connector(settings: Settings, _cluster) -> dict:
-    client = ConnectClient(settings.connect_url)
+    client = ConnectClient(settings)
     name, _ = connector_config(settings)
     try:
         client.pause(name)
@@ -112,7 +105,7 @@ def _pause_connector(settings: Settings, _cluster) -> dict:
 def _lose_the_slot(settings: Settings, _cluster) -> dict:
     """Stop capture, make PostgreSQL keep 1 MB of WAL for slots, write 64 MB and checkpoint: the slot is lost. Status
     must say so; then the setting is restored and `cdcf resnapshot` brings capture back."""
-    client = ConnectClient(settings.connect_url)
+    client = ConnectClient(settings)
     name, _ = connector_config(settings)
     client.stop(name)
     client.close()
@@ -146,7 +139,7 @@ def _hostile_burst(settings: Settings, _cluster) -> dict:
     archiver, job = ARCHIVER.pid(settings), STREAMING.pid(settings)
     before = json.loads(ARCHIVER.status_file(settings).read_text())["dead_letters"]
     messages = hostile_messages(settings, 1000)
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "message.max.bytes": 2_000_000})
+    producer = kafka_clients.producer(settings, "admin", **{"message.max.bytes": 2_000_000})
     for n, (topic, value) in enumerate(messages):
         producer.produce(topic, key=f"hostile-{n}".encode(), value=value)
         producer.poll(0)
@@ -175,53 +168,6 @@ SCENARIOS = [
     Scenario("hostile_burst_1000", _hostile_burst),
     Scenario("slot_lost_then_resnapshot", _lose_the_slot, fault_s=30, by_state_only=True),
 ]
-
-
-def hostile_messages(settings: Settings, count: int) -> list[tuple[str, bytes]]:
-    """``count`` messages over the change topics: deep nesting, invalid UTF-8, truncated JSON, random bytes, and
-    real change events of each table with a value that overflows, a year-1 or NUL-bearing value, an LSN past
-    BIGINT, a ts_us past any date, an unknown op, a missing or mistyped image."""
-    rng = random.Random(7)
-    samples = {t: _real_event(settings, t) for t in TABLES}
-
-    def mutate(doc: dict, table: str, n: int) -> bytes:
-        doc = json.loads(json.dumps(doc))
-        after, source = doc.get("after") or {}, doc["source"]
-        value = VALUE[table]
-        [lambda: after.update({value: "1e30"}), lambda: after.update({value: 10**40}),
-         lambda: after.update({WHEN[table]: "0001-01-01T00:00:00+05:00"}), lambda: source.update(ts_us=10**20, ts_ms=10**17),
-         lambda: source.update(lsn=2**63), lambda: after.update({TEXT[table]: "a\x00b"}), lambda: doc.update(op="x"),
-         lambda: doc.update(after=[1, 2]), lambda: after.pop(OWNER[table], None),
-         lambda: source.update(ts_us=None, ts_ms="yesterday")][n % 10]()
-        return json.dumps(doc).encode()
-
-    shapes = [lambda t, n: b"[" * 200_000, lambda t, n: b"\xff\xfe" * 250_000,
-              lambda t, n: b'{"before": null, "after": {', lambda t, n: rng.randbytes(rng.randint(1, 2000))]
-    out = []
-    for n in range(count):
-        table = TABLES[n % len(TABLES)]
-        topic = f"{settings.topic_prefix}.public.{table}"
-        out.append((topic, shapes[n % 4](table, n) if n % 14 < 4 else mutate(samples[table], table, n)))
-    return out
-
-
-def _real_event(settings: Settings, table: str) -> dict:
-    """The last change event with an after image on ``table``'s topic."""
-    topic = f"{settings.topic_prefix}.public.{table}"
-    consumer = reader(settings, "faults")
-    try:
-        end = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)[1]
-        consumer.assign([TopicPartition(topic, 0, max(0, end - 1))])
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            msg = consumer.poll(1.0)
-            if msg is not None and not msg.error() and msg.value():
-                doc = json.loads(msg.value())
-                if doc.get("after"):
-                    return doc
-        raise RuntimeError(f"no change event to start from on {topic}")
-    finally:
-        consumer.close()
 
 
 class Load:
@@ -392,7 +338,7 @@ def run(main: Settings, rate: float, before_s: float, after_s: float, timeout_s:
     results = []
     with tempfile.TemporaryDirectory(prefix="cdcf-faults-") as tmp:
         folder = Path(tmp)
-        with spark_cluster.standalone(folder / "spark", SPARK_PORT, SPARK_UI) as cluster, \
+        with spark_cluster.standalone(main, folder / "spark", SPARK_PORT, SPARK_UI) as cluster, \
                 side_stack(main, folder, cluster.url) as settings:
             store = feature_store(settings)
             Prober(settings, store).run(1, 1, timeout_s=300)  # the job is up and serving before the first fault

@@ -49,6 +49,8 @@ ROWS = [
     ("oracle_offline_match", "oracle: offline values equal", None, "1.0", lambda r: r["oracle_offline_match"] == 1),
     ("faults_survived", "fault scenarios survived (0 lost, 0 doubled, oracle 1.0)", "faults_tried", "all",
      lambda r: r["faults_survived"] == r["faults_tried"]),
+    ("intrusions_refused", "intrusions refused (bench/results/security.json)", "intrusions_tried", "all",
+     lambda r: r["intrusions_refused"] == r["intrusions_tried"]),
     ("infer_1024_p99_ms", "fetch + score, 1,024 entities, p99 (ms)", None, "<= 10 ms on a GPU",
      lambda r: r["infer_device"] == "cuda" and r["infer_1024_p99_ms"] <= 10),
 ]

@@ -29,11 +29,11 @@ from importlib import metadata
 from pathlib import Path
 
 import psycopg2
-import redis
 
-from bench import cdc_capture, faults, freshness, offline, online, oracle, report, stream
+from bench import cdc_capture, faults, freshness, offline, online, oracle, report, security, stream
 from bench import inference as infer
 from cdcf.feast_config import feature_store
+from cdcf.redis_clients import redis_client
 from cdcf.settings import PROJECT_ROOT, load_settings
 from cdcf.workload import Workload, redeliver, topic_end
 
@@ -78,8 +78,7 @@ def machine(settings) -> dict:
         cur.execute("SHOW server_version")
         postgres_version = cur.fetchone()[0]
     conn.close()
-    r = redis.Redis(host=settings.redis_host, port=settings.redis_port,
-                    password=settings.redis_password.get_secret_value())
+    r = redis_client(settings, "writer")
     jars = sorted(p.name for p in settings.paths.jars.rglob("*.jar")
                   if re.match(r"(kafka_2|debezium-connector-postgres)", p.name))
     return {
@@ -120,7 +119,7 @@ def oracle_phase(settings, store, size: dict, seed: int) -> dict:
 
 
 PARTS = ("oracle", "reads", "writes", "freshness", "capacity", "capture", "stream", "offline", "inference",
-         "faults")
+         "faults", "security")
 
 
 def main() -> None:
@@ -140,7 +139,7 @@ def main() -> None:
     size = SIZES["smoke" if args.smoke else "full"]
     seed = args.seed if args.seed is not None else random.randrange(10**6)
     settings = load_settings()
-    store = feature_store(settings)
+    store = feature_store(settings, "writer")  # the online part pushes through it
     previous = args.out / "latest.json"
     partial = set(parts) != set(PARTS) and previous.exists()
     result: dict = json.loads(previous.read_text()) if partial else {}
@@ -216,6 +215,13 @@ def main() -> None:
         (args.out / "faults.json").write_text(json.dumps(
             {"machine": result["machine"], "at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), **matrix},
             indent=2, default=str) + "\n")
+    intrusions = phase("security", lambda: security.run(settings))
+    if intrusions is not None:
+        result.update({k: intrusions[k] for k in ("intrusions_tried", "intrusions_refused")})
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "security.json").write_text(json.dumps(
+            {"machine": result["machine"], "at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), **intrusions},
+            indent=2) + "\n")
     _oracle_totals(result)
     gpu = RESULTS / "inference_gpu.json"
     if gpu.exists():

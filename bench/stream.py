@@ -25,8 +25,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from confluent_kafka import Producer
-
+from cdcf import kafka_clients
 from cdcf.feast_config import create_offline_tables
 from cdcf.settings import Settings, load_settings
 from cdcf.stack import kafka, postgres
@@ -92,8 +91,8 @@ def envelopes(prefix: str, changes: int, users: int, products: int, base: int, s
 def prefill(settings: Settings, prefix: str, changes: int, users: int, products: int, base: int, seed: int) -> dict:
     topics = [f"{prefix}.public.{t}" for t in tables()]
     kafka.ensure_topics(settings, topics, partitions=PARTITIONS)
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 50, "batch.size": 1 << 20,
-                         "compression.type": "lz4", "queue.buffering.max.messages": 1_000_000})
+    producer = kafka_clients.producer(settings, "admin", **{"linger.ms": 50, "batch.size": 1 << 20,
+                                      "compression.type": "lz4", "queue.buffering.max.messages": 1_000_000})
     started = time.monotonic()
     for topic, key, value in envelopes(prefix, changes, users, products, base, seed):
         while True:
@@ -149,7 +148,8 @@ def run_drain(out: Path, checkpoint: Path) -> None:
     spark = stream_session(settings, "cdcf-bench-drain")
     spark.sparkContext.setLogLevel("ERROR")
     cpu_before, started = _process_tree_cpu_s(os.getpid()), time.monotonic()
-    query = build_stream(spark, settings, job.write_batch, checkpoint=checkpoint, available_now=True)
+    query = build_stream(spark, settings, job.write_batch, checkpoint=checkpoint, available_now=True,
+                         kafka_role="admin")  # its scratch topics are no reader's
     query.awaitTermination()
     elapsed, cpu = time.monotonic() - started, _process_tree_cpu_s(os.getpid()) - cpu_before
     progress = query.recentProgress

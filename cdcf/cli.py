@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 
 from cdcf.errors import PipelineError
-from cdcf.settings import Settings, default_home, ensure_secrets, load_settings
+from cdcf.settings import PROJECT_ROOT, Settings, default_home, ensure_secrets, load_settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Streaming CDC feature pipeline.")
 
@@ -47,7 +47,8 @@ def down(purge: bool = typer.Option(False, "--purge", help="Also delete the stac
     """Stop the processes of the local stack (only ours, by pid)."""
     from cdcf import stack
 
-    _run(lambda s: (stack.purge if purge else stack.down)(s, step=typer.echo))
+    # a stack from before a secret existed still stops (its new secrets are written as `up` would)
+    _run(lambda s: (stack.purge if purge else stack.down)(s, step=typer.echo), new_secrets=True)
 
 
 @app.command()
@@ -68,6 +69,20 @@ def apply() -> None:
     from cdcf import stack
 
     _run(stack.apply_feature_repo)
+
+
+@app.command("compose-secrets")
+def compose_secrets(folder: Path = typer.Option(PROJECT_ROOT / "secrets", help="Where docker-compose.yml reads them."),
+                    gid: int = typer.Option(..., help="Group that may read them: the containers join it "
+                                            "(HOMELAB_SECRETS_GID).")) -> None:
+    """Write the Docker secrets of docker-compose.yml from this stack's settings (those missing only)."""
+    from cdcf.stack import compose_secrets as secrets_files
+
+    def run(settings: Settings) -> None:
+        written = secrets_files.write(settings, folder, gid)
+        typer.echo(f"{folder}: wrote {', '.join(written) if written else 'nothing (every file is there)'}")
+
+    _run(run, new_secrets=True)
 
 
 @app.command()
@@ -118,7 +133,7 @@ def _connector(call: Callable[..., object], *args: object) -> None:
 
     def action(settings: Settings) -> None:
         name, config = connector_config(settings)
-        client = ConnectClient(settings.connect_url)
+        client = ConnectClient(settings)
         try:
             result = call(client, name, config, *args)
         finally:
@@ -357,7 +372,7 @@ def score(ids: list[int] = typer.Argument(..., help="Entity ids to score."),
 def serve_scores(port: int = typer.Option(6570, help="HTTP port."),
                  bind: str = typer.Option("127.0.0.1", help="Address to listen on."),
                  cache_ttl: float = typer.Option(0.0, help="Seconds to cache an entity's features (0: off).")) -> None:
-    """Serve POST /score {"ids": [...]} and GET /health over HTTP."""
+    """Serve POST /score {"ids": [...]} (with the bearer token CDCF_SCORING_TOKEN) and GET /health over HTTP."""
     import uvicorn
 
     from inference.model import frozen_heap
@@ -369,6 +384,7 @@ def serve_scores(port: int = typer.Option(6570, help="HTTP port."),
         except ScoringError as exc:
             raise PipelineError(str(exc)) from exc
         with frozen_heap():
-            uvicorn.run(create_app(service), host=bind, port=port, log_level="warning")
+            uvicorn.run(create_app(service, settings.scoring_token.get_secret_value()), host=bind, port=port,
+                        log_level="warning")
 
     _run(run)

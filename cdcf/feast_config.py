@@ -8,38 +8,40 @@ import psycopg2
 import yaml
 
 from cdcf import features as decl
-from cdcf.settings import PROJECT_ROOT, Settings, default_home
+from cdcf.redis_clients import Role, credentials
+from cdcf.settings import PROJECT_ROOT, Settings, default_home, write_private
 
 REPO_PATH = PROJECT_ROOT / "feature_repo"
 
 
-def repo_config(settings: Settings) -> dict:
-    """The content of feature_store.yaml for these settings."""
+def repo_config(settings: Settings, role: Role = "reader") -> dict:
+    """The content of feature_store.yaml for these settings, its Redis user ``role``'s: Feast's readers (get_online_
+    features, `feast serve`) sign in as the reader, whom Redis refuses writes (push endpoints included)."""
+    user, password = credentials(settings, role)
     return {
         "project": settings.feast_project,
         "provider": "local",
         "registry": {"registry_type": "sql", "path": settings.sqlalchemy_url(settings.registry_db), "cache_ttl_seconds": 60,
                      "sqlalchemy_config_kwargs": {"pool_pre_ping": True}},
         "online_store": {"type": "redis", "connection_string":
-                         f"{settings.redis_host}:{settings.redis_port},password={settings.redis_password.get_secret_value()}"},
+                         f"{settings.redis_host}:{settings.redis_port},username={user},password={password}"},
         "offline_store": {"type": "postgres", "host": settings.pg_host, "port": settings.pg_port,
                           "database": settings.offline_db, "db_schema": "public", "user": settings.feast_user,
-                          "password": settings.feast_password.get_secret_value(), "sslmode": "disable"},
+                          "password": settings.feast_password.get_secret_value(), "sslmode": settings.pg_sslmode,
+                          "sslrootcert_path": settings.pg_tls["sslrootcert"]},
         "entity_key_serialization_version": 3,
     }
 
 
-def write_repo_config(settings: Settings) -> Path:
-    """Write ``<home>/conf/feature_store.yaml`` (mode 0600). For the default home, ``feature_repo/`` links to
-    it, so `feast apply`, `feast feature-views list` and `feast serve` work in that folder as they are."""
-    path = settings.paths.conf / "feature_store.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.touch(mode=0o600, exist_ok=True)
-    path.chmod(0o600)
-    path.write_text("# Written by `cdcf up` from the settings; edit the settings, not this file.\n"
-                    + yaml.safe_dump(repo_config(settings), sort_keys=False))
+def write_repo_config(settings: Settings, role: Role = "reader") -> Path:
+    """Write ``<home>/conf/feature_store.yaml`` (mode 0600), or ``feature_store.writer.yaml`` for the writer (`feast
+    apply`). For the default home, ``feature_repo/`` links to the reader's, so `feast feature-views list` and `feast
+    serve` work in that folder as they are."""
+    path = settings.paths.conf / ("feature_store.yaml" if role == "reader" else f"feature_store.{role}.yaml")
+    write_private(path, "# Written by `cdcf up` from the settings; edit the settings, not this file.\n"
+                  + yaml.safe_dump(repo_config(settings, role), sort_keys=False))
     link = REPO_PATH / "feature_store.yaml"
-    if settings.home.resolve() == default_home().resolve() and not link.exists():
+    if role == "reader" and settings.home.resolve() == default_home().resolve() and not link.exists():
         link.unlink(missing_ok=True)
         link.symlink_to(path)
     return path
@@ -59,8 +61,8 @@ def create_offline_tables(settings: Settings) -> None:
     conn.close()
 
 
-def feature_store(settings: Settings):
-    """A FeatureStore on the repo, configured from the settings (no file needed)."""
+def feature_store(settings: Settings, role: Role = "reader"):
+    """A FeatureStore on the repo, configured from the settings (no file needed), signed in to Redis as ``role``."""
     from feast import FeatureStore, RepoConfig
 
-    return FeatureStore(config=RepoConfig(repo_path=REPO_PATH, **repo_config(settings)), repo_path=REPO_PATH)
+    return FeatureStore(config=RepoConfig(repo_path=REPO_PATH, **repo_config(settings, role)), repo_path=REPO_PATH)

@@ -11,7 +11,7 @@ import secrets
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from psycopg2.extensions import make_dsn
 from pydantic import Field, SecretStr, ValidationError
@@ -20,19 +20,29 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from cdcf.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-SECRET_FIELDS = ("app_password", "debezium_password", "feast_password", "redis_password")
+SECRET_FIELDS = ("app_password", "debezium_password", "feast_password", "redis_password", "redis_reader_password",
+                 "connect_password", "spark_secret", "scoring_token", "feature_server_token", "kafka_admin_password",
+                 "kafka_capture_password", "kafka_reader_password")
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CDCF_", extra="forbid", frozen=True)
 
     home: Path = Field(PROJECT_ROOT / ".stack", description="State folder: jar cache, data, logs, pid files.")
+    secrets_dir: Path | None = Field(None, description="A folder of secret files, one per secret field named "
+                                     "cdcf_<field>, as Docker secrets mount them (compose: /run/secrets); the "
+                                     "environment and <home>/secrets.env come first.")
     pg_host: str = Field("127.0.0.1", description="PostgreSQL address (the local stack binds it).")
     redis_host: str = Field("127.0.0.1", description="Redis address (the local stack binds it).")
     kafka_host: str = Field("127.0.0.1", description="Kafka broker address (the local stack binds it).")
     connect_host: str = Field("127.0.0.1", description="Kafka Connect REST address (the local stack binds it).")
 
     pg_port: int = Field(5432, description="PostgreSQL port.")
+    pg_sslmode: Literal["require", "verify-ca", "verify-full"] = Field(
+        "verify-full", description="TLS of every client's TCP connection to PostgreSQL (the server refuses any "
+        "without TLS); verify-full checks the server's certificate against pg_ca_file and its name.")
+    pg_ca_file: Path | None = Field(None, description="The CA that signed PostgreSQL's certificate; default: the one "
+                                    "the local stack generates, <home>/conf/tls/ca.crt.")
     pg_version: int = Field(15, description="Major version of the Debian PostgreSQL packages.")
     pg_cluster: str = Field("cdcf", description="Name of the Debian cluster the stack creates and owns.")
     app_db: str = Field("app", description="Source database captured by Debezium (SPEC section 2).")
@@ -47,7 +57,12 @@ class Settings(BaseSettings):
     offline_db: str = Field("feast_offline", description="Database holding the offline store tables.")
 
     redis_port: int = Field(6379, description="Redis port (online store).")
-    redis_password: SecretStr = Field(description="Redis AUTH password.")
+    redis_user: str = Field("cdcf-writer", description="Redis ACL user of the pipeline's writers (the default "
+                            "user is off).")
+    redis_password: SecretStr = Field(description="Password of redis_user.")
+    redis_reader_user: str = Field("cdcf-reader", description="Redis ACL user of every reader (Feast, `feast serve`, "
+                                   "the scoring service): it can read features and write nothing.")
+    redis_reader_password: SecretStr = Field(description="Password of redis_reader_user.")
     redis_max_memory_mb: int = Field(2048, ge=16, description="Redis maxmemory (noeviction: a full Redis refuses "
                                      "writes rather than drop features).")
 
@@ -56,9 +71,21 @@ class Settings(BaseSettings):
     kafka_cluster_id: str = Field("-u-DZTw6VyiQ_hdR7RnmpA", min_length=22, max_length=22,
                                   description="KRaft cluster id (base64 UUID) used when formatting storage.")
     kafka_heap: str = Field("512m", description="Kafka broker -Xmx.")
+    kafka_admin_user: str = Field("cdcf-admin", pattern=r"^[A-Za-z0-9_-]+$", description="Kafka's super user (SASL/"
+                                  "SCRAM): the broker itself, the stack's tools, the operator.")
+    kafka_admin_password: SecretStr = Field(description="Password of kafka_admin_user.")
+    kafka_capture_user: str = Field("cdcf-capture", pattern=r"^[A-Za-z0-9_-]+$", description="Kafka user of "
+                                    "Connect and Debezium: writes the change topics (ACLs).")
+    kafka_capture_password: SecretStr = Field(description="Password of kafka_capture_user.")
+    kafka_reader_user: str = Field("cdcf-reader", pattern=r"^[A-Za-z0-9_-]+$", description="Kafka user of the "
+                                   "archiver and the streaming job: reads the change topics, writes none (ACLs).")
+    kafka_reader_password: SecretStr = Field(description="Password of kafka_reader_user.")
     connect_port: int = Field(8083, description="Kafka Connect REST port.")
     connect_group: str = Field("cdcf-connect", description="Connect worker group id.")
     connect_heap: str = Field("768m", description="Connect worker -Xmx.")
+    connect_user: str = Field("cdcf-operator", description="The one user of Connect's REST API (HTTP basic auth): "
+                              "only it can create, change or delete connectors.")
+    connect_password: SecretStr = Field(description="Password of connect_user.")
     topic_prefix: str = Field("cdc", pattern=r"^[A-Za-z0-9_-]+$",
                               description="Debezium topic prefix: topics are <prefix>.public.<table>.")
     replication_slot: str = Field("cdcf_app", pattern=r"^[a-z0-9_]+$", description="Debezium's replication slot.")
@@ -73,10 +100,15 @@ class Settings(BaseSettings):
         4, ge=1, description="State partitions of the streaming job (its shuffle partitions): fixed by the "
         "checkpoint at first start, so sized for the largest cluster it will run on.")
     stream_state_memory_mb: int = Field(512, ge=64, description="Memory bound of the job's RocksDB state stores.")
+    spark_secret: SecretStr = Field(description="spark.authenticate's shared secret: the master, the workers and "
+                                    "every job hold it, and nothing without it joins the cluster.")
     stream_online_writes: Literal["packed", "feast-push"] = Field(
         "packed", description="How the streaming job writes Redis: its own packed HSETs in Feast's layout (fast), "
         "or Feast's push through each view's push source (slow; the same values).")
 
+    scoring_token: SecretStr = Field(description="Bearer token the scoring service requires (all but /health).")
+    feature_server_token: SecretStr = Field(description="Bearer token of the proxy in front of `feast serve` in "
+                                            "compose (locally `feast serve` listens on loopback only).")
     feast_project: str = Field("homelab_ml_platform", description="Feast project name (SPEC section 3).")
     java: str = Field("java", description="Java 17 executable (name on PATH or absolute path).")
     javac: str = Field("javac", description="Java 17 compiler, which builds the streaming window engine once.")
@@ -94,17 +126,27 @@ class Settings(BaseSettings):
     def paths(self) -> StackPaths:
         return StackPaths(self.home)
 
+    @property
+    def pg_tls(self) -> dict[str, str]:
+        """libpq's TLS parameters (every TCP client uses TLS)."""
+        return {"sslmode": self.pg_sslmode, "sslrootcert": str(self.pg_ca_file or self.paths.pg_ca)}
+
     def pg_dsn(self, db: str | None = None, *, user: str | None = None) -> str:
-        """libpq DSN for ``user`` (default the app role) on ``db`` (default the app database)."""
+        """libpq DSN for ``user`` (default the app role) on ``db`` (default the app database), over TLS."""
         user = user or self.app_user
         password = {self.app_user: self.app_password, self.debezium_user: self.debezium_password,
                     self.feast_user: self.feast_password}[user].get_secret_value()
-        return make_dsn(host=self.pg_host, port=self.pg_port, dbname=db or self.app_db, user=user, password=password)
+        return make_dsn(host=self.pg_host, port=self.pg_port, dbname=db or self.app_db, user=user, password=password,
+                        **self.pg_tls)
 
     def sqlalchemy_url(self, db: str) -> str:
-        """URL for Feast's SQL registry (psycopg 3 driver), as the feast role."""
+        """URL for Feast's SQL registry (psycopg 3 driver), as the feast role, over TLS."""
         user, pw = quote(self.feast_user, safe=""), quote(self.feast_password.get_secret_value(), safe="")
-        return f"postgresql+psycopg://{user}:{pw}@{self.pg_host}:{self.pg_port}/{db}"
+        return f"postgresql+psycopg://{user}:{pw}@{self.pg_host}:{self.pg_port}/{db}?{urlencode(self.pg_tls)}"
+
+    def jdbc_url(self, db: str) -> str:
+        """URL for Spark's JDBC reads (the Postgres driver), over TLS; user and password go apart."""
+        return f"jdbc:postgresql://{self.pg_host}:{self.pg_port}/{db}?{urlencode(self.pg_tls)}"
 
     @property
     def kafka_bootstrap(self) -> str:
@@ -134,6 +176,8 @@ class StackPaths:
         self.run = home / "run"
         self.checkpoint = self.data / "checkpoints" / "engine"
         self.secrets = home / "secrets.env"
+        self.tls = self.conf / "tls"
+        self.pg_ca = self.tls / "ca.crt"
 
     def jar_dir(self, profile: str) -> Path:
         return self.jars / profile
@@ -163,11 +207,25 @@ def ensure_secrets(home: Path) -> Path:
     return path
 
 
+def write_private(path: Path, text: str, group: int | None = None) -> Path:
+    """Write a file only its owner can read (0600 from its creation: no moment when others could read a secret),
+    or its owner and ``group`` (0640, that group set before anything is written)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
+        os.fchmod(fh.fileno(), 0o600)  # a file that existed keeps its mode otherwise
+        if group is not None:
+            os.fchown(fh.fileno(), -1, group)
+            os.fchmod(fh.fileno(), 0o640)
+        fh.write(text)
+    return path
+
+
 def load_settings(**overrides: object) -> Settings:
     """Build the settings from the environment and ``<home>/secrets.env``; explain what to do when invalid."""
     home = Path(overrides.get("home") or default_home())
     try:
-        return Settings(_env_file=home / "secrets.env", **overrides)  # type: ignore[call-arg]
+        return Settings(_env_file=home / "secrets.env",  # type: ignore[call-arg]
+                        _secrets_dir=overrides.get("secrets_dir") or os.environ.get("CDCF_SECRETS_DIR"), **overrides)
     except ValidationError as exc:
         problems = "; ".join(
             f"CDCF_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()

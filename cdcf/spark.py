@@ -22,6 +22,17 @@ def on_this_machine(master: str) -> bool:
     return master.startswith("local") or urlparse(master).hostname in (LOOPBACK, "localhost")
 
 
+def auth_conf(settings: Settings) -> dict[str, str]:
+    """spark.authenticate with the settings' secret: a master, worker or executor without it refuses the job, and
+    a job without it is refused (the UI redacts the secret)."""
+    return {"spark.authenticate": "true", "spark.authenticate.secret": settings.spark_secret.get_secret_value()}
+
+
+def spark_defaults(settings: Settings) -> str:
+    """A spark-defaults.conf for the standalone master and workers, holding the secret (write it private)."""
+    return "".join(f"{key} {value}\n" for key, value in auth_conf(settings).items())
+
+
 def spark_session(settings: Settings, app_name: str, master: str | None = None,
                   conf: dict[str, str] | None = None) -> SparkSession:
     """A session for our jobs: UTC everywhere, few shuffle partitions, the venv's Python on the workers; ``conf``
@@ -44,6 +55,8 @@ def spark_session(settings: Settings, app_name: str, master: str | None = None,
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.warehouse.dir", str(settings.paths.data / "spark-warehouse"))
     )
+    for key, value in auth_conf(settings).items():  # set in the JVM through py4j: not on any command line
+        builder = builder.config(key, value)
     for key, value in (conf or {}).items():
         builder = builder.config(key, value)
     return builder.getOrCreate()

@@ -14,8 +14,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import psycopg2
-from confluent_kafka import Consumer, Message, Producer, TopicPartition
+from confluent_kafka import Message, TopicPartition
 
+from cdcf import kafka_clients
 from cdcf.settings import Settings
 
 TICK_S = 0.1
@@ -184,7 +185,7 @@ class Workload:
 
 def topic_end(settings: Settings, table: str) -> int:
     """The next offset of ``table``'s change topic (one partition)."""
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "cdcf-offsets", "log_level": 0})
+    consumer = kafka_clients.consumer(settings, "admin", "cdcf-offsets")
     try:
         return consumer.get_watermark_offsets(TopicPartition(_topic(settings, table), 0), timeout=10)[1]
     finally:
@@ -195,8 +196,7 @@ def redeliver(settings: Settings, table: str, pick: Callable[[Message], bool], s
     """Produce again the change events of ``table``'s topic from offset ``start`` that ``pick`` selects (not
     tombstones), as Debezium does after a crash: it is at-least-once. Return how many were produced."""
     topic = _topic(settings, table)
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"redeliver-{time.time()}",
-                         "enable.auto.commit": False, "log_level": 0})
+    consumer = kafka_clients.consumer(settings, "admin", f"redeliver-{time.time()}", **{"enable.auto.commit": False})
     end = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)[1]
     consumer.assign([TopicPartition(topic, 0, start)])
     chosen = []
@@ -209,7 +209,7 @@ def redeliver(settings: Settings, table: str, pick: Callable[[Message], bool], s
         if msg.offset() >= end - 1:
             break
     consumer.close()
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
+    producer = kafka_clients.producer(settings, "admin")
     for msg in chosen:
         producer.produce(topic, key=msg.key(), value=msg.value())
     if producer.flush(30):

@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import psycopg2
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
-from cdcf.kafka_clients import durable_producer
+from cdcf.kafka_clients import consumer, durable_producer
 from cdcf.settings import Settings
 from cdcf.status import growing_since, report
 from connectors.contracts import HEARTBEAT
@@ -156,16 +156,15 @@ class Archiver:
         if s.archive_workers:
             self._pool = ProcessPoolExecutor(s.archive_workers, mp_context=multiprocessing.get_context("spawn"),
                                              initializer=_worker_start)
-        self.consumer = Consumer({
-            "bootstrap.servers": s.kafka_bootstrap, "group.id": s.archive_group,
+        self.consumer = consumer(s, "reader", s.archive_group, **{
             "enable.auto.commit": False, "auto.offset.reset": "earliest",
-            "topic.metadata.refresh.interval.ms": 5000, "fetch.wait.max.ms": 20, "log_level": 3,
+            "topic.metadata.refresh.interval.ms": 5000, "fetch.wait.max.ms": 20,
             # a killed archiver's partitions go to its successor once the broker gives up on it: 6 s, not 45
             "session.timeout.ms": 6000, "heartbeat.interval.ms": 2000,
         })
         self.consumer.subscribe([f"^{s.topic_prefix.replace('.', '[.]')}[.]public[.].+"],
                                 on_revoke=lambda _consumer, _partitions: self._drain())
-        self.producer = durable_producer(s)
+        self.producer = durable_producer(s, "reader")  # the dead-letter topic only (ACLs)
 
     def submit(self, messages: list[Message]) -> None:
         """Start encoding a consumed batch (in a worker, or here without workers)."""

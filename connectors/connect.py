@@ -32,7 +32,10 @@ def connector_config(settings: Settings, **overrides: str) -> tuple[str, dict[st
         "database.hostname": settings.pg_host,
         "database.port": str(settings.pg_port),
         "database.user": settings.debezium_user,
+        "database.password": f"${{dir:{connector_secrets_dir(settings)}:cdcf_debezium_password}}",
         "database.dbname": settings.app_db,
+        "database.sslmode": settings.pg_sslmode,
+        "database.sslrootcert": settings.pg_tls["sslrootcert"],
         "publication.name": settings.publication,
         "slot.name": settings.replication_slot,
         "topic.prefix": settings.topic_prefix,
@@ -40,6 +43,12 @@ def connector_config(settings: Settings, **overrides: str) -> tuple[str, dict[st
         **overrides,
     }
     return overrides.get("name", spec["name"]), config
+
+
+def connector_secrets_dir(settings: Settings) -> Path:
+    """Where Connect reads the connector's password (its directory config provider): the settings' secret files
+    (compose: /run/secrets), or a private folder the local stack writes."""
+    return settings.secrets_dir or settings.paths.conf / "connect-secrets"
 
 
 def captured_tables() -> list[str]:
@@ -51,12 +60,17 @@ def change_topics(settings: Settings) -> list[str]:
     return [f"{settings.topic_prefix}.public.{t}" for t in captured_tables()]
 
 
+def connect_auth(settings: Settings) -> httpx.BasicAuth:
+    """The operator's credentials: Connect's REST API refuses every request without them (HTTP basic auth)."""
+    return httpx.BasicAuth(settings.connect_user, settings.connect_password.get_secret_value())
+
+
 class ConnectClient:
     """Kafka Connect's REST API (PUT config, status, restart, pause/resume/stop, delete, offsets)."""
 
-    def __init__(self, url: str, timeout_s: float = 10.0) -> None:
-        self.url = url
-        self._http = httpx.Client(base_url=url, timeout=timeout_s)
+    def __init__(self, settings: Settings, timeout_s: float = 10.0) -> None:
+        self.url = settings.connect_url
+        self._http = httpx.Client(base_url=self.url, timeout=timeout_s, auth=connect_auth(settings))
 
     def apply(self, name: str, config: dict[str, str], timeout_s: float = 60.0) -> dict[str, Any]:
         """Create or update (idempotent), then wait until the connector and its tasks are RUNNING. A config that is
@@ -138,6 +152,9 @@ class ConnectClient:
             reply = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
             raise ConnectorError(f"Kafka Connect at {self.url} is not reachable ({exc}); run `make up`.") from exc
+        if reply.status_code == 401:
+            raise ConnectorError(f"Kafka Connect at {self.url} refused the operator's credentials (401): "
+                                 f"CDCF_CONNECT_USER and CDCF_CONNECT_PASSWORD must be the stack's (secrets.env).")
         if reply.status_code >= 400:
             try:
                 message = reply.json().get("message", reply.text)

@@ -57,7 +57,7 @@ def replay(settings: Settings, dry_run: bool = False) -> Replayed:
     """Send every dead letter that now decodes back to its change topic (``dry_run``: only say which would go)."""
     result = Replayed()
     consumer = reader(settings, "dead-letters")
-    producer = durable_producer(settings)
+    producer = durable_producer(settings, "admin")
     db = psycopg2.connect(settings.pg_dsn(settings.offline_db, user=settings.feast_user))
     try:
         for letter in letters(settings):

@@ -33,9 +33,10 @@ from dataclasses import dataclass, field
 from datetime import date
 
 import psycopg2
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import KafkaError, TopicPartition
 
 from cdcf.errors import PipelineError
+from cdcf.kafka_clients import consumer as kafka_consumer
 from cdcf.kafka_clients import durable_producer, reader
 from cdcf.settings import Settings
 from cdcf.sources import sources
@@ -80,7 +81,7 @@ def resnapshot(settings: Settings, progress: Callable[[str], None] = log.info) -
     began = time.monotonic()
     result = Resnapshot()
     name, config = connector_config(settings)
-    client = ConnectClient(settings.connect_url)
+    client = ConnectClient(settings)
     try:
         exists = name in client.list()
         if exists:
@@ -205,8 +206,7 @@ def _await_snapshot_offset(client: ConnectClient, name: str) -> None:
 
 def _await_archive(settings: Settings, ends: dict[tuple[str, int], int]) -> None:
     """Wait until the archiver has taken every change from before the snapshot (the deletes are computed from it)."""
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": settings.archive_group,
-                         "enable.auto.commit": False})
+    consumer = kafka_consumer(settings, "admin", settings.archive_group, **{"enable.auto.commit": False})
     deadline = time.monotonic() + CATCH_UP_TIMEOUT_S
     try:
         while True:
@@ -238,7 +238,7 @@ def _send_gap_deletes(settings: Settings, progress, snapshot: Snapshot) -> dict[
     reads = snapshot.lsn - 1  # where the decoders put the snapshot's records (connectors/decoder.py)
     lsn, micros = reads - 1, snapshot.micros - 1
     archive = psycopg2.connect(settings.pg_dsn(settings.offline_db, user=settings.feast_user))
-    producer = durable_producer(settings)
+    producer = durable_producer(settings, "admin")
     deleted: dict[str, int] = {}
     try:
         for table in _tables():

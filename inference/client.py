@@ -27,6 +27,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from cdcf import layout
+from cdcf.redis_clients import redis_client
 
 REDIS_TIMEOUT_S = 0.4  # per connect and per reply
 CACHE_ENTRIES = 100_000
@@ -88,9 +89,8 @@ class FeatureClient:
         from cdcf import features as decl
 
         (join_key,) = {v.entity.join_key for v in decl.FEATURE_VIEWS if v.name in {view for view, _ in features}}
-        client = redis.Redis(host=settings.redis_host, port=settings.redis_port,
-                             password=settings.redis_password.get_secret_value(), socket_timeout=REDIS_TIMEOUT_S,
-                             socket_connect_timeout=REDIS_TIMEOUT_S, retry=Retry(NoBackoff(), 0))
+        client = redis_client(settings, "reader", socket_timeout=REDIS_TIMEOUT_S,
+                              socket_connect_timeout=REDIS_TIMEOUT_S, retry=Retry(NoBackoff(), 0))
         return cls(client, settings.feast_project, join_key, features, cache_ttl_s)
 
     def fetch(self, ids: Sequence[int]) -> Fetched:

@@ -1,6 +1,9 @@
 """Scoring: fetch a batch of entities' fresh features from Redis (inference.client), score them with the trained
 model on CUDA when present, CPU otherwise, and return each score with the as-of times of the features behind it.
 
+Over HTTP every request but GET /health carries the bearer token of the settings (``scoring_token``); one without
+it gets 401 before its body is read.
+
 Policy for bad input, the same over HTTP and the batch CLI:
 - an entity Redis knows nothing about gets no score, with reason "unknown entity" (never a made-up score);
 - a null feature (the average or maximum of an empty window) is imputed by the model and listed in "nulls";
@@ -12,6 +15,7 @@ Policy for bad input, the same over HTTP and the batch CLI:
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import time
@@ -82,9 +86,18 @@ class ScoringService:
                 "elapsed_ms": round((time.perf_counter() - started) * 1000, 3), "results": results}
 
 
-def create_app(service: ScoringService):
-    """The HTTP API: POST /score {"ids": [...]} and GET /health."""
+def create_app(service: ScoringService, token: str):
+    """The HTTP API: POST /score {"ids": [...]}, for callers with the bearer ``token`` only, and GET /health."""
     app = FastAPI(title="cdcf scoring")
+    expected = f"Bearer {token}".encode()
+
+    @app.middleware("http")
+    async def bearer_token(request: Request, call_next):
+        if request.url.path != "/health" and not hmac.compare_digest(
+                request.headers.get("authorization", "").encode(), expected):
+            return JSONResponse({"error": "send the scoring token: Authorization: Bearer <CDCF_SCORING_TOKEN>"},
+                                status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        return await call_next(request)
 
     @app.get("/health")
     def health() -> dict:

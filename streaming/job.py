@@ -24,7 +24,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
 
-from cdcf import engine
+from cdcf import engine, kafka_clients
 from cdcf.settings import Settings
 from cdcf.sources import sources
 from cdcf.spark import spark_session
@@ -75,10 +75,12 @@ def feature_rows(records: DataFrame, topic_prefix: str, settle_s: float, offsets
 
 
 def build_stream(spark: SparkSession, settings: Settings, sink: Callable[[DataFrame, int], None],
-                 checkpoint: Path | None = None, available_now: bool = False) -> StreamingQuery:
+                 checkpoint: Path | None = None, available_now: bool = False,
+                 kafka_role: kafka_clients.Role = "reader") -> StreamingQuery:
     """Start the query: every topic from the earliest offset on a fresh checkpoint (``settings.paths.checkpoint``
     unless given); ``available_now`` stops it once everything in the topics at its start is processed (topics
-    filled before it started: their applied commit time is the clock, see ``feature_rows``)."""
+    filled before it started: their applied commit time is the clock, see ``feature_rows``). It signs in to Kafka
+    as ``kafka_role``: the reader, whom the ACLs let read the change topics and Connect's offsets only."""
     offsets_topic = None if available_now else settings.connect_offsets_topic
     checkpoint = checkpoint or settings.paths.checkpoint
     fixed = checkpointed_partitions(checkpoint)
@@ -89,7 +91,7 @@ def build_stream(spark: SparkSession, settings: Settings, sink: Callable[[DataFr
         spark.conf.set("spark.sql.shuffle.partitions", str(fixed))
     records = (
         spark.readStream.format("kafka")
-        .option("kafka.bootstrap.servers", settings.kafka_bootstrap)
+        .options(**kafka_clients.spark_options(settings, kafka_role))
         .option("subscribe", ",".join(topics(settings.topic_prefix) + ([offsets_topic] if offsets_topic else [])))
         .option("startingOffsets", "earliest")
         .option("maxOffsetsPerTrigger", settings.stream_max_changes_per_batch)

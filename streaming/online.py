@@ -11,18 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import redis
-
 from cdcf import layout
 from cdcf.features import FeatureView
+from cdcf.redis_clients import redis_client
 from cdcf.settings import Settings
 
 
 class OnlineWriter:
     def __init__(self, settings: Settings) -> None:
         self.project = settings.feast_project.encode()
-        self.client = redis.Redis(host=settings.redis_host, port=settings.redis_port,
-                                  password=settings.redis_password.get_secret_value())
+        self.client = redis_client(settings, "writer")
         self._views: dict[str, tuple] = {}
 
     def _layout(self, view: FeatureView) -> tuple:

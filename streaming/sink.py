@@ -45,7 +45,7 @@ class FeatureSink:
         if s.stream_online_writes == "feast-push":
             from cdcf.feast_config import feature_store
 
-            self.store = feature_store(s)
+            self.store = feature_store(s, "writer")
         self.db = psycopg2.connect(s.pg_dsn(s.offline_db, user=s.feast_user), connect_timeout=10)
         with self.db, self.db.cursor() as cur:
             for view in decl.FEATURE_VIEWS:

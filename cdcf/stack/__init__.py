@@ -142,7 +142,8 @@ def apply_feature_repo(settings: Settings) -> None:
     still holds every view: `feast apply` costs ~10 s, mostly importing Feast.
     """
     feast_config.create_offline_tables(settings)
-    config = feast_config.write_repo_config(settings)
+    feast_config.write_repo_config(settings)  # the readers' (feast serve, feast ui)
+    config = feast_config.write_repo_config(settings, "writer")
     stamp = settings.paths.run / "feast-applied.sha256"
     fingerprint = hashlib.sha256(b"".join(
         p.read_bytes() for p in (*sorted(feast_config.REPO_PATH.glob("*.py")), Path(features.__file__), config)
@@ -177,7 +178,7 @@ def apply_connector(settings: Settings, timeout_s: float | None = None) -> None:
     kafka.ensure_topics(settings, change_topics(settings), config=kafka.CHANGE_TOPIC_CONFIG)
     kafka.ensure_topics(settings, [settings.dead_letter_topic])
     name, config = connector_config(settings)
-    client = ConnectClient(settings.connect_url)
+    client = ConnectClient(settings)
     try:
         client.apply(name, config, timeout_s=timeout_s or settings.start_timeout_s)
     finally:

@@ -20,7 +20,7 @@ import psycopg2
 
 from cdcf.errors import ServiceError
 from cdcf.settings import Settings, StackPaths
-from cdcf.stack import proc
+from cdcf.stack import certificates, proc
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,8 @@ def start(settings: Settings) -> None:
         _run(["pg_createcluster", str(settings.pg_version), settings.pg_cluster, "-p", str(settings.pg_port),
               "--", "--auth-local=peer", "--auth-host=scram-sha-256", "--encoding=UTF8"])
         (_conf_dir(settings) / OWNER_FILE).write_text(f"{_stack_id(settings.paths)} {settings.home.resolve()}\n")
-    changed = _write_conf(settings)
+    changed = _install_tls(settings)
+    changed = _write_conf(settings) or changed
     status = _cluster_status(settings)
     if status == "online" and changed:
         _run(["pg_ctlcluster", str(settings.pg_version), settings.pg_cluster, "restart"])
@@ -196,10 +197,27 @@ def _psql(settings: Settings, sql: str, db: str) -> str:
 
 def _psql_file(settings: Settings, path: Path, db: str, variables: dict[str, str], role: str | None = None) -> None:
     # variables go through stdin (\set), never argv, so that passwords stay out of `ps`
-    header = "".join(f"\\set {key} '{value.replace(chr(39), chr(39) * 2)}'\n" for key, value in variables.items())
+    header = psql_variables(variables)
     if role:  # run as the owning role, through the superuser's socket connection
-        header += f'SET ROLE "{role}";\n'
-    _run(_psql_argv(settings, db) + ["-f", "-"], stdin=header + path.read_text())
+        header += f'SET ROLE "{role.replace(chr(34), chr(34) * 2)}";\n'
+    admin_script(settings, header + path.read_text(), db)
+
+
+def admin_script(settings: Settings, script: str, db: str = "postgres") -> str:
+    """A psql script (its variables from ``psql_variables``) as the cluster's superuser, over its socket, through
+    stdin; its rows' output, unaligned."""
+    return _run(_psql_argv(settings, db) + ["-tA", "-f", "-"], stdin=script)
+
+
+def psql_variables(variables: dict[str, str]) -> str:
+    """psql ``\\set`` lines giving each variable its value exactly: inside psql's single quotes a backslash and a
+    quote are escaped (deploy/postgres-init.sh does the same); a line break cannot be carried."""
+    lines = []
+    for key, value in variables.items():
+        if "\n" in value or "\r" in value:
+            raise ServiceError(f"{key} holds a line break, which psql variables cannot carry; choose another value.")
+        lines.append(f"\\set {key} '{value.replace(chr(92), chr(92) * 2).replace(chr(39), chr(39) * 2)}'\n")
+    return "".join(lines)
 
 
 def _psql_argv(settings: Settings, db: str) -> list[str]:
@@ -218,16 +236,55 @@ def server_settings(settings: Settings) -> dict[str, str]:
     }
 
 
+def tls_settings(cert: str, key: str) -> dict[str, str]:
+    """TLS on, with the stack's certificate (compose passes the same)."""
+    return {"ssl": "on", "ssl_cert_file": cert, "ssl_key_file": key, "ssl_min_protocol_version": "TLSv1.2"}
+
+
+def hba_rules(settings: Settings) -> str:
+    """Who may connect how (pg_hba.conf), the same locally and in compose: the superuser through the socket only;
+    over TCP, TLS and a SCRAM password, for every address (a client on loopback too), and nothing without TLS."""
+    return (f"local   all          postgres                 peer\n"
+            f"local   all          all                      scram-sha-256\n"
+            f"hostssl all          all         all          scram-sha-256\n"
+            f"hostssl replication  {settings.debezium_user:<11} all          scram-sha-256\n"
+            f"hostnossl all        all         all          reject\n"
+            f"hostnossl replication all        all          reject\n")
+
+
+def _install_tls(settings: Settings) -> bool:
+    """Generate the stack's CA and the server's certificate once (<home>/conf/tls: clients trust ca.crt), and
+    put the server's pair where the cluster reads it, owned by postgres; return whether anything changed."""
+    tls = settings.paths.tls
+    tls.mkdir(parents=True, exist_ok=True)
+    names = sorted({settings.pg_host, "127.0.0.1", "localhost", "postgres"})
+    if not (tls / "server.crt").exists() or certificates.names(tls / "server.crt") != names:
+        certificates.issue(tls, names)
+    changed = False
+    for name in ("server.crt", "server.key"):
+        target = _conf_dir(settings) / name
+        if not target.exists() or target.read_bytes() != (tls / name).read_bytes():
+            shutil.copyfile(tls / name, target)
+            changed = True
+        target.chmod(0o600)
+        shutil.chown(target, "postgres", "postgres")
+    return changed
+
+
 def _write_conf(settings: Settings) -> bool:
-    """Write conf.d/cdcf.conf; return whether it changed (a restart is then needed)."""
-    params = {"listen_addresses": settings.pg_host, "port": str(settings.pg_port), **server_settings(settings)}
-    conf = "".join(f"{key} = '{value}'\n" for key, value in params.items())
-    path = _conf_dir(settings) / "conf.d" / CONF_NAME
-    if path.exists() and path.read_text() == conf:
-        return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(conf)
-    return True
+    """Write conf.d/cdcf.conf and pg_hba.conf; return whether they changed (a restart is then needed)."""
+    conf_dir = _conf_dir(settings)
+    params = {"listen_addresses": settings.pg_host, "port": str(settings.pg_port), **server_settings(settings),
+              **tls_settings(str(conf_dir / "server.crt"), str(conf_dir / "server.key"))}
+    files = {conf_dir / "conf.d" / CONF_NAME: "".join(f"{key} = '{value}'\n" for key, value in params.items()),
+             conf_dir / "pg_hba.conf": hba_rules(settings)}
+    changed = False
+    for path, text in files.items():
+        if not (path.exists() and path.read_text() == text):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            changed = True
+    return changed
 
 
 def _link_log(settings: Settings) -> None:

@@ -1,4 +1,4 @@
-"""Redis from Debian's package, run as our own process with AUTH."""
+"""Redis from Debian's package, run as our own process with its ACL users (cdcf.redis_clients)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import shutil
 import redis
 
 from cdcf.errors import ServiceError
-from cdcf.settings import Settings
+from cdcf.redis_clients import acl_file, redis_client
+from cdcf.settings import Settings, write_private
 from cdcf.stack import proc, supervisor
 
 NAME = "redis"
@@ -37,8 +38,7 @@ def pid(settings: Settings) -> int | None:
 
 
 def client(settings: Settings) -> redis.Redis:
-    return redis.Redis(host=settings.redis_host, port=settings.redis_port,
-                       password=settings.redis_password.get_secret_value(), socket_timeout=3)
+    return redis_client(settings, "writer", socket_timeout=3)
 
 
 def health(settings: Settings) -> str:
@@ -46,8 +46,8 @@ def health(settings: Settings) -> str:
         info = client(settings).info("server") | client(settings).info("memory")
     except redis.AuthenticationError as exc:
         raise ServiceError(
-            f"Redis at {settings.redis_host}:{settings.redis_port} rejected the password; unset CDCF_REDIS_PASSWORD "
-            f"or set it to the value in {settings.paths.secrets}."
+            f"Redis at {settings.redis_host}:{settings.redis_port} rejected the password of user "
+            f"{settings.redis_user}; unset CDCF_REDIS_PASSWORD or set it to the value in {settings.paths.secrets}."
         ) from exc
     return f"Redis {info['redis_version']} on {settings.redis_host}:{settings.redis_port}, {info['used_memory_human']} used"
 
@@ -67,12 +67,8 @@ def _write_conf(settings: Settings):
     paths = settings.paths
     data = paths.data / NAME
     data.mkdir(parents=True, exist_ok=True)
-    path = _conf_path(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.touch(mode=0o600)
-    path.chmod(0o600)  # before the password is in it
-    lines = [f"bind {settings.redis_host}", f"port {settings.redis_port}",
-             f"requirepass \"{settings.redis_password.get_secret_value()}\"", "protected-mode yes", "daemonize no",
-             f"dir {data}", "loglevel notice", *(f"{k} {v}" for k, v in server_settings(settings).items())]
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    acl = write_private(paths.conf / "redis-users.acl", acl_file(settings))
+    lines = [f"bind {settings.redis_host}", f"port {settings.redis_port}", f"aclfile {acl}", "protected-mode yes",
+             "daemonize no", f"dir {data}", "loglevel notice",
+             *(f"{k} {v}" for k, v in server_settings(settings).items())]
+    return write_private(_conf_path(settings), "\n".join(lines) + "\n")

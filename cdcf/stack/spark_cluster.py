@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pyspark
 
+from cdcf.settings import Settings, write_private
+from cdcf.spark import spark_defaults
 from cdcf.stack import proc
 
 SPARK_CLASS = Path(pyspark.__file__).parent / "bin" / "spark-class"
@@ -39,12 +41,15 @@ class Cluster:
 
 
 @contextmanager
-def standalone(folder: Path, port: int, ui_port: int, workers: int = 2) -> Iterator[Cluster]:
-    """A master on ``port`` and ``workers`` one-core workers (logs and work dirs under ``folder``); yields the
-    cluster and stops it on exit."""
+def standalone(settings: Settings, folder: Path, port: int, ui_port: int, workers: int = 2) -> Iterator[Cluster]:
+    """A master on ``port`` and ``workers`` one-core workers (logs and work dirs under ``folder``), which admit
+    only jobs holding the settings' Spark secret; yields the cluster and stops it on exit."""
     folder.mkdir(parents=True, exist_ok=True)
+    conf = folder / "conf"  # the daemons read spark-defaults.conf there: the secret stays off their command lines
+    write_private(conf / "spark-defaults.conf", spark_defaults(settings))
     env = {**os.environ, "SPARK_LOG_DIR": str(folder), "SPARK_WORKER_DIR": str(folder / "work"),
-           "PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1"}  # UIs too: not on the LAN
+           "SPARK_CONF_DIR": str(conf), "PYSPARK_PYTHON": sys.executable,
+           "SPARK_LOCAL_IP": "127.0.0.1"}  # UIs too: not on the LAN
     url = f"spark://127.0.0.1:{port}"
     daemons = [subprocess.Popen([str(SPARK_CLASS), "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
                                  "--port", str(port), "--webui-port", str(ui_port)],

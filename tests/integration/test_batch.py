@@ -14,13 +14,13 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 import psycopg2
 import pytest
-import redis
 
 from batch.backfill import run_backfill
 from batch.training import TrainingSetError, training_set
 from cdcf import features as decl
 from cdcf import layout
 from cdcf.feast_config import feature_store
+from cdcf.redis_clients import redis_client
 from cdcf.spark import spark_session
 from cdcf.stack.background import STREAMING
 from streaming.reseed import seed_online
@@ -72,8 +72,7 @@ def _workload_entities(settings, since: datetime) -> dict[decl.Entity, list[int]
 
 
 def _redis_dump(settings, entities: dict[decl.Entity, list[int]]) -> dict[bytes, dict]:
-    client = redis.Redis(host=settings.redis_host, port=settings.redis_port,
-                         password=settings.redis_password.get_secret_value())
+    client = redis_client(settings, "reader")
     project = settings.feast_project.encode()
     try:
         keys = [layout.entity_key(layout.key_prefix(e.join_key), i, project) for e, ids in entities.items()
@@ -88,8 +87,7 @@ def test_seeding_rebuilds_a_flushed_online_store_exactly(settings, history):
     assert len(entities[decl.USER]) > 50 and len(entities[decl.PRODUCT]) > 10
     before = _redis_dump(settings, entities)
     assert all(before.values())
-    redis.Redis(host=settings.redis_host, port=settings.redis_port,
-                password=settings.redis_password.get_secret_value()).flushall()
+    redis_client(settings, "writer").flushall()
     assert not any(_redis_dump(settings, entities).values())
     written = seed_online(settings)
     assert written[decl.USER_ACTIVITY.name] >= len(entities[decl.USER])

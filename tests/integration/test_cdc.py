@@ -13,10 +13,11 @@ from decimal import Decimal
 
 import psycopg2
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import TopicPartition
 from psycopg2.extras import execute_values
 
 from cdcf import features as decl
+from cdcf import kafka_clients
 from cdcf.errors import ServiceError
 from cdcf.feast_config import feature_store
 from cdcf.stack import kafka, proc
@@ -59,8 +60,7 @@ class TopicReader:
     """Reads a topic from its end as of creation (what a test adds), without a consumer group commit."""
 
     def __init__(self, settings, topic: str) -> None:
-        self.consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"t-{time.time()}",
-                                  "enable.auto.commit": False, "log_level": 0})
+        self.consumer = kafka_clients.consumer(settings, "admin", f"t-{time.time()}", **{"enable.auto.commit": False})
         tp = TopicPartition(topic, 0)
         _, high = self.consumer.get_watermark_offsets(tp, timeout=10)
         self.consumer.assign([TopicPartition(topic, 0, high)])
@@ -116,7 +116,7 @@ def test_the_cdc_story_reaches_kafka_and_the_archive(settings):
 
 def test_a_new_connector_snapshots_existing_rows_as_reads(settings):
     suffix = f"{random.randrange(10**6):06d}"
-    name, prefix = f"snapshot-test-{suffix}", f"snap{suffix}"
+    name, prefix = f"snapshot-test-{suffix}", f"{settings.topic_prefix}_snap{suffix}"  # the capture user's ACLs
     _, config = connector_config(settings, **{"topic.prefix": prefix, "slot.name": f"snap_{suffix}",
                                               "table.include.list": "public.users"})
     for user_id, income in zip(_ids(3), ("1000.00", None, "2500.50"), strict=True):  # rows before the snapshot
@@ -125,7 +125,7 @@ def test_a_new_connector_snapshots_existing_rows_as_reads(settings):
     expected = dict(_sql(settings, "SELECT user_id, income FROM users"))
     kafka.ensure_topics(settings, [f"{prefix}.public.users"])
     reader = TopicReader(settings, f"{prefix}.public.users")
-    client = ConnectClient(settings.connect_url)
+    client = ConnectClient(settings)
     try:
         client.apply(name, config, timeout_s=90)
         messages = reader.read_until(lambda msgs: len(msgs) >= len(expected), timeout_s=90)
@@ -155,7 +155,7 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_later_changes_still_arrive(
     from tests.integration.test_streaming import assert_exact
 
     dead = TopicReader(settings, settings.dead_letter_topic)
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "log_level": 0})
+    producer = kafka_clients.producer(settings, "admin")
     pids = (ARCHIVER.pid(settings), STREAMING.pid(settings))
     restarts = json.loads(STREAMING.status_file(settings).read_text())["restarts"]
     try:
@@ -235,7 +235,7 @@ def test_dead_letters_are_listed_and_replayed_once_the_contract_takes_them(setti
     conn.close()
     refused = Position(topic, partition, offset)
     dead = TopicReader(settings, settings.dead_letter_topic)
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "log_level": 0})
+    producer = kafka_clients.producer(settings, "admin")
     try:
         letter = DeadLetter("refused by an older contract", refused, None, b"(the original stays on its topic)")
         producer.produce(settings.dead_letter_topic, value=json.dumps(letter.payload(datetime.now(UTC))).encode())
@@ -275,7 +275,7 @@ def test_kill_9_mid_stream_loses_and_duplicates_nothing(settings, victim):
     health = kafka.connect_health if victim == kafka.CONNECT else kafka.kafka_health
     proc.wait_until(lambda: health(settings), timeout_s=120, what=f"{victim} after its restart")
     writer.join(timeout=300)
-    client = ConnectClient(settings.connect_url)
+    client = ConnectClient(settings)
     try:
         name, _ = connector_config(settings)
         client.restart(name)  # only failed parts; a no-op when the task survived

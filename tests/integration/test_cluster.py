@@ -27,9 +27,9 @@ MASTER_PORT, MASTER_UI = 17077, 18090
 
 
 @pytest.fixture
-def cluster(tmp_path):
+def cluster(settings, tmp_path):
     """A standalone master and two one-core workers."""
-    with spark_cluster.standalone(tmp_path, MASTER_PORT, MASTER_UI) as running:
+    with spark_cluster.standalone(settings, tmp_path, MASTER_PORT, MASTER_UI) as running:
         yield running
 
 

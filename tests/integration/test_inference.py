@@ -12,12 +12,12 @@ from datetime import UTC, datetime
 import numpy as np
 import psycopg2
 import pytest
-import redis
 from fastapi.testclient import TestClient
 
 from cdcf import features as decl
 from cdcf import layout
 from cdcf.feast_config import feature_store
+from cdcf.redis_clients import redis_client
 from cdcf.workload import Workload
 from inference.client import FeatureClient
 from inference.model import TrainedModel
@@ -84,8 +84,7 @@ def test_the_local_cache_serves_a_row_for_its_ttl_only(settings, users):
     entity = random.randrange(10**13, 10**14)
     key = layout.entity_key(client.prefix, entity, client.project)
     field = layout.field(decl.TRANSACTION_RISK.name, "txn_count_1h")
-    raw = redis.Redis(host=settings.redis_host, port=settings.redis_port,
-                      password=settings.redis_password.get_secret_value())
+    raw = redis_client(settings, "writer")
     try:
         raw.hset(key, mapping={field: layout.encode_value(1)})
         assert client.fetch([entity]).row(0)[0] == 1
@@ -130,8 +129,15 @@ def test_scores_come_with_as_of_times_and_a_policy_for_bad_input(settings, users
         with pytest.raises(ScoringError, match=message):
             service.score(bad)
 
-    http = TestClient(create_app(service))
+    token = settings.scoring_token.get_secret_value()
+    http = TestClient(create_app(service, token), headers={"Authorization": f"Bearer {token}"})
     assert http.get("/health").json()["model"] == "txn_next_7d"
+    stranger = TestClient(create_app(service, token))
+    assert stranger.get("/health").status_code == 200  # health stays open; scoring does not
+    for headers in ({}, {"Authorization": f"Bearer {token[:-1]}"}, {"Authorization": token}):
+        refused = stranger.post("/score", json={"ids": users[:3]}, headers=headers)
+        assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer", headers
+        assert "results" not in refused.json()
     good = http.post("/score", json={"ids": users[:3]})
     assert good.status_code == 200 and [r["id"] for r in good.json()["results"]] == users[:3]
     assert http.post("/score", content=b"{not json").status_code == 400
@@ -158,7 +164,8 @@ def test_a_stalled_online_store_gives_503_within_a_second_and_health_says_so(set
         stalled.bind(("127.0.0.1", 0))
         stalled.listen(64)
         service = ScoringService.from_settings(settings.model_copy(update={"redis_port": stalled.getsockname()[1]}))
-        http = TestClient(create_app(service))
+        token = settings.scoring_token.get_secret_value()
+        http = TestClient(create_app(service, token), headers={"Authorization": f"Bearer {token}"})
         started = time.monotonic()
         answer = http.post("/score", json={"ids": [1, 2, 3]})
         assert answer.status_code == 503 and "unreachable" in answer.json()["detail"]

@@ -19,10 +19,13 @@ import pytest
 import redis
 
 from cdcf import features as decl
+from cdcf import kafka_clients
 from cdcf.feast_config import feature_store
+from cdcf.redis_clients import redis_client
 from cdcf.spark import spark_session
 from cdcf.stack import kafka, postgres, proc, redis_server, status
 from cdcf.stack.background import STREAMING
+from connectors.connect import connect_auth
 from tests.conftest import CDCF, run_cli
 
 pytestmark = pytest.mark.integration
@@ -73,8 +76,12 @@ def _listening(pids: set[int]) -> set[tuple[ipaddress.IPv4Address | ipaddress.IP
     return found
 
 
-def test_connect_lists_the_debezium_postgres_plugin(settings):
-    plugins = httpx.get(f"{settings.connect_url}/connector-plugins", timeout=10).raise_for_status().json()
+def test_connect_lists_the_debezium_postgres_plugin_to_the_operator_only(settings):
+    url = f"{settings.connect_url}/connector-plugins"
+    assert httpx.get(url, timeout=10).status_code == 401
+    wrong = httpx.BasicAuth(settings.connect_user, settings.connect_password.get_secret_value() + "x")
+    assert httpx.get(url, timeout=10, auth=wrong).status_code == 401
+    plugins = httpx.get(url, timeout=10, auth=connect_auth(settings)).raise_for_status().json()
     postgres = [p for p in plugins if p["class"] == kafka.DEBEZIUM_POSTGRES]
     assert postgres and postgres[0]["type"] == "source"
     assert postgres[0]["version"].startswith("3.6.1")
@@ -115,16 +122,29 @@ def test_debezium_role_can_replicate_and_read_but_not_write(settings):
         psycopg2.connect(settings.pg_dsn(settings.registry_db, user=settings.debezium_user)).close()
 
 
-def test_redis_requires_its_password(settings):
+def test_redis_has_a_writer_and_a_reader_and_no_default_user(settings):
     anonymous = redis.Redis(host=settings.redis_host, port=settings.redis_port, socket_timeout=3)
     with pytest.raises(redis.AuthenticationError):
         anonymous.ping()
-    assert redis.Redis(host=settings.redis_host, port=settings.redis_port,
-                       password=settings.redis_password.get_secret_value()).ping()
+    with pytest.raises(redis.AuthenticationError):  # the default user is off, whatever its password
+        redis.Redis(host=settings.redis_host, port=settings.redis_port, username="default",
+                    password=settings.redis_password.get_secret_value(), socket_timeout=3).ping()
+    key = f"cdcf-test-acl-{time.time_ns()}"
+    writer, reader = redis_client(settings, "writer"), redis_client(settings, "reader")
+    try:
+        writer.hset(key, "f", "v")
+        assert reader.hget(key, "f") == b"v"
+        for write in (lambda: reader.hset(key, "f", "w"), lambda: reader.delete(key), reader.flushall,
+                      lambda: reader.config_set("maxmemory", "1")):
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                write()
+        assert writer.hget(key, "f") == b"v"
+    finally:
+        writer.delete(key)
 
 
 def test_feast_reads_its_registry_from_postgres_and_a_push_is_read_back(settings):
-    store = feature_store(settings)
+    store = feature_store(settings, "writer")
     assert store.config.registry.registry_type == "sql"
     assert {fv.name for fv in store.list_feature_views()} == {v.name for v in decl.FEATURE_VIEWS}
     service = store.get_feature_service("fraud_detection_v1")
@@ -147,12 +167,14 @@ def test_feast_reads_its_registry_from_postgres_and_a_push_is_read_back(settings
 
 def test_spark_writes_to_and_reads_from_kafka(settings):
     topic = f"test.spark.{uuid.uuid4().hex[:8]}"
+    kafka.ensure_topics(settings, [topic])  # the broker creates no topic on first use
     spark = spark_session(settings, "test-spark-kafka")
+    options = kafka_clients.spark_options(settings, "admin")
     try:
         rows = [(str(i), f"value-{i}") for i in range(50)]
         (spark.createDataFrame(rows, "key string, value string").write.format("kafka")
-         .option("kafka.bootstrap.servers", settings.kafka_bootstrap).option("topic", topic).save())
-        back = (spark.read.format("kafka").option("kafka.bootstrap.servers", settings.kafka_bootstrap)
+         .options(**options).option("topic", topic).save())
+        back = (spark.read.format("kafka").options(**options)
                 .option("subscribe", topic).option("startingOffsets", "earliest").load()
                 .selectExpr("CAST(key AS STRING) AS key", "CAST(value AS STRING) AS value", "offset"))
         got = sorted((r.key, r.value) for r in back.collect())
@@ -160,13 +182,14 @@ def test_spark_writes_to_and_reads_from_kafka(settings):
         assert spark.conf.get("spark.sql.session.timeZone") == "UTC"
     finally:
         spark.stop()
+        kafka.delete_topics(settings, [topic])
 
 
 def test_spark_reads_postgres_through_the_cached_jdbc_driver(settings):
     spark = spark_session(settings, "test-spark-jdbc")
     try:
         df = (spark.read.format("jdbc")
-              .option("url", f"jdbc:postgresql://{settings.pg_host}:{settings.pg_port}/{settings.app_db}")
+              .option("url", settings.jdbc_url(settings.app_db))
               .option("user", settings.app_user).option("password", settings.app_password.get_secret_value())
               .option("driver", "org.postgresql.Driver")
               .option("query", "SELECT 1::bigint AS one, 'x'::text AS t").load())
@@ -180,7 +203,7 @@ def test_feast_serve_answers_over_http(settings, tmp_path):
         probe.bind((settings.redis_host, 0))
         port = probe.getsockname()[1]
     user_id = uuid.uuid4().int % 10**12
-    feature_store(settings).push(decl.TRANSACTION_RISK.push_source, pd.DataFrame([{
+    feature_store(settings, "writer").push(decl.TRANSACTION_RISK.push_source, pd.DataFrame([{
         "user_id": user_id, "txn_count_1h": 3, "txn_amount_sum_1h": 120.25, "txn_amount_max_24h": 99.5,
         decl.EVENT_TIMESTAMP: datetime.now(UTC)}]))
     log = (tmp_path / "serve.log").open("w")

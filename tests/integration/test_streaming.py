@@ -37,7 +37,7 @@ USER_VIEWS = (decl.USER_PROFILE, decl.USER_ACTIVITY, decl.TRANSACTION_RISK)
 
 @pytest.fixture(scope="module")
 def store(settings):
-    return feature_store(settings)
+    return feature_store(settings, "writer")  # a test pushes a stale row through it
 
 
 def _sql(settings, statement: str, params=None) -> datetime:
@@ -316,7 +316,7 @@ def test_resnapshot_brings_every_feature_back_after_capture_lost_its_slot(settin
                  (kept, user, product, gone, user, product, moved, user))
     assert_exact(settings, store, decl.TRANSACTION_RISK, user, since)
     name, _ = connector_config(settings)
-    client = ConnectClient(settings.connect_url)
+    client = ConnectClient(settings)
     try:
         client.stop(name)
         wait_for(lambda: client.status(name)["connector"]["state"] == "STOPPED", 60, "the connector to stop")
