@@ -8,6 +8,7 @@ keys); the result comes back through COPY as Arrow.
 
 Labels come from the change history in the same query: ``txn_next_7d`` is whether the user has a transaction with
 event time in (T, T + 7 days], as the history stands now (so labels use later corrections, features never do).
+The fraud label is per transaction (``labelled_transactions``): a chargeback reported within 60 days of it.
 """
 
 from __future__ import annotations
@@ -52,6 +53,32 @@ class Label:
 LABELS = {label.name: label for label in (Label("txn_next_7d", decl.USER, decl.TRANSACTIONS, timedelta(days=7)),)}
 
 
+CHARGEBACK_HORIZON = timedelta(days=60)
+
+
+def labelled_transactions(settings: Settings) -> pd.DataFrame:
+    """Every transaction as the history stands now (its latest version; deleted ones left out) with ``fraud``:
+    whether a chargeback of it was reported within ``CHARGEBACK_HORIZON`` of its ``created_at``. Columns txn_id,
+    user_id, amount, merchant, created_at (UTC), fraud."""
+    latest = ("SELECT DISTINCT ON (row_key) after FROM {log} WHERE source_table = '{table}' ORDER BY row_key, lsn DESC")
+    query = (
+        f"WITH txn AS ({latest.format(log=CHANGELOG, table=decl.TRANSACTIONS.name)}), "
+        f"cb AS ({latest.format(log=CHANGELOG, table=decl.CHARGEBACKS.name)}) "
+        "SELECT (t.after->>'txn_id')::bigint AS txn_id, (t.after->>'user_id')::bigint AS user_id, "
+        "(t.after->>'amount')::float8 AS amount, t.after->>'merchant' AS merchant, "
+        "(t.after->>'created_at')::timestamptz AS created_at, EXISTS (SELECT 1 FROM cb WHERE cb.after IS NOT NULL "
+        "AND (cb.after->>'txn_id')::bigint = (t.after->>'txn_id')::bigint AND (cb.after->>'reported_at')::timestamptz "
+        f"<= (t.after->>'created_at')::timestamptz + interval '{int(CHARGEBACK_HORIZON.total_seconds())} seconds') "
+        "AS fraud FROM txn t WHERE t.after IS NOT NULL ORDER BY txn_id")
+    with psycopg2.connect(settings.pg_dsn(settings.offline_db, user=settings.feast_user)) as conn:
+        with conn.cursor() as cur:
+            cur.execute(query)
+            frame = pd.DataFrame(cur.fetchall(), columns=[c.name for c in cur.description])
+    conn.close()
+    frame["created_at"] = pd.to_datetime(frame["created_at"], utc=True)
+    return frame
+
+
 def resolve(features: str | Sequence[str]) -> list[tuple[FeatureView, list[str]]]:
     """A feature service name, or "view:feature" references, as (view, feature names) in request order."""
     if isinstance(features, str):
@@ -59,7 +86,7 @@ def resolve(features: str | Sequence[str]) -> list[tuple[FeatureView, list[str]]
         if features not in services:
             raise TrainingSetError(f"unknown feature service {features!r}; known: {', '.join(services)}")
         return [(v, [f.name for f in v.features]) for v in services[features].views]
-    views = {v.name: v for v in decl.FEATURE_VIEWS}
+    views = {v.name: v for v in decl.ALL_VIEWS}
     chosen: dict[str, list[str]] = {}
     for ref in features:
         view_name, _, feature = ref.partition(":")
@@ -146,7 +173,7 @@ def _query(entity: Entity, wanted: list[tuple[FeatureView, list[str]]], labels: 
     joins = []
     for n, (view, names) in enumerate(wanted):
         dtypes = {f.name: f.dtype for f in view.features}
-        joins.append(f"LEFT JOIN LATERAL (SELECT {', '.join(names)} FROM {view.name} v WHERE v.{key} = e.{key} "
+        joins.append(f"LEFT JOIN LATERAL (SELECT {', '.join(names)} FROM {view.offline_table} v WHERE v.{key} = e.{key} "
                      f"AND v.{ts} <= e.{ts} ORDER BY v.{ts} DESC LIMIT 1) f{n} ON true")
         columns += [f"f{n}.{name}" for name in names]
         fields += [pa.field(name, ARROW[dtypes[name]]) for name in names]

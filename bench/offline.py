@@ -95,7 +95,7 @@ def run(base, changes: int, users: int, products: int, pit_rows: int, feast_rows
     store = feature_store(settings)
     sample = entities.head(feast_rows)
     started = time.monotonic()
-    store.get_historical_features(entity_df=sample, features=store.get_feature_service(SERVICE)).to_df()
+    store.get_historical_features(entity_df=sample, features=decl.feature_refs(SERVICE)).to_df()
     feast_s = time.monotonic() - started
     started = time.monotonic()
     training_set(settings, sample, SERVICE)

@@ -156,7 +156,7 @@ def _scoring_without_token(settings: Settings) -> str:
                   features=features, label="intrusion", epochs=1)
     service = ScoringService(model, FeatureClient.for_features(settings, features))
     token = settings.scoring_token.get_secret_value()
-    app = create_app(service, token)
+    app = create_app(token, scoring=service)
     allowed = TestClient(app, headers={"Authorization": f"Bearer {token}"}).post("/score", json={"ids": [1]})
     if allowed.status_code != 200:
         raise NotRefused(f"the scoring service refused its own token: {allowed.status_code} {allowed.text[:200]}")

@@ -338,14 +338,64 @@ def _utc(at: datetime | None) -> datetime | None:
     return at if at is None or at.tzinfo else at.replace(tzinfo=UTC)
 
 
-@app.command("train-model")
-def train_model(rows: int = typer.Option(20_000, help="Point-in-time rows to train on."),
-                epochs: int = typer.Option(20, help="Passes over the training rows.")) -> None:
-    """Train the txn_next_7d model (fraud_detection_v1 features) on CUDA when present, CPU otherwise."""
-    from inference.train import train_from_store
+MODELS = ("fraud_detection_v1", "customer_segmentation_v1", "txn_next_7d")
+models_app = typer.Typer(help="The model registry.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
 
-    model, path = _run(lambda s: train_from_store(s, rows=rows, epochs=epochs))
-    typer.echo(f"saved {path}: {model.metrics}")
+
+@app.command("train-model")
+def train_model(model: str = typer.Option("fraud_detection_v1", help=f"One of {', '.join(MODELS)}."),
+                rows: int = typer.Option(20_000, help="Point-in-time rows to train on (fraud: transactions; "
+                                                      "segmentation: users)."),
+                epochs: int = typer.Option(20, help="Passes over the training rows (txn_next_7d)."),
+                as_of: datetime | None = typer.Option(None, help="Segmentation: the users' features as of this "
+                                                                 "time (UTC; default now).")) -> None:
+    """Train a model on point-in-time sets from the offline store and register it (CUDA when present)."""
+    if model not in MODELS:
+        raise typer.BadParameter(f"unknown model {model!r}; one of {', '.join(MODELS)}")
+
+    def run(settings: Settings) -> str:
+        if model == "fraud_detection_v1":
+            from inference import fraud
+
+            return fraud.train(settings, rows=rows).card.line()
+        if model == "customer_segmentation_v1":
+            from inference import segments
+
+            return segments.train(settings, _utc(as_of), sample=rows).card.line()
+        from inference.train import train_from_store
+
+        trained, path = train_from_store(settings, rows=rows, epochs=epochs)
+        return f"saved {path}: {trained.metrics}"
+
+    typer.echo(_run(run))
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Every registered version of every model: features, training range and rows, metrics, code revision."""
+    from inference import registry
+
+    cards = _run(registry.cards)
+    for card in cards:
+        typer.echo(card.line())
+    if not cards:
+        typer.echo("no models registered: `cdcf train-model --model fraud_detection_v1` trains one")
+
+
+@app.command("batch-score")
+def batch_score(model: str = typer.Option("customer_segmentation_v1", help="The model (customer_segmentation_v1)."),
+                as_of: datetime | None = typer.Option(None, help="Score every user as of this time (UTC; default now)."),
+                version: int | None = typer.Option(None, help="Pin a model version (default: the newest).")) -> None:
+    """Score every user as of a time through the offline store's point-in-time path into the offline table
+    user_segments and the online view user_segment_features."""
+    if model != "customer_segmentation_v1":
+        raise typer.BadParameter("batch scoring serves customer_segmentation_v1")
+    from inference import segments
+
+    done = _run(lambda s: segments.batch_score(s, _utc(as_of) or datetime.now(UTC), version))
+    typer.echo(f"{done['users']} users scored by {model} v{done['version']} as of {done['as_of']} in "
+               f"{done['seconds']:.1f} s ({done['users_per_s']}/s); segment sizes {done['segment_sizes']}")
 
 
 @app.command()
@@ -372,19 +422,19 @@ def score(ids: list[int] = typer.Argument(..., help="Entity ids to score."),
 def serve_scores(port: int = typer.Option(6570, help="HTTP port."),
                  bind: str = typer.Option("127.0.0.1", help="Address to listen on."),
                  cache_ttl: float = typer.Option(0.0, help="Seconds to cache an entity's features (0: off).")) -> None:
-    """Serve POST /score {"ids": [...]} (with the bearer token CDCF_SCORING_TOKEN) and GET /health over HTTP."""
+    """Serve the model API over HTTP (with the bearer token CDCF_SCORING_TOKEN): POST /score/fraud_detection_v1,
+    GET /segment/{user_id}, POST /score and GET /health, each model at its newest registered version."""
     import uvicorn
 
     from inference.model import frozen_heap
-    from inference.service import ScoringError, ScoringService, create_app
+    from inference.service import create_app, loaded_models
 
     def run(settings: Settings) -> None:
-        try:
-            service = ScoringService.from_settings(settings, cache_ttl_s=cache_ttl)
-        except ScoringError as exc:
-            raise PipelineError(str(exc)) from exc
+        models = loaded_models(settings, cache_ttl)
+        if not models:
+            raise PipelineError("no model is trained: `cdcf train-model --model fraud_detection_v1` trains one")
         with frozen_heap():
-            uvicorn.run(create_app(service, settings.scoring_token.get_secret_value()), host=bind, port=port,
+            uvicorn.run(create_app(settings.scoring_token.get_secret_value(), **models), host=bind, port=port,
                         log_level="warning")
 
     _run(run)

@@ -1,6 +1,7 @@
 """`make demo`: the pipeline's story — source data seeded, changes streaming into live features that Feast
-serves, with their as-of times and how fresh they are; a backfill of the offline store from the change history; a
-model trained on a point-in-time training set, scoring the users' fresh features."""
+serves, with their as-of times and how fresh they are; a backfill of the offline store from the change history;
+models trained on point-in-time sets and registered (fraud, segmentation, and the txn_next_7d network), scoring
+the users' fresh features; every user's segment batch-scored into the offline and online stores."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from cdcf.settings import Settings
 from cdcf.workload import Workload
 
 DEMO_USERS = (1, 2, 3)
+TRANSACTION = {"amount": 1450.0, "merchant": "giftcardz"}  # one to score for fraud, as an account takeover spends
 PROBE_USER = -(2**62)  # a fixed id outside the sample data, the workload and the ranges tests pick
 
 
@@ -29,11 +31,12 @@ def run(settings: Settings, out: Callable[[str], None], workload_s: float = 30) 
     out(f"freshness: COMMIT -> get_online_features in {_probe(settings, store):.2f} s")
     for service in ("fraud_detection_v1", "product_ranking_v1"):
         keys = [{"product_id": p} for p in DEMO_USERS] if service.startswith("product") else \
-            [{"user_id": u} for u in DEMO_USERS]
+            [{"user_id": u, **TRANSACTION} for u in DEMO_USERS]  # with the transaction for the request features
         rows = store.get_online_features(features=store.get_feature_service(service), entity_rows=keys).to_dict()
         out(f"get_online_features({service}):")
         for i, key in enumerate(keys):
-            values = ", ".join(f"{name}={_fmt(col[i])}" for name, col in sorted(rows.items()) if name not in key)
+            values = ", ".join(f"{name}={_fmt(col[i])}" for name, col in sorted(rows.items())
+                               if name not in key and name not in TRANSACTION)
             out(f"  {key}: {values}")
     _backfill_and_score(settings, out)
     for health in stack.status(settings):
@@ -53,6 +56,7 @@ def _backfill_and_score(settings: Settings, out: Callable[[str], None]) -> None:
     finally:
         spark.stop()
     out(f"backfill: {result.changes} changes -> {sum(result.rows.values())} offline rows in {result.seconds:.0f} s")
+    _models(settings, out)
     model, path = train_from_store(settings, rows=5000, epochs=5)
     out(f"model {path}: trained on {model.metrics['rows']} point-in-time rows on {model.metrics['device']}, "
         f"held-out AUC {model.metrics['held_out_auc']}")
@@ -62,6 +66,36 @@ def _backfill_and_score(settings: Settings, out: Callable[[str], None]) -> None:
             f"{min(t for t in result['as_of'].values() if t)}" if result["score"] is not None
             else f"  score(user {result['id']}): {result['reason']}")
     out(f"scored {len(DEMO_USERS)} users on {answer['device']} in {answer['elapsed_ms']} ms")
+
+
+def _models(settings: Settings, out: Callable[[str], None]) -> None:
+    """Train and register the fraud and segmentation models, score a transaction of each demo user and show
+    their segments once every user is batch-scored."""
+    from datetime import UTC, datetime
+
+    from inference import fraud, segments
+    from inference.service import FraudScorer, SegmentReader
+
+    out(f"registered {fraud.train(settings).card.line()}")
+    usual = {"amount": 42.0, "merchant": "acme"}
+    answer = FraudScorer.from_settings(settings).score(
+        [{"user_id": u, **t} for u in DEMO_USERS for t in (usual, TRANSACTION)])
+    for result in answer["results"]:
+        out(f"  fraud score of user {result['user_id']} (transaction of {result.get('amount', '')}) = "
+            f"{result['score']:.3f}" if result["score"] is not None else f"  user {result['user_id']}: "
+            f"{result['reason']}")
+    out(f"scored {len(answer['results'])} transactions with {answer['model']} v{answer['version']} in "
+        f"{answer['elapsed_ms']} ms")
+    as_of = datetime.now(UTC)
+    out(f"registered {segments.train(settings, as_of).card.line()}")
+    done = segments.batch_score(settings, as_of, progress=False)
+    out(f"batch-scored {done['users']} users as of {done['as_of']} in {done['seconds']:.1f} s: segment sizes "
+        f"{done['segment_sizes']}")
+    reader = SegmentReader.from_settings(settings)
+    for user in DEMO_USERS:
+        got = reader.segment(user)
+        out(f"  segment(user {user}) = {got['segment']} (v{got.get('version')}, as of "
+            f"{got.get('as_of', {}).get(decl.USER_SEGMENT.name)})")
 
 
 def _probe(settings: Settings, store) -> float:

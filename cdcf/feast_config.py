@@ -54,7 +54,7 @@ def create_offline_tables(settings: Settings) -> None:
     """Create the offline store table of every feature view (idempotent)."""
     with psycopg2.connect(settings.pg_dsn(settings.offline_db, user=settings.feast_user)) as conn:
         with conn.cursor() as cur:
-            for view in decl.FEATURE_VIEWS:
+            for view in decl.ALL_VIEWS:
                 cur.execute(decl.offline_table_ddl(view))
             # the row mirror of the streaming job's first design (its state now lives in Spark's state store)
             cur.execute(f"DROP TABLE IF EXISTS {', '.join(OLD_MIRROR)}")

@@ -63,15 +63,33 @@ class WindowFeature:
 
 
 @dataclass(frozen=True)
+class ScoreFeature:
+    """A value a model's batch scoring writes (not derived from the change stream): the segment of a user."""
+
+    name: str
+    dtype: Dtype
+
+
+@dataclass(frozen=True)
 class FeatureView:
     name: str
     entity: Entity
-    features: tuple[ColumnFeature, ...] | tuple[WindowFeature, ...]
+    features: tuple[ColumnFeature, ...] | tuple[WindowFeature, ...] | tuple[ScoreFeature, ...]
     table: Table | None = None  # the entity's own table, for views of ColumnFeatures
+    offline: str | None = None  # its offline store table, when not named as the view
 
     @property
     def push_source(self) -> str:
         return f"{self.name}_push"
+
+    @property
+    def offline_table(self) -> str:
+        return self.offline or self.name
+
+    @property
+    def scored(self) -> bool:
+        """Written by a model's batch scoring: its offline rows also name the model version that wrote them."""
+        return all(isinstance(f, ScoreFeature) for f in self.features)
 
 
 @dataclass(frozen=True)
@@ -89,7 +107,8 @@ PRODUCTS = Table("products")
 TRANSACTIONS = Table("transactions", "created_at")
 SESSIONS = Table("sessions", "started_at")
 REVIEWS = Table("reviews", "created_at")
-TABLES = (USERS, PRODUCTS, TRANSACTIONS, SESSIONS, REVIEWS)
+CHARGEBACKS = Table("chargebacks", "reported_at")  # fraud labels: captured and archived, read by no feature
+TABLES = (USERS, PRODUCTS, TRANSACTIONS, SESSIONS, REVIEWS, CHARGEBACKS)
 
 USER_PROFILE = FeatureView("user_profile_features", USER, (
     ColumnFeature("age", "age", "int64"),
@@ -120,14 +139,42 @@ PRODUCT_STATS = FeatureView("product_features", PRODUCT, (
     WindowFeature("review_count_30d", REVIEWS, "count", None, 30 * DAY),
 ))
 
+# the views the pipeline derives from the change stream (streaming job and backfill alike)
 FEATURE_VIEWS = (USER_PROFILE, USER_ACTIVITY, TRANSACTION_RISK, PRODUCT_STATS)
 
+# the views a model's batch scoring writes (`cdcf batch-score`), through the same online writer and offline tables
+USER_SEGMENT = FeatureView("user_segment_features", USER, (ScoreFeature("segment", "int64"),), offline="user_segments")
+SCORED_VIEWS = (USER_SEGMENT,)
+ALL_VIEWS = FEATURE_VIEWS + SCORED_VIEWS
+
 FEATURE_SERVICES = (
-    FeatureService("recommendation_v1", (USER_PROFILE, USER_ACTIVITY)),
+    FeatureService("recommendation_v1", (USER_PROFILE, USER_ACTIVITY, PRODUCT_STATS)),
     FeatureService("fraud_detection_v1", (TRANSACTION_RISK, USER_ACTIVITY)),
     FeatureService("customer_segmentation_v1", (USER_PROFILE, USER_ACTIVITY)),
     FeatureService("product_ranking_v1", (PRODUCT_STATS,)),
 )
+
+def feature_refs(service: str) -> list[str]:
+    """"view:feature" of every stored feature of ``service`` (not its request-time ones), in declaration order."""
+    (chosen,) = [s for s in FEATURE_SERVICES if s.name == service]
+    return [f"{v.name}:{f.name}" for v in chosen.views for f in v.features]
+
+
+# Request-time features of fraud_detection_v1: derived from the transaction being scored (its amount) and the
+# user's stored features, by this one function in training, in the scoring service and in Feast's on-demand
+# feature view alike. A ratio whose denominator is null (an empty window) or zero is null.
+FRAUD_REQUEST = ("amount", "merchant")
+FRAUD_REQUEST_FEATURES = {"amount_over_avg_order_value_30d": "avg_order_value_30d",
+                          "amount_over_txn_amount_max_24h": "txn_amount_max_24h"}
+
+
+def fraud_request_features(amount: float | None, stored: dict[str, float | None]) -> dict[str, float | None]:
+    """The request-time features of one transaction of ``amount``, given the user's stored feature values."""
+    result = {}
+    for name, denominator in FRAUD_REQUEST_FEATURES.items():
+        base = stored.get(denominator)
+        result[name] = None if amount is None or base is None or base != base or base == 0 else amount / base
+    return result
 
 SQL_TYPES: dict[Dtype, str] = {"int64": "BIGINT", "float64": "DOUBLE PRECISION", "string": "TEXT"}
 
@@ -135,8 +182,9 @@ SQL_TYPES: dict[Dtype, str] = {"int64": "BIGINT", "float64": "DOUBLE PRECISION",
 def offline_table_ddl(view: FeatureView) -> str:
     """DDL of the offline store table of ``view``: one row per value change, keyed by entity and as-of time."""
     key = view.entity.join_key
-    columns = ",\n    ".join(f"{f.name} {SQL_TYPES[f.dtype]}" for f in view.features)
+    columns = ",\n    ".join([f"{f.name} {SQL_TYPES[f.dtype]}" for f in view.features]
+                              + (["model_version TEXT NOT NULL"] if view.scored else []))
     return (
-        f"CREATE TABLE IF NOT EXISTS {view.name} (\n    {key} BIGINT NOT NULL,\n"
+        f"CREATE TABLE IF NOT EXISTS {view.offline_table} (\n    {key} BIGINT NOT NULL,\n"
         f"    {EVENT_TIMESTAMP} TIMESTAMPTZ NOT NULL,\n    {columns},\n    PRIMARY KEY ({key}, {EVENT_TIMESTAMP})\n)"
     )

@@ -1,4 +1,10 @@
-"""A small, seeded sample of the source database (SPEC section 2) for the demo and the tests."""
+"""A small, seeded sample of the source database (SPEC section 2) for the demo and the tests.
+
+Besides ordinary activity it holds fraud, as the fraud model has to learn it: some users' accounts are taken over,
+and each takeover is a burst of high amounts within an hour, mostly at merchants ordinary users seldom use. Most
+fraudulent transactions are reported as chargebacks days later (some never are, and some reports would lie in the
+future, so they are not there yet); a few ordinary transactions are charged back too (friendly fraud).
+"""
 
 from __future__ import annotations
 
@@ -13,11 +19,29 @@ from cdcf.settings import Settings
 STATUSES = ("active", "active", "active", "suspended", "closed")
 CATEGORIES = ("books", "electronics", "garden", "toys", "grocery")
 MERCHANTS = ("acme", "globex", "initech", "umbrella", "hooli")
+RISKY_MERCHANTS = ("quickcash", "giftcardz", "cryptox")  # where stolen accounts spend
+TAKEOVER_SHARE = 0.08  # of users, once each in the sample's span
+REPORTED_SHARE = 0.85  # of fraudulent transactions, within REPORT_DAYS
+REPORT_DAYS = (1, 45)
+FRIENDLY_FRAUD_SHARE = 0.003  # of ordinary transactions
+
+
+def fraud_burst(rng: random.Random, start: datetime) -> list[tuple[float, str, datetime]]:
+    """(amount, merchant, created_at) of one account takeover: 3 to 6 high amounts within an hour of ``start``."""
+    return [(round(rng.uniform(400, 2500), 2),
+             rng.choice(RISKY_MERCHANTS) if rng.random() < 0.8 else rng.choice(MERCHANTS),
+             start + timedelta(seconds=rng.randrange(3600))) for _ in range(rng.randint(3, 6))]
+
+
+def report_delay(rng: random.Random) -> timedelta | None:
+    """How long after a fraudulent transaction its chargeback comes, or None if it never does."""
+    return timedelta(days=rng.uniform(*REPORT_DAYS)) if rng.random() < REPORTED_SHARE else None
 
 
 def seed(settings: Settings, *, users: int = 200, products: int = 50, days: int = 30, seed: int = 7,
          now: datetime | None = None) -> dict[str, int]:
-    """Insert users, products and ~``days`` of transactions, sessions and reviews; idempotent for one seed."""
+    """Insert users, products and ~``days`` of transactions, sessions, reviews and chargebacks; idempotent for one
+    seed."""
     rng = random.Random(seed)
     now = now or datetime.now(UTC)
 
@@ -35,6 +59,16 @@ def seed(settings: Settings, *, users: int = 200, products: int = 50, days: int 
         "reviews": [(r, rng.randint(1, products), rng.randint(1, users), rng.randint(1, 5), when())
                     for r in range(1, products * 6 + 1)],
     }
+    reports = [(txn[0], txn[5] + timedelta(days=rng.uniform(*REPORT_DAYS)))
+               for txn in rows["transactions"] if rng.random() < FRIENDLY_FRAUD_SHARE]
+    for user in rng.sample(range(1, users + 1), int(users * TAKEOVER_SHARE)):
+        for amount, merchant, at in fraud_burst(rng, when()):
+            txn_id = len(rows["transactions"]) + 1
+            rows["transactions"].append((txn_id, user, rng.randint(1, products), amount, merchant, at, now))
+            if (delay := report_delay(rng)) is not None:
+                reports.append((txn_id, at + delay))
+    # one chargeback per transaction at most: its id is the transaction's
+    rows["chargebacks"] = [(txn_id, txn_id, at) for txn_id, at in reports if at <= now]
     with psycopg2.connect(settings.pg_dsn()) as conn, conn.cursor() as cur:
         for table, values in rows.items():
             execute_values(cur, f"INSERT INTO {table} VALUES %s ON CONFLICT DO NOTHING", values)

@@ -1,8 +1,9 @@
 """A seedable workload on the source database: the kinds of change the pipeline must get exactly right.
 
 Inserts of transactions, sessions and reviews; updates of amounts, event times and owners; deletes; rows
-backdated up to 29 days; profile updates; and bursts of several times the rate. Each change is its own small
-transaction, paced in 100 ms ticks to hold the target rate.
+backdated up to 29 days; profile updates; account takeovers (bursts of high amounts, mostly at risky merchants,
+as in the sample data) and their chargebacks, reported later or never; and bursts of several times the rate. Each
+change is its own small transaction, paced in 100 ms ticks to hold the target rate.
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ import psycopg2
 from confluent_kafka import Message, TopicPartition
 
 from cdcf import kafka_clients
+from cdcf.sample_data import MERCHANTS, fraud_burst, report_delay
 from cdcf.settings import Settings
 
 TICK_S = 0.1
 MIX = {  # relative weight of each kind of change
     "insert_txn": 40, "insert_session": 12, "insert_review": 8, "backdated_txn": 5, "update_amount": 10,
     "move_event_time": 5, "move_owner": 5, "delete_txn": 5, "update_user": 5, "delete_session": 2,
-    "move_review": 3,
+    "move_review": 3, "takeover_txn": 2, "chargeback": 1,
 }
 
 
@@ -38,6 +40,8 @@ class Workload:
         self.mix = mix or MIX
         self.kinds, self.weights = list(self.mix), list(self.mix.values())
         self.counts: Counter[str] = Counter()
+        self.takeover: list[tuple[int, float, str]] = []  # the current takeover's transactions still to come
+        self.unreported: list[int] = []  # takeover transactions whose chargeback is still to come
 
     def run(self, rate: float, duration_s: float, *, burst_every_s: float = 15, burst_factor: float = 4,
             per_commit: int = 1, progress: Callable[[float, Counter[str]], None] | None = None) -> Counter[str]:
@@ -122,10 +126,34 @@ class Workload:
         return self._insert(cur, "transactions", ("bigint", "bigint", "bigint", "numeric", "text", "timestamptz",
                                                   "timestamptz"), [
             (self._new_id("transactions"), self._user(), self._product(), round(self.rng.uniform(1, 500), 2),
-             self.rng.choice(("acme", "globex", "initech")), now - backdate(), now) for _ in range(k)])
+             self.rng.choice(MERCHANTS[:3]), now - backdate(), now) for _ in range(k)])
 
     def _backdated_txn(self, cur, k: int) -> int:
         return self._insert_txn(cur, k, lambda: timedelta(seconds=self.rng.randrange(60, 29 * 86_400)))
+
+    def _takeover_txn(self, cur, k: int) -> int:
+        """The next ``k`` transactions of account takeovers: a burst for one user, then the next user's."""
+        rows = []
+        for _ in range(k):
+            if not self.takeover:
+                user = self._user()
+                self.takeover = [(user, amount, merchant) for amount, merchant, _ in fraud_burst(self.rng, self._now())]
+            user, amount, merchant = self.takeover.pop()
+            txn_id = self._new_id("transactions")
+            if report_delay(self.rng) is not None:
+                self.unreported.append(txn_id)
+            rows.append((txn_id, user, self._product(), amount, merchant, self._now(), self._now()))
+        return self._insert(cur, "transactions", ("bigint", "bigint", "bigint", "numeric", "text", "timestamptz",
+                                                  "timestamptz"), rows)
+
+    def _chargeback(self, cur, k: int) -> int:
+        """Report up to ``k`` earlier takeover transactions as charged back (now, so days early in event time)."""
+        reported, self.unreported = self.unreported[:k], self.unreported[k:]
+        if not reported:
+            return 0
+        cur.execute("INSERT INTO chargebacks SELECT txn_id, txn_id, now() FROM unnest(%s::bigint[]) txn_id "
+                    "ON CONFLICT DO NOTHING", (reported,))
+        return cur.rowcount
 
     def _insert_session(self, cur, k: int) -> int:
         return self._insert(cur, "sessions", ("bigint", "bigint", "timestamptz", "int"), [

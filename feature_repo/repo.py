@@ -1,13 +1,16 @@
 """Feast definitions of SPEC section 3, derived from the one feature declaration in ``cdcf.features``.
 
-Every view reads its offline table (same name, written by our jobs) in the Postgres offline store and takes
-online writes through a push source named ``<view>_push``. `feast apply` in this folder registers them.
+Every view reads its offline table (written by our jobs) in the Postgres offline store and takes online writes
+through a push source named ``<view>_push``. fraud_detection_v1 also carries the on-demand view of the request-time
+features of the transaction being scored (``cdcf.features.fraud_request_features``, the function the model's
+training and its scoring service run too). `feast apply` in this folder registers them.
 """
 
 from datetime import timedelta
 
-from feast import Entity, FeatureService, FeatureView, Field, PushSource, ValueType
+from feast import Entity, FeatureService, FeatureView, Field, PushSource, RequestSource, ValueType
 from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import PostgreSQLSource
+from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Float64, Int64, String
 
 from cdcf import features as decl
@@ -20,7 +23,7 @@ entities = {
 
 
 def _feature_view(view: decl.FeatureView) -> FeatureView:
-    offline = PostgreSQLSource(name=f"{view.name}_offline", table=view.name,
+    offline = PostgreSQLSource(name=f"{view.name}_offline", table=view.offline_table,
                                timestamp_field=decl.EVENT_TIMESTAMP)
     push = PushSource(name=view.push_source, batch_source=offline)
     return FeatureView(
@@ -34,9 +37,28 @@ def _feature_view(view: decl.FeatureView) -> FeatureView:
     )
 
 
-feature_views = {v.name: _feature_view(v) for v in decl.FEATURE_VIEWS}
+feature_views = {v.name: _feature_view(v) for v in decl.ALL_VIEWS}
+
+fraud_transaction = RequestSource(name="fraud_transaction", schema=[
+    Field(name="amount", dtype=Float64), Field(name="merchant", dtype=String)])
+
+
+@on_demand_feature_view(
+    sources=[feature_views[decl.TRANSACTION_RISK.name], feature_views[decl.USER_ACTIVITY.name], fraud_transaction],
+    schema=[Field(name=name, dtype=Float64) for name in decl.FRAUD_REQUEST_FEATURES], mode="python")
+def fraud_request_features(inputs: dict) -> dict:
+    from cdcf import (
+        features as decl,  # imported here: Feast stores this function's source and runs it elsewhere
+    )
+
+    rows = [decl.fraud_request_features(amount, {name: inputs[name][n] for name in decl.FRAUD_REQUEST_FEATURES.values()})
+            for n, amount in enumerate(inputs["amount"])]
+    return {name: [row[name] for row in rows] for name in decl.FRAUD_REQUEST_FEATURES}
+
+
+on_demand = {"fraud_detection_v1": [fraud_request_features]}
 feature_services = {
-    s.name: FeatureService(name=s.name, features=[feature_views[v.name] for v in s.views])
+    s.name: FeatureService(name=s.name, features=[feature_views[v.name] for v in s.views] + on_demand.get(s.name, []))
     for s in decl.FEATURE_SERVICES
 }
 # `feast apply` collects module-level objects only: expose every entity, view and service by name.

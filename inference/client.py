@@ -88,7 +88,7 @@ class FeatureClient:
         """A client of (view, feature) pairs of one entity's views, on the settings' Redis."""
         from cdcf import features as decl
 
-        (join_key,) = {v.entity.join_key for v in decl.FEATURE_VIEWS if v.name in {view for view, _ in features}}
+        (join_key,) = {v.entity.join_key for v in decl.ALL_VIEWS if v.name in {view for view, _ in features}}
         client = redis_client(settings, "reader", socket_timeout=REDIS_TIMEOUT_S,
                               socket_connect_timeout=REDIS_TIMEOUT_S, retry=Retry(NoBackoff(), 0))
         return cls(client, settings.feast_project, join_key, features, cache_ttl_s)

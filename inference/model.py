@@ -112,13 +112,13 @@ def train(x: np.ndarray, y: np.ndarray, *, service: str, features: list[tuple[st
     with torch.inference_mode():
         held_scores = model(xs[held]).cpu().numpy() if len(held) else np.array([])
     metrics = {"rows": len(x), "positives": float(y.mean()) if len(y) else 0.0, "epochs": epochs,
-               "first_epoch_loss": losses[0], "last_epoch_loss": losses[-1], "held_out_auc": _auc(y[held], held_scores),
+               "first_epoch_loss": losses[0], "last_epoch_loss": losses[-1], "held_out_auc": auc(y[held], held_scores),
                "device": on.type, "trained_at": datetime.now(UTC).isoformat()}
     log.info("trained on %d rows (%s): %s", len(x), on.type, metrics)
     return TrainedModel(model, service, features, label, metrics)
 
 
-def _auc(y: np.ndarray, scores: np.ndarray) -> float | None:
+def auc(y: np.ndarray, scores: np.ndarray) -> float | None:
     """Area under the ROC curve by ranks (Mann-Whitney); None when one class is absent."""
     positives = int(y.sum())
     negatives = len(y) - positives

@@ -1,5 +1,12 @@
-"""Scoring: fetch a batch of entities' fresh features from Redis (inference.client), score them with the trained
-model on CUDA when present, CPU otherwise, and return each score with the as-of times of the features behind it.
+"""The model API: fetch fresh features from Redis (inference.client), score them with the registered models on
+CUDA when present, CPU otherwise, and return each answer with the model version and the as-of times of the
+features behind it.
+
+- ``POST /score/fraud_detection_v1`` {"transactions": [{"user_id", "amount", "merchant"}, ...]}: the fraud model
+  (inference.fraud) on the users' stored features and each transaction's request-time features;
+- ``GET /segment/{user_id}``: the user's segment, as the segmentation model's last batch scoring wrote it;
+- ``POST /score`` {"ids": [...]}: the txn_next_7d network (inference.model);
+- ``GET /health``.
 
 Over HTTP every request but GET /health carries the bearer token of the settings (``scoring_token``); one without
 it gets 401 before its body is read.
@@ -27,8 +34,11 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from inference.client import FeatureClient
+from cdcf import features as decl
+from inference.client import FeatureClient, Fetched
+from inference.fraud import FraudModel
 from inference.model import TrainedModel
+from inference.segments import scored_by
 
 log = logging.getLogger(__name__)
 MAX_BATCH = 4096
@@ -57,38 +67,146 @@ class ScoringService:
         return cls(model, FeatureClient.for_features(settings, model.features, cache_ttl_s))
 
     def score(self, ids: list) -> dict:
-        if not isinstance(ids, list) or not ids:
-            raise ScoringError("send a non-empty list of entity ids")
-        if len(ids) > MAX_BATCH:
-            raise ScoringError(f"{len(ids)} entities in one request; the limit is {MAX_BATCH}")
-        bad = [i for i in ids if not isinstance(i, int) or isinstance(i, bool) or not INT64[0] <= i <= INT64[1]]
-        if bad:
-            raise ScoringError(f"entity ids must be 64-bit integers; got {bad[:5]!r}")
+        _check_ids(ids)
         started = time.perf_counter()
         fetched = self.client.fetch(ids)
         x = fetched.matrix()
-        scores = np.full(len(ids), np.nan)
-        if fetched.known.any():
-            scores[fetched.known] = self.model.score(x[fetched.known])
-        names = [f for _, f in self.model.features]
-        results = []
-        nulls = np.isnan(x)
-        for n, entity_id in enumerate(ids):
-            known = bool(fetched.known[n])
-            results.append({
-                "id": entity_id,
-                "score": float(scores[n]) if known else None,
-                "as_of": {v: (t.isoformat() if t else None) for v, t in fetched.as_of_row(n).items()},
-                "nulls": [name for name, null in zip(names, nulls[n], strict=True) if null] if known else [],
-                **({} if known else {"reason": "unknown entity"}),
-            })
+        results = _results(fetched, x, lambda known: self.model.score(x[known]), [f for _, f in self.model.features])
+        for entity_id, result in zip(ids, results, strict=True):
+            result["id"] = entity_id
         return {"model": self.model.label, "device": self.model.model.mean.device.type,
                 "elapsed_ms": round((time.perf_counter() - started) * 1000, 3), "results": results}
 
 
-def create_app(service: ScoringService, token: str):
-    """The HTTP API: POST /score {"ids": [...]}, for callers with the bearer ``token`` only, and GET /health."""
-    app = FastAPI(title="cdcf scoring")
+class FraudScorer:
+    """fraud_detection_v1 on transactions: each scored with its user's fresh features and its own amount/merchant."""
+
+    FIELDS = {"user_id", "amount", "merchant", "txn_id"}
+
+    def __init__(self, model: FraudModel, client: FeatureClient) -> None:
+        self.model, self.client = model, client
+
+    @classmethod
+    def from_settings(cls, settings, version: int | None = None, cache_ttl_s: float = 0.0) -> FraudScorer:
+        model = FraudModel.load(settings, version)
+        return cls(model, FeatureClient.for_features(settings, model.features, cache_ttl_s))
+
+    def score(self, transactions: list) -> dict:
+        if not isinstance(transactions, list) or not transactions:
+            raise ScoringError('send a non-empty list of transactions: [{"user_id": 1, "amount": 12.5, '
+                               '"merchant": "acme"}]')
+        if len(transactions) > MAX_BATCH:
+            raise ScoringError(f"{len(transactions)} transactions in one request; the limit is {MAX_BATCH}")
+        for t in transactions:
+            _check_transaction(t, self.FIELDS)
+        ids = [t["user_id"] for t in transactions]
+        started = time.perf_counter()
+        fetched = self.client.fetch(ids)
+        stored = fetched.matrix()
+        x = self.model.matrix(stored, [float(t["amount"]) for t in transactions],
+                              [t.get("merchant") for t in transactions])
+        results = _results(fetched, stored, lambda known: self.model.score(x[known]),
+                           [f for _, f in self.model.features])
+        for t, result in zip(transactions, results, strict=True):
+            result.update(t)  # the transaction as sent, beside its score
+        return {"model": self.model.card.name, "version": self.model.card.version,
+                "device": self.model.booster.attributes().get("device", _device()),
+                "elapsed_ms": round((time.perf_counter() - started) * 1000, 3), "results": results}
+
+
+class SegmentReader:
+    """A user's segment from the online view user_segment_features, with the model version that wrote it."""
+
+    def __init__(self, settings, client: FeatureClient) -> None:
+        self.settings, self.client = settings, client
+
+    @classmethod
+    def from_settings(cls, settings) -> SegmentReader:
+        view = decl.USER_SEGMENT
+        return cls(settings, FeatureClient.for_features(settings, [(view.name, f.name) for f in view.features]))
+
+    def segment(self, user_id: int) -> dict:
+        _check_ids([user_id])
+        fetched = self.client.fetch([user_id])
+        (segment,) = fetched.row(0)
+        as_of = fetched.as_of_row(0)[decl.USER_SEGMENT.name]
+        if segment is None or as_of is None:
+            return {"user_id": user_id, "segment": None, "reason": "unknown entity: no segment scored for this user"}
+        return {"user_id": user_id, "segment": segment, "model": "customer_segmentation_v1",
+                "version": scored_by(self.settings, as_of), "as_of": {decl.USER_SEGMENT.name: as_of.isoformat()}}
+
+
+def loaded_models(settings, cache_ttl_s: float = 0.0) -> dict:
+    """create_app's keyword arguments for every model the registry (or the data folder) holds, newest versions."""
+    models = {}
+    for name, load in (("scoring", lambda: ScoringService.from_settings(settings, cache_ttl_s=cache_ttl_s)),
+                       ("fraud", lambda: FraudScorer.from_settings(settings, cache_ttl_s=cache_ttl_s)),
+                       ("segments", lambda: SegmentReader.from_settings(settings))):
+        try:
+            models[name] = load()
+        except (ScoringError, ModelNotFound) as exc:
+            log.warning("not serving %s: %s", name, exc)
+    return models
+
+
+def _check_ids(ids: list) -> None:
+    if not isinstance(ids, list) or not ids:
+        raise ScoringError("send a non-empty list of entity ids")
+    if len(ids) > MAX_BATCH:
+        raise ScoringError(f"{len(ids)} entities in one request; the limit is {MAX_BATCH}")
+    bad = [i for i in ids if not _is_int64(i)]
+    if bad:
+        raise ScoringError(f"entity ids must be 64-bit integers; got {bad[:5]!r}")
+
+
+def _is_int64(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and INT64[0] <= value <= INT64[1]
+
+
+def _check_transaction(t, fields: set[str]) -> None:
+    if not isinstance(t, dict) or not {"user_id", "amount"} <= set(t) or not set(t) <= fields:
+        raise ScoringError(f"each transaction is an object with user_id and amount, and optionally merchant and "
+                           f"txn_id; got {str(t)[:200]}")
+    if not _is_int64(t["user_id"]) or ("txn_id" in t and not _is_int64(t["txn_id"])):
+        raise ScoringError(f"user_id and txn_id must be 64-bit integers; got {str(t)[:200]}")
+    amount = t["amount"]
+    if isinstance(amount, bool) or not isinstance(amount, int | float) or not 0 <= amount < 1e12:
+        raise ScoringError(f"amount must be a number from 0 up to 1e12; got {amount!r}")
+    merchant = t.get("merchant")
+    if merchant is not None and (not isinstance(merchant, str) or len(merchant) > 200):
+        raise ScoringError(f"merchant must be a string of at most 200 characters or null; got {str(merchant)[:50]!r}")
+
+
+def _results(fetched: Fetched, x: np.ndarray, score, names: list[str]) -> list[dict]:
+    """Per entity: its score (none for an entity Redis does not know, with the reason), the as-of time of each
+    view behind it, and the features that were null (imputed by the model)."""
+    scores = np.full(len(fetched.ids), np.nan)
+    if fetched.known.any():
+        scores[fetched.known] = score(fetched.known)
+    nulls = np.isnan(x)
+    results = []
+    for n in range(len(fetched.ids)):
+        known = bool(fetched.known[n])
+        results.append({
+            "score": float(scores[n]) if known else None,
+            "as_of": {v: (t.isoformat() if t else None) for v, t in fetched.as_of_row(n).items()},
+            "nulls": [name for name, null in zip(names, nulls[n], strict=True) if null] if known else [],
+            **({} if known else {"reason": "unknown entity"}),
+        })
+    return results
+
+
+def _device() -> str:
+    from inference.model import device
+
+    return device().type
+
+
+def create_app(token: str, *, scoring: ScoringService | None = None, fraud: FraudScorer | None = None,
+               segments: SegmentReader | None = None):
+    """The HTTP API, for callers with the bearer ``token`` only (but GET /health): the endpoints of the models
+    given; one whose model is not given answers 503 saying how to train it."""
+    app = FastAPI(title="cdcf model API")
     expected = f"Bearer {token}".encode()
 
     @app.middleware("http")
@@ -101,34 +219,68 @@ def create_app(service: ScoringService, token: str):
 
     @app.get("/health")
     def health() -> dict:
-        redis_state = service.client.ping()
-        return {"status": "ok" if redis_state == "ok" else "degraded", "redis": redis_state,
-                "model": service.model.label, "device": service.model.model.mean.device.type,
-                "features": [f"{v}:{f}" for v, f in service.model.features], "metrics": service.model.metrics}
+        clients = [c.client for c in (scoring, fraud, segments) if c is not None]
+        redis_state = clients[0].ping() if clients else "unused"
+        return {"status": "ok" if redis_state in ("ok", "unused") else "degraded", "redis": redis_state,
+                "device": _device(), "models": {
+                    **({"txn_next_7d": {"features": [f"{v}:{f}" for v, f in scoring.model.features],
+                                        "metrics": scoring.model.metrics}} if scoring else {}),
+                    **({fraud.model.card.name: {"version": fraud.model.card.version,
+                                                "metrics": fraud.model.card.metrics}} if fraud else {}),
+                }}
 
     @app.post("/score")
     async def score(request: Request):
-        raw = await _body(request)
-        if raw is None:
-            return JSONResponse({"error": f"the body is over {MAX_BODY} bytes; send at most {MAX_BATCH} ids"},
-                                status_code=413)
+        return await _answer(request, "ids", "[1, 2, 3]", scoring and scoring.score, "txn_next_7d")
+
+    @app.post("/score/fraud_detection_v1")
+    async def score_fraud(request: Request):
+        return await _answer(request, "transactions", '[{"user_id": 1, "amount": 12.5, "merchant": "acme"}]',
+                             fraud and fraud.score, "fraud_detection_v1")
+
+    @app.get("/segment/{user_id}")
+    async def segment(user_id: int):
+        if segments is None:
+            return _untrained("customer_segmentation_v1")
         try:
-            body = json.loads(raw)
-        except (ValueError, RecursionError) as exc:
-            why = "nests too deep" if isinstance(exc, RecursionError) else "is not JSON"
-            return JSONResponse({"error": f"the body {why}; send {{\"ids\": [1, 2, 3]}}"}, status_code=400)
-        if not isinstance(body, dict) or set(body) != {"ids"}:
-            return JSONResponse({"error": "send a JSON object with one key, ids: {\"ids\": [1, 2, 3]}"},
-                                status_code=400)
-        try:
-            return await run_in_threadpool(service.score, body["ids"])
+            answer = await run_in_threadpool(segments.segment, user_id)
         except ScoringError as exc:
-            status = 413 if "limit" in str(exc) else 400
-            return JSONResponse({"error": str(exc)}, status_code=status)
+            return JSONResponse({"error": str(exc)}, status_code=400)
         except redis.RedisError as exc:
             raise HTTPException(status_code=503, detail=f"the online store is unreachable: {exc}") from exc
+        return JSONResponse(answer, status_code=404 if answer["segment"] is None else 200)
 
     return app
+
+
+async def _answer(request: Request, key: str, example: str, score, model: str):
+    """Read a JSON body ``{key: [...]}`` within the limits and answer with ``score(body[key])``."""
+    if score is None:
+        return _untrained(model)
+    raw = await _body(request)
+    if raw is None:
+        return JSONResponse({"error": f"the body is over {MAX_BODY} bytes; send at most {MAX_BATCH} {key}"},
+                            status_code=413)
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        why = "nests too deep" if isinstance(exc, RecursionError) else "is not JSON"
+        return JSONResponse({"error": f"the body {why}; send {{\"{key}\": {example}}}"}, status_code=400)
+    if not isinstance(body, dict) or set(body) != {key}:
+        return JSONResponse({"error": f"send a JSON object with one key, {key}: {{\"{key}\": {example}}}"},
+                            status_code=400)
+    try:
+        return await run_in_threadpool(score, body[key])
+    except ScoringError as exc:
+        status = 413 if "limit" in str(exc) else 400
+        return JSONResponse({"error": str(exc)}, status_code=status)
+    except redis.RedisError as exc:
+        raise HTTPException(status_code=503, detail=f"the online store is unreachable: {exc}") from exc
+
+
+def _untrained(model: str) -> JSONResponse:
+    return JSONResponse({"error": f"no {model} model is loaded: train it (`cdcf train-model --model {model}`) and "
+                                  "restart the service"}, status_code=503)
 
 
 async def _body(request: Request) -> bytes | None:

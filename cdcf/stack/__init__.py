@@ -148,7 +148,7 @@ def apply_feature_repo(settings: Settings) -> None:
     fingerprint = hashlib.sha256(b"".join(
         p.read_bytes() for p in (*sorted(feast_config.REPO_PATH.glob("*.py")), Path(features.__file__), config)
     )).hexdigest()
-    if stamp.exists() and stamp.read_text() == fingerprint and _registered_views(settings) == len(features.FEATURE_VIEWS):
+    if stamp.exists() and stamp.read_text() == fingerprint and _registered_views(settings) == len(features.ALL_VIEWS):
         return
     feast_bin = Path(sys.executable).with_name("feast")
     done = subprocess.run([str(feast_bin), "-f", str(config), "apply"], cwd=feast_config.REPO_PATH,

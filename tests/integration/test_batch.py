@@ -198,7 +198,7 @@ def test_training_sets_equal_feast_historical_features_without_leaks(settings, h
     ours = training_set(settings, entities, "fraud_detection_v1", labels=["txn_next_7d"]).to_pandas()
     store = feature_store(settings)
     theirs = store.get_historical_features(entity_df=entities,
-                                           features=store.get_feature_service("fraud_detection_v1")).to_df()
+                                           features=decl.feature_refs("fraud_detection_v1")).to_df()
     names = [f.name for v in (decl.TRANSACTION_RISK, decl.USER_ACTIVITY) for f in v.features]
     key = ["user_id", decl.EVENT_TIMESTAMP]
     theirs[decl.EVENT_TIMESTAMP] = pd.to_datetime(theirs[decl.EVENT_TIMESTAMP], utc=True).dt.floor("us")

@@ -59,7 +59,7 @@ def test_the_client_reads_what_feast_serves(settings, users):
     store = feature_store(settings)
     ids = users[:50] + [-424242]  # and one entity Redis has never seen
     fetched = client.fetch(ids)
-    served = store.get_online_features(features=store.get_feature_service(SERVICE),
+    served = store.get_online_features(features=decl.feature_refs(SERVICE),
                                        entity_rows=[{"user_id": i} for i in ids])
     values = served.to_dict()
     names = [f for _, f in client.features]
@@ -130,9 +130,9 @@ def test_scores_come_with_as_of_times_and_a_policy_for_bad_input(settings, users
             service.score(bad)
 
     token = settings.scoring_token.get_secret_value()
-    http = TestClient(create_app(service, token), headers={"Authorization": f"Bearer {token}"})
+    http = TestClient(create_app(token, scoring=service), headers={"Authorization": f"Bearer {token}"})
     assert http.get("/health").json()["model"] == "txn_next_7d"
-    stranger = TestClient(create_app(service, token))
+    stranger = TestClient(create_app(token, scoring=service))
     assert stranger.get("/health").status_code == 200  # health stays open; scoring does not
     for headers in ({}, {"Authorization": f"Bearer {token[:-1]}"}, {"Authorization": token}):
         refused = stranger.post("/score", json={"ids": users[:3]}, headers=headers)
@@ -165,7 +165,7 @@ def test_a_stalled_online_store_gives_503_within_a_second_and_health_says_so(set
         stalled.listen(64)
         service = ScoringService.from_settings(settings.model_copy(update={"redis_port": stalled.getsockname()[1]}))
         token = settings.scoring_token.get_secret_value()
-        http = TestClient(create_app(service, token), headers={"Authorization": f"Bearer {token}"})
+        http = TestClient(create_app(token, scoring=service), headers={"Authorization": f"Bearer {token}"})
         started = time.monotonic()
         answer = http.post("/score", json={"ids": [1, 2, 3]})
         assert answer.status_code == 503 and "unreachable" in answer.json()["detail"]

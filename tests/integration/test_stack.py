@@ -146,10 +146,11 @@ def test_redis_has_a_writer_and_a_reader_and_no_default_user(settings):
 def test_feast_reads_its_registry_from_postgres_and_a_push_is_read_back(settings):
     store = feature_store(settings, "writer")
     assert store.config.registry.registry_type == "sql"
-    assert {fv.name for fv in store.list_feature_views()} == {v.name for v in decl.FEATURE_VIEWS}
+    assert {fv.name for fv in store.list_feature_views()} == {v.name for v in decl.ALL_VIEWS}
     service = store.get_feature_service("fraud_detection_v1")
     assert [(p.name, [f.name for f in p.features]) for p in service.feature_view_projections] == [
-        (v.name, [f.name for f in v.features]) for v in (decl.TRANSACTION_RISK, decl.USER_ACTIVITY)]
+        (v.name, [f.name for f in v.features]) for v in (decl.TRANSACTION_RISK, decl.USER_ACTIVITY)] + [
+        ("fraud_request_features", list(decl.FRAUD_REQUEST_FEATURES))]
 
     user_id = uuid.uuid4().int % 10**12
     as_of = datetime.now(UTC).replace(microsecond=0)
