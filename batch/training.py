@@ -59,12 +59,13 @@ CHARGEBACK_HORIZON = timedelta(days=60)
 def labelled_transactions(settings: Settings) -> pd.DataFrame:
     """Every transaction as the history stands now (its latest version; deleted ones left out) with ``fraud``:
     whether a chargeback of it was reported within ``CHARGEBACK_HORIZON`` of its ``created_at``. Columns txn_id,
-    user_id, amount, merchant, created_at (UTC), fraud."""
+    user_id, product_id, amount, merchant, created_at (UTC), fraud."""
     latest = ("SELECT DISTINCT ON (row_key) after FROM {log} WHERE source_table = '{table}' ORDER BY row_key, lsn DESC")
     query = (
         f"WITH txn AS ({latest.format(log=CHANGELOG, table=decl.TRANSACTIONS.name)}), "
         f"cb AS ({latest.format(log=CHANGELOG, table=decl.CHARGEBACKS.name)}) "
         "SELECT (t.after->>'txn_id')::bigint AS txn_id, (t.after->>'user_id')::bigint AS user_id, "
+        "(t.after->>'product_id')::bigint AS product_id, "
         "(t.after->>'amount')::float8 AS amount, t.after->>'merchant' AS merchant, "
         "(t.after->>'created_at')::timestamptz AS created_at, EXISTS (SELECT 1 FROM cb WHERE cb.after IS NOT NULL "
         "AND (cb.after->>'txn_id')::bigint = (t.after->>'txn_id')::bigint AND (cb.after->>'reported_at')::timestamptz "
@@ -117,31 +118,36 @@ def load_entities(source: pd.DataFrame | str | Path, settings: Settings | None =
 
 def training_set(settings: Settings, entities: pd.DataFrame | str | Path, features: str | Sequence[str], *,
                  labels: Sequence[str] = (), out: Path | None = None) -> pa.Table:
-    """The point-in-time training set: the entity rows in their order, with each feature and label appended."""
+    """The point-in-time training set: the entity rows in their order, with each feature and label appended.
+    Features of several entities (recommendation_v1: user and product) need rows carrying every join key; each
+    view is joined on its own."""
     wanted = resolve(features)
-    entity = _one_entity([view for view, _ in wanted])
-    unknown = [name for name in labels if name not in LABELS or LABELS[name].entity != entity]
+    keys = list(dict.fromkeys(view.entity for view, _ in wanted))
+    unknown = [name for name in labels if name not in LABELS or LABELS[name].entity not in keys]
     if unknown:
-        raise TrainingSetError(f"unknown label(s) {', '.join(unknown)} for {entity.name}; known: {', '.join(LABELS)}")
+        raise TrainingSetError(f"unknown label(s) {', '.join(unknown)} for {', '.join(e.name for e in keys)}; "
+                               f"known: {', '.join(LABELS)}")
     frame = load_entities(entities, settings)
-    missing = [c for c in (entity.join_key, EVENT_TIMESTAMP) if c not in frame.columns]
+    missing = [c for c in [e.join_key for e in keys] + [EVENT_TIMESTAMP] if c not in frame.columns]
     if missing:
         raise TrainingSetError(f"the entity rows lack column(s) {', '.join(missing)}")
     # the store keeps microseconds: a row at r is at or before t exactly when r <= t floored to the microsecond
     stamps = pd.to_datetime(frame[EVENT_TIMESTAMP], utc=True).dt.floor("us")
-    rows = pa.table({entity.join_key: pa.array(frame[entity.join_key], pa.int64()),
+    rows = pa.table({**{e.join_key: pa.array(frame[e.join_key], pa.int64()) for e in keys},
                      EVENT_TIMESTAMP: pa.array(stamps, pa.timestamp("us", "UTC"))})
     chosen = [LABELS[name] for name in labels]
-    query, schema = _query(entity, wanted, chosen)
+    query, schema = _query(keys, wanted, chosen)
+    columns = ", ".join(e.join_key for e in keys)
     with psycopg2.connect(settings.pg_dsn(settings.offline_db, user=settings.feast_user)) as conn:
         with conn.cursor() as cur:
             cur.execute("SET jit = off; SET TimeZone = 'UTC'")
             for label in chosen:
-                cur.execute(_label_table(entity, label))
+                cur.execute(_label_table(label))
                 cur.execute(f"CREATE INDEX ON label_{label.name} (owner, event_time)")
-            cur.execute(f"CREATE TEMP TABLE {ENTITY_ROWS} (row_id BIGSERIAL PRIMARY KEY, {entity.join_key} BIGINT, "
-                        f"{EVENT_TIMESTAMP} TIMESTAMPTZ) ON COMMIT DROP")
-            cur.copy_expert(f"COPY {ENTITY_ROWS} ({entity.join_key}, {EVENT_TIMESTAMP}) FROM STDIN WITH (FORMAT csv)",
+            cur.execute(f"CREATE TEMP TABLE {ENTITY_ROWS} (row_id BIGSERIAL PRIMARY KEY, "
+                        f"{', '.join(f'{e.join_key} BIGINT' for e in keys)}, {EVENT_TIMESTAMP} TIMESTAMPTZ) "
+                        "ON COMMIT DROP")
+            cur.copy_expert(f"COPY {ENTITY_ROWS} ({columns}, {EVENT_TIMESTAMP}) FROM STDIN WITH (FORMAT csv)",
                             csv_buffer(rows))
             cur.execute(f"ANALYZE {ENTITY_ROWS}")
             result = io.BytesIO()
@@ -158,38 +164,33 @@ def training_set(settings: Settings, entities: pd.DataFrame | str | Path, featur
     return table
 
 
-def _one_entity(views: list[FeatureView]) -> Entity:
-    entities = {v.entity for v in views}
-    if len(entities) != 1:
-        raise TrainingSetError("a training set joins the features of one entity; got "
-                               + ", ".join(sorted(e.name for e in entities)))
-    return entities.pop()
-
-
-def _query(entity: Entity, wanted: list[tuple[FeatureView, list[str]]], labels: list[Label]) -> tuple[str, pa.Schema]:
-    key, ts = entity.join_key, EVENT_TIMESTAMP
-    columns = [f"e.{key}", f"e.{ts}"]
-    fields = [pa.field(key, pa.int64()), pa.field(ts, pa.timestamp("us", "UTC"))]
+def _query(keys: list[Entity], wanted: list[tuple[FeatureView, list[str]]],
+           labels: list[Label]) -> tuple[str, pa.Schema]:
+    ts = EVENT_TIMESTAMP
+    columns = [f"e.{e.join_key}" for e in keys] + [f"e.{ts}"]
+    fields = [pa.field(e.join_key, pa.int64()) for e in keys] + [pa.field(ts, pa.timestamp("us", "UTC"))]
     joins = []
     for n, (view, names) in enumerate(wanted):
+        key = view.entity.join_key
         dtypes = {f.name: f.dtype for f in view.features}
-        joins.append(f"LEFT JOIN LATERAL (SELECT {', '.join(names)} FROM {view.offline_table} v WHERE v.{key} = e.{key} "
-                     f"AND v.{ts} <= e.{ts} ORDER BY v.{ts} DESC LIMIT 1) f{n} ON true")
+        joins.append(f"LEFT JOIN LATERAL (SELECT {', '.join(names)} FROM {view.offline_table} v WHERE "
+                     f"v.{key} = e.{key} AND v.{ts} <= e.{ts} ORDER BY v.{ts} DESC LIMIT 1) f{n} ON true")
         columns += [f"f{n}.{name}" for name in names]
         fields += [pa.field(name, ARROW[dtypes[name]]) for name in names]
     for label in labels:
         horizon = int(label.horizon.total_seconds())
-        columns.append(f"EXISTS (SELECT 1 FROM label_{label.name} l WHERE l.owner = e.{key} AND l.event_time > e.{ts} "
-                       f"AND l.event_time <= e.{ts} + interval '{horizon} seconds') AS {label.name}")
+        columns.append(f"EXISTS (SELECT 1 FROM label_{label.name} l WHERE l.owner = e.{label.entity.join_key} AND "
+                       f"l.event_time > e.{ts} AND l.event_time <= e.{ts} + interval '{horizon} seconds') "
+                       f"AS {label.name}")
         fields.append(pa.field(label.name, pa.bool_()))
     query = f"SELECT {', '.join(columns)} FROM {ENTITY_ROWS} e {' '.join(joins)} ORDER BY e.row_id"
     return query, pa.schema(fields)
 
 
-def _label_table(entity: Entity, label: Label) -> str:
+def _label_table(label: Label) -> str:
     """The owner and event time of every row of the label's table as the history stands now (its latest
     version, deletes left out)."""
     return (f"CREATE TEMP TABLE label_{label.name} ON COMMIT DROP AS SELECT owner, event_time FROM ("
-            f"SELECT DISTINCT ON (row_key) (after->>'{entity.join_key}')::bigint AS owner, "
+            f"SELECT DISTINCT ON (row_key) (after->>'{label.entity.join_key}')::bigint AS owner, "
             f"(after->>'{label.table.event_time}')::timestamptz AS event_time FROM {CHANGELOG} "
             f"WHERE source_table = '{label.table.name}' ORDER BY row_key, lsn DESC) latest WHERE owner IS NOT NULL")

@@ -53,6 +53,14 @@ ROWS = [
      lambda r: r["intrusions_refused"] == r["intrusions_tried"]),
     ("infer_1024_p99_ms", "fetch + score, 1,024 entities, p99 (ms)", None, "<= 10 ms on a GPU",
      lambda r: r["infer_device"] == "cuda" and r["infer_1024_p99_ms"] <= 10),
+    ("fraud_auc", "fraud_detection_v1 (XGBoost): held-out AUC", None, "", None),
+    ("recommend_hit_rate_at_10", "recommendation_v1 (network): held-out hit rate at 10",
+     "recommend_popularity_hit_rate_at_10", "> popularity",
+     lambda r: r["recommend_hit_rate_at_10"] > r["recommend_popularity_hit_rate_at_10"]),
+    ("segmentation_silhouette", "customer_segmentation_v1 (K-means): silhouette", None, "", None),
+    ("batch_score_users_per_s", "batch scoring of every user's segment (users/s)", None, "", None),
+    ("infer_fraud_1_p99_ms", "fraud: fetch + score of one transaction, p99 (ms)", None, "", None),
+    ("infer_recommend_p99_ms", "recommendation: one user, 1,000 candidates, p99 (ms)", None, "", None),
 ]
 
 
@@ -260,9 +268,38 @@ def render(r: dict, out: Path, markdown: Path) -> None:
         lines += ["", f"Recorded separately on a GPU host ({gpu['gpu']}; {gpu['machine']}; torch {gpu['torch']}) by "
                   "`scripts/gpu-bench.sh`, from `bench/results/inference_gpu.json`:", "",
                   *_inference_table(gpu["cuda"])]
+    lines += _models_section(r, rel if (out / "segments.png").exists() else None)
     lines += _faults_section(r)
     lines += ["", "## Phases", "", ", ".join(f"{k} {v} s" for k, v in r["phase_s"].items()) + "."]
     markdown.write_text("\n".join(lines) + "\n")
+
+
+def _models_section(r: dict, plot: Path | None) -> list[str]:
+    if "models" not in r:
+        return []
+    m, cards = r["models"], r["models"]["cards"]
+    fraud, rec, seg = (cards[n] for n in ("fraud_detection_v1", "recommendation_v1", "customer_segmentation_v1"))
+    w = m["workload"]
+    lines = ["", "## Models", "",
+             f"`bench/models.py`: a workload of {w['users']:,} users and {w['products']:,} products of its own at "
+             f"{fmt(w['rate'])} changes/s for {fmt(w['seconds'])} s (account takeovers and their chargebacks, purchases "
+             f"by taste), then each model trained on point-in-time sets of the stack's history, on `{m['device']}`.",
+             "",
+             f"- fraud_detection_v1: {fmt(fraud['rows'])} transactions ({fraud['metrics']['fraud_share']:.2%} charged "
+             f"back within 60 days); held-out AUC {fmt(r['fraud_auc'])}, precision at 1% false positives "
+             f"{fmt(r['fraud_precision_at_1pct_fpr'])}; one transaction fetched and scored in "
+             f"{r['infer_fraud_1_p50_ms']} ms p50, {r['infer_fraud_1_p99_ms']} ms p99.",
+             f"- recommendation_v1: {fmt(rec['rows'])} (user, product, time) rows over a catalog of "
+             f"{fmt(rec['metrics']['catalog'])} products; hit rate at 10 on {fmt(rec['metrics']['held_out'])} held-out "
+             f"purchases {fmt(r['recommend_hit_rate_at_10'])} against {fmt(r['recommend_popularity_hit_rate_at_10'])} "
+             f"for popularity; one user against {fmt(m['recommend_candidates'])} candidates in "
+             f"{r['infer_recommend_p50_ms']} ms p50, {r['infer_recommend_p99_ms']} ms p99.",
+             f"- customer_segmentation_v1: {seg['metrics']['k']} segments of {fmt(seg['rows'])} users, silhouette "
+             f"{fmt(r['segmentation_silhouette'])}; batch scoring wrote {fmt(m['batch_score']['users'])} users' "
+             f"segments (sizes {m['batch_score']['segment_sizes']}) at {fmt(r['batch_score_users_per_s'])} users/s."]
+    if plot is not None:
+        lines += ["", f"![segments]({plot / 'segments.png'})"]
+    return lines
 
 
 def _faults_section(r: dict) -> list[str]:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import psycopg2
 
-from bench import cdc_capture, faults, freshness, offline, online, oracle, report, security, stream
+from bench import cdc_capture, faults, freshness, models, offline, online, oracle, report, security, stream
 from bench import inference as infer
 from cdcf.feast_config import feature_store
 from cdcf.redis_clients import redis_client
@@ -50,6 +50,8 @@ SIZES = {
         "backfill_changes": 3_000_000, "backfill_users": 60_000, "backfill_products": 6_000, "pit_rows": 1_000_000,
         "pit_feast_rows": 10_000, "backfill_oracle_rows": 200,
         "infer_entities": 100_000, "infer_repeats": 300,
+        "models_rate": 500, "models_seconds": 120, "models_users": 5_000, "models_products": 1_000,
+        "models_repeats": 300,
         "capture_changes": 200_000, "stream_changes": 1_000_000, "stream_users": 100_000, "stream_products": 10_000,
         "faults_rate": 500, "faults_before_s": 10, "faults_after_s": 20, "faults_timeout_s": 300,
         "faults_scenarios": None,
@@ -63,6 +65,7 @@ SIZES = {
         "backfill_changes": 3_000, "backfill_users": 100, "backfill_products": 20, "pit_rows": 500,
         "pit_feast_rows": 100, "backfill_oracle_rows": 20,
         "infer_entities": 2_000, "infer_repeats": 20,
+        "models_rate": 300, "models_seconds": 15, "models_users": 300, "models_products": 60, "models_repeats": 20,
         "capture_changes": 2_000, "stream_changes": 5_000, "stream_users": 500, "stream_products": 50,
         "faults_rate": 100, "faults_before_s": 4, "faults_after_s": 6, "faults_timeout_s": 180,
         "faults_scenarios": ["kill_archiver", "hostile_burst_1000"],  # the driver kill: test_streaming.py
@@ -119,7 +122,7 @@ def oracle_phase(settings, store, size: dict, seed: int) -> dict:
 
 
 PARTS = ("oracle", "reads", "writes", "freshness", "capacity", "capture", "stream", "offline", "inference",
-         "faults", "security")
+         "models", "faults", "security")
 
 
 def main() -> None:
@@ -205,6 +208,12 @@ def main() -> None:
     if inference is not None:
         result.update({k: inference.pop(k) for k in [k for k in inference if k.startswith("infer_")]})
         result["inference"] = inference
+    args.out.mkdir(parents=True, exist_ok=True)
+    trained = phase("models", lambda: models.run(
+        settings, args.out, seed, size["models_rate"], size["models_seconds"], size["models_users"],
+        size["models_products"], size["models_repeats"]))
+    if trained is not None:
+        result.update(trained)
     matrix = phase("faults", lambda: faults.run(
         settings, size["faults_rate"], size["faults_before_s"], size["faults_after_s"], size["faults_timeout_s"],
         size["faults_scenarios"]))

@@ -338,7 +338,7 @@ def _utc(at: datetime | None) -> datetime | None:
     return at if at is None or at.tzinfo else at.replace(tzinfo=UTC)
 
 
-MODELS = ("fraud_detection_v1", "customer_segmentation_v1", "txn_next_7d")
+MODELS = ("fraud_detection_v1", "recommendation_v1", "customer_segmentation_v1", "txn_next_7d")
 models_app = typer.Typer(help="The model registry.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 
@@ -346,7 +346,7 @@ app.add_typer(models_app, name="models")
 @app.command("train-model")
 def train_model(model: str = typer.Option("fraud_detection_v1", help=f"One of {', '.join(MODELS)}."),
                 rows: int = typer.Option(20_000, help="Point-in-time rows to train on (fraud: transactions; "
-                                                      "segmentation: users)."),
+                                                      "recommendation: purchases; segmentation: users)."),
                 epochs: int = typer.Option(20, help="Passes over the training rows (txn_next_7d)."),
                 as_of: datetime | None = typer.Option(None, help="Segmentation: the users' features as of this "
                                                                  "time (UTC; default now).")) -> None:
@@ -359,6 +359,10 @@ def train_model(model: str = typer.Option("fraud_detection_v1", help=f"One of {'
             from inference import fraud
 
             return fraud.train(settings, rows=rows).card.line()
+        if model == "recommendation_v1":
+            from inference import recommend
+
+            return recommend.train(settings, rows=rows).card.line()
         if model == "customer_segmentation_v1":
             from inference import segments
 
@@ -423,7 +427,7 @@ def serve_scores(port: int = typer.Option(6570, help="HTTP port."),
                  bind: str = typer.Option("127.0.0.1", help="Address to listen on."),
                  cache_ttl: float = typer.Option(0.0, help="Seconds to cache an entity's features (0: off).")) -> None:
     """Serve the model API over HTTP (with the bearer token CDCF_SCORING_TOKEN): POST /score/fraud_detection_v1,
-    GET /segment/{user_id}, POST /score and GET /health, each model at its newest registered version."""
+    POST /recommend, GET /segment/{user_id}, POST /score and GET /health, each model at its newest version."""
     import uvicorn
 
     from inference.model import frozen_heap

@@ -69,12 +69,12 @@ def _backfill_and_score(settings: Settings, out: Callable[[str], None]) -> None:
 
 
 def _models(settings: Settings, out: Callable[[str], None]) -> None:
-    """Train and register the fraud and segmentation models, score a transaction of each demo user and show
-    their segments once every user is batch-scored."""
+    """Train and register the fraud, recommendation and segmentation models; score transactions of the demo users,
+    recommend products to one, and show their segments once every user is batch-scored."""
     from datetime import UTC, datetime
 
-    from inference import fraud, segments
-    from inference.service import FraudScorer, SegmentReader
+    from inference import fraud, recommend, segments
+    from inference.service import FraudScorer, Recommender, SegmentReader
 
     out(f"registered {fraud.train(settings).card.line()}")
     usual = {"amount": 42.0, "merchant": "acme"}
@@ -86,6 +86,11 @@ def _models(settings: Settings, out: Callable[[str], None]) -> None:
             f"{result['reason']}")
     out(f"scored {len(answer['results'])} transactions with {answer['model']} v{answer['version']} in "
         f"{answer['elapsed_ms']} ms")
+    out(f"registered {recommend.train(settings).card.line()}")
+    top = Recommender.from_settings(settings).recommend(DEMO_USERS[0], 5)
+    out(f"  top 5 products for user {top['user_id']} of {top['candidates']} candidates: "
+        + ", ".join(f"{item['product_id']} ({item['score']:.3f})" for item in top["items"])
+        + f" in {top['elapsed_ms']} ms" if top["items"] else f"  user {top['user_id']}: {top.get('reason')}")
     as_of = datetime.now(UTC)
     out(f"registered {segments.train(settings, as_of).card.line()}")
     done = segments.batch_score(settings, as_of, progress=False)

@@ -18,7 +18,7 @@ import psycopg2
 from confluent_kafka import Message, TopicPartition
 
 from cdcf import kafka_clients
-from cdcf.sample_data import MERCHANTS, fraud_burst, report_delay
+from cdcf.sample_data import MERCHANTS, fraud_burst, pick_product, report_delay
 from cdcf.settings import Settings
 
 TICK_S = 0.1
@@ -80,6 +80,9 @@ class Workload:
         self.counts.update(+done)
 
     def _load_state(self, cur) -> None:
+        cur.execute("SELECT user_id, age FROM users WHERE user_id BETWEEN %s AND %s",
+                    (self.base + 1, self.base + self.users))
+        self.ages: dict[int, int] = dict(cur.fetchall())  # who buys what follows the buyer's age
         self.next_id = {}
         self.live: dict[str, list[int]] = {}
         for table, key, owner, count in (("transactions", "txn_id", "user_id", self.users),
@@ -125,8 +128,9 @@ class Workload:
         now = self._now()
         return self._insert(cur, "transactions", ("bigint", "bigint", "bigint", "numeric", "text", "timestamptz",
                                                   "timestamptz"), [
-            (self._new_id("transactions"), self._user(), self._product(), round(self.rng.uniform(1, 500), 2),
-             self.rng.choice(MERCHANTS[:3]), now - backdate(), now) for _ in range(k)])
+            (self._new_id("transactions"), user, self.base + pick_product(self.rng, self.ages.get(user), self.products),
+             round(self.rng.uniform(1, 500), 2), self.rng.choice(MERCHANTS[:3]), now - backdate(), now)
+            for user in (self._user() for _ in range(k))])
 
     def _backdated_txn(self, cur, k: int) -> int:
         return self._insert_txn(cur, k, lambda: timedelta(seconds=self.rng.randrange(60, 29 * 86_400)))
@@ -204,8 +208,10 @@ class Workload:
 
     def _update_user(self, cur, k: int) -> int:
         users = list(dict.fromkeys(self._user() for _ in range(k)))  # an upsert may touch each row once
+        for u in users:
+            self.ages.setdefault(u, self.rng.randint(18, 80))  # a new row's age (an update keeps the age)
         return self._insert(cur, "users", ("bigint", "int", "numeric", "text", "date", "timestamptz"), [
-            (u, self.rng.randint(18, 80), round(self.rng.uniform(15_000, 180_000), 2),
+            (u, self.ages[u], round(self.rng.uniform(15_000, 180_000), 2),
              self.rng.choice(("active", "active", "suspended", "closed")), self._now().date(), self._now())
             for u in users], "(user_id) DO UPDATE SET income = EXCLUDED.income, account_status = "
                              "EXCLUDED.account_status, updated_at = now()")

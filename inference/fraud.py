@@ -124,6 +124,6 @@ def precision_at_fpr(y: np.ndarray, scores: np.ndarray, fpr: float) -> float | N
     negatives = scores[y == 0]
     if len(negatives) == 0 or y.sum() == 0:
         return None
-    threshold = np.quantile(negatives, 1 - fpr)
+    threshold = np.quantile(negatives, 1 - fpr, method="higher")  # at most fpr of the negatives above it
     flagged = scores > threshold
     return float(y[flagged].mean()) if flagged.any() else 0.0

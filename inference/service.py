@@ -4,6 +4,8 @@ features behind it.
 
 - ``POST /score/fraud_detection_v1`` {"transactions": [{"user_id", "amount", "merchant"}, ...]}: the fraud model
   (inference.fraud) on the users' stored features and each transaction's request-time features;
+- ``POST /recommend`` {"user_id", "k"}: the top k of the candidate products (the top of product_ranking_v1) for
+  the user, by the recommendation network (inference.recommend);
 - ``GET /segment/{user_id}``: the user's segment, as the segmentation model's last batch scoring wrote it;
 - ``POST /score`` {"ids": [...]}: the txn_next_7d network (inference.model);
 - ``GET /health``.
@@ -38,6 +40,8 @@ from cdcf import features as decl
 from inference.client import FeatureClient, Fetched
 from inference.fraud import FraudModel
 from inference.model import TrainedModel
+from inference.recommend import Candidates, RecommendModel
+from inference.registry import ModelNotFound
 from inference.segments import scored_by
 
 log = logging.getLogger(__name__)
@@ -114,6 +118,47 @@ class FraudScorer:
                 "elapsed_ms": round((time.perf_counter() - started) * 1000, 3), "results": results}
 
 
+class Recommender:
+    """recommendation_v1 for one user: the candidate products (the top of product_ranking_v1) scored in one batch
+    with the user's and each product's fresh features; the top k."""
+
+    def __init__(self, model: RecommendModel, users: FeatureClient, products: FeatureClient,
+                 candidates: Candidates) -> None:
+        self.model, self.users, self.products, self.candidates = model, users, products, candidates
+        self.client = users
+
+    @classmethod
+    def from_settings(cls, settings, version: int | None = None, cache_ttl_s: float = 0.0) -> Recommender:
+        model = RecommendModel.load(settings, version)
+        return cls(model, FeatureClient.for_features(settings, model.user_features, cache_ttl_s),
+                   FeatureClient.for_features(settings, model.product_features, cache_ttl_s), Candidates(settings))
+
+    def recommend(self, user_id, k=10, candidates: list[int] | None = None) -> dict:
+        _check_ids([user_id])
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 100:
+            raise ScoringError(f"k must be an integer from 1 to 100; got {k!r}")
+        started = time.perf_counter()
+        ids = candidates if candidates is not None else self.candidates.get()
+        user = self.users.fetch([user_id])
+        answer = {"user_id": user_id, "model": self.model.card.name, "version": self.model.card.version,
+                  "as_of": {v: (t.isoformat() if t else None) for v, t in user.as_of_row(0).items()}}
+        if not user.known[0]:
+            return {**answer, "items": [], "reason": "unknown entity"}
+        products = self.products.fetch(ids)
+        x = np.hstack([np.repeat(user.matrix(), len(ids), axis=0), products.matrix()])
+        scores = self.model.score(x, ids)
+        top = np.argsort(-scores, kind="stable")[:k]
+        (view,) = products.as_of
+        names = [f for _, f in self.model.user_features]
+        return {**answer, "nulls": [n for n, null in zip(names, np.isnan(user.matrix()[0]), strict=True) if null],
+                "candidates": len(ids), "device": self.model.network.mean.device.type,
+                "elapsed_ms": round((time.perf_counter() - started) * 1000, 3),
+                "items": [{"product_id": ids[n], "score": float(scores[n]),
+                           "as_of": {view: None if np.isnat(products.as_of[view][n]) else
+                                     str(np.datetime_as_string(products.as_of[view][n], unit="us")) + "+00:00"}}
+                          for n in top]}
+
+
 class SegmentReader:
     """A user's segment from the online view user_segment_features, with the model version that wrote it."""
 
@@ -141,6 +186,7 @@ def loaded_models(settings, cache_ttl_s: float = 0.0) -> dict:
     models = {}
     for name, load in (("scoring", lambda: ScoringService.from_settings(settings, cache_ttl_s=cache_ttl_s)),
                        ("fraud", lambda: FraudScorer.from_settings(settings, cache_ttl_s=cache_ttl_s)),
+                       ("recommender", lambda: Recommender.from_settings(settings, cache_ttl_s=cache_ttl_s)),
                        ("segments", lambda: SegmentReader.from_settings(settings))):
         try:
             models[name] = load()
@@ -203,7 +249,7 @@ def _device() -> str:
 
 
 def create_app(token: str, *, scoring: ScoringService | None = None, fraud: FraudScorer | None = None,
-               segments: SegmentReader | None = None):
+               recommender: Recommender | None = None, segments: SegmentReader | None = None):
     """The HTTP API, for callers with the bearer ``token`` only (but GET /health): the endpoints of the models
     given; one whose model is not given answers 503 saying how to train it."""
     app = FastAPI(title="cdcf model API")
@@ -219,14 +265,14 @@ def create_app(token: str, *, scoring: ScoringService | None = None, fraud: Frau
 
     @app.get("/health")
     def health() -> dict:
-        clients = [c.client for c in (scoring, fraud, segments) if c is not None]
+        clients = [c.client for c in (scoring, fraud, recommender, segments) if c is not None]
         redis_state = clients[0].ping() if clients else "unused"
         return {"status": "ok" if redis_state in ("ok", "unused") else "degraded", "redis": redis_state,
                 "device": _device(), "models": {
                     **({"txn_next_7d": {"features": [f"{v}:{f}" for v, f in scoring.model.features],
                                         "metrics": scoring.model.metrics}} if scoring else {}),
-                    **({fraud.model.card.name: {"version": fraud.model.card.version,
-                                                "metrics": fraud.model.card.metrics}} if fraud else {}),
+                    **{m.card.name: {"version": m.card.version, "metrics": m.card.metrics}
+                       for m in (fraud and fraud.model, recommender and recommender.model) if m},
                 }}
 
     @app.post("/score")
@@ -237,6 +283,12 @@ def create_app(token: str, *, scoring: ScoringService | None = None, fraud: Frau
     async def score_fraud(request: Request):
         return await _answer(request, "transactions", '[{"user_id": 1, "amount": 12.5, "merchant": "acme"}]',
                              fraud and fraud.score, "fraud_detection_v1")
+
+    @app.post("/recommend")
+    async def recommend(request: Request):
+        return await _answer(request, None, '{"user_id": 1, "k": 10}',
+                             recommender and (lambda body: recommender.recommend(**body)), "recommendation_v1",
+                             keys={"user_id", "k"}, required={"user_id"})
 
     @app.get("/segment/{user_id}")
     async def segment(user_id: int):
@@ -253,24 +305,31 @@ def create_app(token: str, *, scoring: ScoringService | None = None, fraud: Frau
     return app
 
 
-async def _answer(request: Request, key: str, example: str, score, model: str):
-    """Read a JSON body ``{key: [...]}`` within the limits and answer with ``score(body[key])``."""
+async def _answer(request: Request, key: str | None, example: str, score, model: str, keys: set[str] | None = None,
+                  required: set[str] | None = None):
+    """Read a JSON body ``{key: [...]}`` within the limits and answer with ``score(body[key])``; with no ``key``,
+    a body of the ``keys`` (``required`` among them), answered with ``score(body)``."""
     if score is None:
         return _untrained(model)
     raw = await _body(request)
     if raw is None:
-        return JSONResponse({"error": f"the body is over {MAX_BODY} bytes; send at most {MAX_BATCH} {key}"},
+        return JSONResponse({"error": f"the body is over {MAX_BODY} bytes; send at most {MAX_BATCH} {key or 'ids'}"},
                             status_code=413)
     try:
         body = json.loads(raw)
     except (ValueError, RecursionError) as exc:
         why = "nests too deep" if isinstance(exc, RecursionError) else "is not JSON"
-        return JSONResponse({"error": f"the body {why}; send {{\"{key}\": {example}}}"}, status_code=400)
-    if not isinstance(body, dict) or set(body) != {key}:
+        shown = f"{{\"{key}\": {example}}}" if key else example
+        return JSONResponse({"error": f"the body {why}; send {shown}"}, status_code=400)
+    if key is None:
+        if not isinstance(body, dict) or not required <= set(body) <= keys:
+            return JSONResponse({"error": f"send a JSON object with {', '.join(sorted(required))} and optionally "
+                                          f"{', '.join(sorted(keys - required))}: {example}"}, status_code=400)
+    elif not isinstance(body, dict) or set(body) != {key}:
         return JSONResponse({"error": f"send a JSON object with one key, {key}: {{\"{key}\": {example}}}"},
                             status_code=400)
     try:
-        return await run_in_threadpool(score, body[key])
+        return await run_in_threadpool(score, body if key is None else body[key])
     except ScoringError as exc:
         status = 413 if "limit" in str(exc) else 400
         return JSONResponse({"error": str(exc)}, status_code=status)

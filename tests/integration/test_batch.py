@@ -221,8 +221,14 @@ def test_training_sets_equal_feast_historical_features_without_leaks(settings, h
     assert got == [v for _, _, new, old in changes for v in (old, new)]
     with pytest.raises(TrainingSetError, match="unknown feature service"):
         training_set(settings, entities, "no_such_service")
-    with pytest.raises(TrainingSetError, match="one entity"):
+    with pytest.raises(TrainingSetError, match="lack column.*product_id"):  # two entities: rows carry both keys
         training_set(settings, entities, ["product_features:purchases_7d", "user_activity_features:txn_count_7d"])
+    both = training_set(settings, entities.head(200).assign(product_id=1), "recommendation_v1").to_pandas()
+    alone = training_set(settings, pd.DataFrame({"product_id": 1, decl.EVENT_TIMESTAMP: entities.head(200)[
+        decl.EVENT_TIMESTAMP]}), "product_ranking_v1").to_pandas()
+    for name in [f.name for f in decl.PRODUCT_STATS.features]:  # each view joined on its own key
+        assert both[name].astype(object).where(both[name].notna()).tolist() == \
+            alone[name].astype(object).where(alone[name].notna()).tolist(), name
     # and labels follow the history: a user with a transaction in the next 7 days is labelled so
     user, at = entity_rows[0]
     expected = bool(_query(settings, "SELECT 1 FROM (SELECT DISTINCT ON (row_key) after FROM cdc_changelog WHERE "

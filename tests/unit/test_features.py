@@ -19,7 +19,7 @@ SPEC_VIEWS = {
         "review_count_30d": "int64"}),
 }
 SPEC_SERVICES = {
-    "recommendation_v1": ["user_profile_features", "user_activity_features"],
+    "recommendation_v1": ["user_profile_features", "user_activity_features", "product_features"],
     "fraud_detection_v1": ["transaction_risk_features", "user_activity_features"],
     "customer_segmentation_v1": ["user_profile_features", "user_activity_features"],
     "product_ranking_v1": ["product_features"],
@@ -29,6 +29,25 @@ SPEC_SERVICES = {
 def test_views_features_and_types_are_the_contracts():
     got = {v.name: (v.entity.name, {f.name: f.dtype for f in v.features}) for v in decl.FEATURE_VIEWS}
     assert got == SPEC_VIEWS
+
+
+def test_the_segment_view_is_written_by_batch_scoring_into_user_segments():
+    assert [(v.name, v.entity.name, [(f.name, f.dtype) for f in v.features]) for v in decl.SCORED_VIEWS] == [
+        ("user_segment_features", "user", [("segment", "int64")])]
+    assert decl.USER_SEGMENT.offline_table == "user_segments" and decl.USER_SEGMENT.scored
+    assert "model_version TEXT NOT NULL" in decl.offline_table_ddl(decl.USER_SEGMENT)
+    assert not any(v.scored for v in decl.FEATURE_VIEWS) and decl.ALL_VIEWS[-1] == decl.USER_SEGMENT
+
+
+def test_request_features_are_ratios_null_when_the_window_is_empty():
+    stored = {"avg_order_value_30d": 50.0, "txn_amount_max_24h": 200.0}
+    assert decl.fraud_request_features(100.0, stored) == {
+        "amount_over_avg_order_value_30d": 2.0, "amount_over_txn_amount_max_24h": 0.5}
+    assert decl.fraud_request_features(100.0, {"avg_order_value_30d": None, "txn_amount_max_24h": 0.0}) == {
+        "amount_over_avg_order_value_30d": None, "amount_over_txn_amount_max_24h": None}
+    assert decl.fraud_request_features(None, stored) == dict.fromkeys(decl.FRAUD_REQUEST_FEATURES)
+    assert decl.feature_refs("product_ranking_v1") == [
+        f"product_features:{f}" for f in ("purchases_7d", "purchases_30d", "avg_rating_30d", "review_count_30d")]
 
 
 def test_services_are_the_contracts():
