@@ -24,7 +24,7 @@ from bench.cdc_capture import await_stream
 from cdcf.sample_data import add_users
 from cdcf.workload import Workload
 from inference import fraud, recommend, segments
-from inference.model import device
+from inference.model import device, frozen_heap, serving_threads
 from inference.recommend import CANDIDATES, Candidates
 from inference.service import FraudScorer, Recommender
 
@@ -42,6 +42,7 @@ def run(settings, out: Path, seed: int, rate: float, seconds: float, users: int,
     shutil.copy(segmenter.card.folder(settings) / segments.PLOT, out / segments.PLOT)
     scored = segments.batch_score(settings, as_of, progress=False)
 
+    serving_threads()  # as `cdcf serve-scores` does
     scorer = FraudScorer.from_settings(settings)
     rng = random.Random(seed)
     ids = list(range(base + 1, base + users + 1))
@@ -71,13 +72,14 @@ def run(settings, out: Path, seed: int, rate: float, seconds: float, users: int,
 
 
 def _timed(call, repeats: int) -> tuple[float, float]:
-    """p50 and p99 in ms of ``repeats`` calls, after a few to warm up."""
+    """p50 and p99 in ms of ``repeats`` calls, after a few to warm up, with the heap frozen as the service does."""
     for _ in range(5):
         call()
     samples = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        call()
-        samples.append((time.perf_counter() - started) * 1000)
+    with frozen_heap():
+        for _ in range(repeats):
+            started = time.perf_counter()
+            call()
+            samples.append((time.perf_counter() - started) * 1000)
     cuts = statistics.quantiles(samples, n=100, method="inclusive")
     return round(cuts[49], 3), round(cuts[98], 3)

@@ -349,12 +349,18 @@ def train_model(model: str = typer.Option("fraud_detection_v1", help=f"One of {'
                                                       "recommendation: purchases; segmentation: users)."),
                 epochs: int = typer.Option(20, help="Passes over the training rows (txn_next_7d)."),
                 as_of: datetime | None = typer.Option(None, help="Segmentation: the users' features as of this "
-                                                                 "time (UTC; default now).")) -> None:
+                                                                 "time (UTC; default now)."),
+                if_missing: bool = typer.Option(False, "--if-missing", help="Only when the registry has no version "
+                                                                           "of it yet.")) -> None:
     """Train a model on point-in-time sets from the offline store and register it (CUDA when present)."""
     if model not in MODELS:
         raise typer.BadParameter(f"unknown model {model!r}; one of {', '.join(MODELS)}")
 
     def run(settings: Settings) -> str:
+        from inference import registry
+
+        if if_missing and registry.versions(settings, model):
+            return f"kept {registry.card(settings, model).line()}"
         if model == "fraud_detection_v1":
             from inference import fraud
 
@@ -430,10 +436,11 @@ def serve_scores(port: int = typer.Option(6570, help="HTTP port."),
     POST /recommend, GET /segment/{user_id}, POST /score and GET /health, each model at its newest version."""
     import uvicorn
 
-    from inference.model import frozen_heap
+    from inference.model import frozen_heap, serving_threads
     from inference.service import create_app, loaded_models
 
     def run(settings: Settings) -> None:
+        serving_threads()
         models = loaded_models(settings, cache_ttl)
         if not models:
             raise PipelineError("no model is trained: `cdcf train-model --model fraud_detection_v1` trains one")

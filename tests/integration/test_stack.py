@@ -215,7 +215,8 @@ def test_feast_serve_answers_over_http(settings, tmp_path):
             assert server.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
             try:
                 reply = httpx.post(f"http://127.0.0.1:{port}/get-online-features", timeout=5, json={
-                    "feature_service": "fraud_detection_v1", "entities": {"user_id": [user_id]}})
+                    "feature_service": "fraud_detection_v1",  # with the transaction its request features need
+                    "entities": {"user_id": [user_id], "amount": [300.0], "merchant": ["acme"]}})
                 break
             except httpx.TransportError:
                 assert time.monotonic() < deadline, "feast serve did not answer within 120 s"
@@ -224,6 +225,9 @@ def test_feast_serve_answers_over_http(settings, tmp_path):
         values = dict(zip(body["metadata"]["feature_names"], (r["values"][0] for r in body["results"])))
         assert values["txn_count_1h"] == 3 and values["txn_amount_sum_1h"] == 120.25
         assert values["txn_amount_max_24h"] == 99.5 and values["txn_count_7d"] is None
+        # the on-demand view, run by feast serve: 300 over the 24h maximum, and over an empty window's null average
+        assert values["amount_over_txn_amount_max_24h"] == pytest.approx(300 / 99.5)
+        assert values["amount_over_avg_order_value_30d"] is None
     finally:
         server.terminate()
         server.wait(timeout=30)
