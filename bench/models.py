@@ -30,15 +30,15 @@ from inference.service import FraudScorer, Recommender
 
 
 def run(settings, out: Path, seed: int, rate: float, seconds: float, users: int, products: int,
-        repeats: int) -> dict:
+        repeats: int, train_rows: int, held_out: int) -> dict:
     base = random.Random(seed + 16).randrange(1, 9000) * 10**11 + 2 * 10**10
     add_users(settings, range(base + 1, base + users + 1), seed)
     Workload(settings, seed=seed, users=users, products=products, entity_base=base).run(rate, seconds)
     await_stream(settings)
-    fraud_model = fraud.train(settings, rows=50_000, seed=seed)
-    recommender = recommend.train(settings, rows=20_000, seed=seed, held_out=200)
+    fraud_model = fraud.train(settings, rows=train_rows, seed=seed)
+    recommender = recommend.train(settings, rows=train_rows // 2, seed=seed, held_out=held_out)
     as_of = datetime.now(UTC)
-    segmenter = segments.train(settings, as_of, seed=seed, sample=20_000)
+    segmenter = segments.train(settings, as_of, seed=seed, sample=train_rows // 2)
     shutil.copy(segmenter.card.folder(settings) / segments.PLOT, out / segments.PLOT)
     scored = segments.batch_score(settings, as_of, progress=False)
 

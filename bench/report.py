@@ -53,6 +53,8 @@ ROWS = [
      lambda r: r["intrusions_refused"] == r["intrusions_tried"]),
     ("infer_1024_p99_ms", "fetch + score, 1,024 entities, p99 (ms)", None, "<= 10 ms on a GPU",
      lambda r: r["infer_device"] == "cuda" and r["infer_1024_p99_ms"] <= 10),
+    ("validate_match", "online values equal to their offline rows (`cdcf validate`, a sample per view)", None, "1.0",
+     lambda r: r["validate_match"] == 1),
     ("fraud_auc", "fraud_detection_v1 (XGBoost): held-out AUC", None, "", None),
     ("recommend_hit_rate_at_10", "recommendation_v1 (network): held-out hit rate at 10",
      "recommend_popularity_hit_rate_at_10", "> popularity",

@@ -36,6 +36,7 @@ from cdcf.feast_config import feature_store
 from cdcf.redis_clients import redis_client
 from cdcf.settings import PROJECT_ROOT, load_settings
 from cdcf.workload import Workload, redeliver, topic_end
+from inference.consistency import validate
 
 RESULTS = PROJECT_ROOT / "bench" / "results"
 SIZES = {
@@ -51,7 +52,7 @@ SIZES = {
         "pit_feast_rows": 10_000, "backfill_oracle_rows": 200,
         "infer_entities": 100_000, "infer_repeats": 300,
         "models_rate": 500, "models_seconds": 120, "models_users": 5_000, "models_products": 1_000,
-        "models_repeats": 300,
+        "models_repeats": 300, "models_train_rows": 40_000, "models_held_out": 200, "validate_sample": 2_000,
         "capture_changes": 200_000, "stream_changes": 1_000_000, "stream_users": 100_000, "stream_products": 10_000,
         "faults_rate": 500, "faults_before_s": 10, "faults_after_s": 20, "faults_timeout_s": 300,
         "faults_scenarios": None,
@@ -66,6 +67,7 @@ SIZES = {
         "pit_feast_rows": 100, "backfill_oracle_rows": 20,
         "infer_entities": 2_000, "infer_repeats": 20,
         "models_rate": 300, "models_seconds": 15, "models_users": 300, "models_products": 60, "models_repeats": 20,
+        "models_train_rows": 4_000, "models_held_out": 50, "validate_sample": 200,
         "capture_changes": 2_000, "stream_changes": 5_000, "stream_users": 500, "stream_products": 50,
         "faults_rate": 100, "faults_before_s": 4, "faults_after_s": 6, "faults_timeout_s": 180,
         "faults_scenarios": ["kill_archiver", "hostile_burst_1000"],  # the driver kill: test_streaming.py
@@ -122,7 +124,7 @@ def oracle_phase(settings, store, size: dict, seed: int) -> dict:
 
 
 PARTS = ("oracle", "reads", "writes", "freshness", "capacity", "capture", "stream", "offline", "inference",
-         "models", "faults", "security")
+         "models", "faults", "security", "validate")
 
 
 def main() -> None:
@@ -211,7 +213,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     trained = phase("models", lambda: models.run(
         settings, args.out, seed, size["models_rate"], size["models_seconds"], size["models_users"],
-        size["models_products"], size["models_repeats"]))
+        size["models_products"], size["models_repeats"], size["models_train_rows"], size["models_held_out"]))
     if trained is not None:
         result.update(trained)
     matrix = phase("faults", lambda: faults.run(
@@ -231,6 +233,9 @@ def main() -> None:
         (args.out / "security.json").write_text(json.dumps(
             {"machine": result["machine"], "at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), **intrusions},
             indent=2) + "\n")
+    consistency = phase("validate", lambda: validate(settings, size["validate_sample"], seed=seed))
+    if consistency is not None:
+        result.update(consistency.as_dict())
     _oracle_totals(result)
     gpu = RESULTS / "inference_gpu.json"
     if gpu.exists():

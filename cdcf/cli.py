@@ -393,6 +393,23 @@ def models_list() -> None:
         typer.echo("no models registered: `cdcf train-model --model fraud_detection_v1` trains one")
 
 
+@app.command()
+def validate(sample: int = typer.Option(1000, help="Entities per feature view."),
+             min_match: float = typer.Option(1.0, help="Exit non-zero below this match fraction.")) -> None:
+    """Online/offline consistency: a sample of online values, each against the offline row at its as-of time."""
+    import json
+
+    from inference.consistency import validate as check
+
+    report = _run(lambda settings: check(settings, sample))
+    for mismatch in report.mismatches[:20]:
+        typer.echo(json.dumps(mismatch))
+    typer.echo(f"{report.matched} of {report.compared} online values equal their offline rows: match "
+               f"{report.match if report.match is not None else '-'}")
+    if report.match is not None and report.match < min_match:
+        raise typer.Exit(1)
+
+
 @app.command("batch-score")
 def batch_score(model: str = typer.Option("customer_segmentation_v1", help="The model (customer_segmentation_v1)."),
                 as_of: datetime | None = typer.Option(None, help="Score every user as of this time (UTC; default now)."),
@@ -408,24 +425,74 @@ def batch_score(model: str = typer.Option("customer_segmentation_v1", help="The 
                f"{done['seconds']:.1f} s ({done['users_per_s']}/s); segment sizes {done['segment_sizes']}")
 
 
-@app.command()
-def score(ids: list[int] = typer.Argument(..., help="Entity ids to score."),
-          model: Path | None = typer.Option(None, help="Model file (default: the stack's trained model).")) -> None:
-    """Fetch fresh features from Redis and score them; one JSON line per entity."""
+def _answer(ask: Callable[[Settings], dict], items: str = "results") -> dict:
+    """Run a model API call as the CLI: its results as JSON lines, a bad request as a clear error."""
     import json
 
-    from inference.service import ScoringError, ScoringService
+    from inference.registry import ModelNotFound
+    from inference.service import ScoringError
 
     def run(settings: Settings) -> dict:
         try:
-            return ScoringService.from_settings(settings, model).score(list(ids))
-        except ScoringError as exc:
+            return ask(settings)
+        except (ScoringError, ModelNotFound) as exc:
             raise PipelineError(str(exc)) from exc
 
     answer = _run(run)
-    for result in answer["results"]:
+    for result in answer.get(items, [answer]):
         typer.echo(json.dumps(result))
+    return answer
+
+
+@app.command()
+def score(ids: list[int] = typer.Argument(..., help="Entity ids to score."),
+          model: Path | None = typer.Option(None, help="Model file (default: the stack's trained model).")) -> None:
+    """txn_next_7d: fetch fresh features from Redis and score them; one JSON line per entity."""
+    from inference.service import ScoringService
+
+    answer = _answer(lambda s: ScoringService.from_settings(s, model).score(list(ids)))
     typer.echo(f"{len(ids)} scored on {answer['device']} in {answer['elapsed_ms']} ms", err=True)
+
+
+@app.command("score-fraud")
+def score_fraud(transactions: list[str] = typer.Argument(..., help="USER_ID:AMOUNT[:MERCHANT], one per transaction."),
+                version: int | None = typer.Option(None, help="Pin a model version (default: the newest).")) -> None:
+    """fraud_detection_v1 on transactions, with their users' fresh features; one JSON line per transaction."""
+    from inference.service import FraudScorer
+
+    parsed = []
+    for text in transactions:
+        user, _, rest = text.partition(":")
+        amount, _, merchant = rest.partition(":")
+        try:
+            parsed.append({"user_id": int(user), "amount": float(amount), "merchant": merchant or None})
+        except ValueError as exc:
+            raise typer.BadParameter(f"{text!r}: write USER_ID:AMOUNT[:MERCHANT], e.g. 17:42.50:acme") from exc
+    answer = _answer(lambda s: FraudScorer.from_settings(s, version).score(parsed))
+    typer.echo(f"{len(parsed)} scored by {answer['model']} v{answer['version']} in {answer['elapsed_ms']} ms", err=True)
+
+
+@app.command()
+def recommend(user_id: int = typer.Argument(..., help="The user."), k: int = typer.Option(10, help="How many."),
+              version: int | None = typer.Option(None, help="Pin a model version (default: the newest).")) -> None:
+    """recommendation_v1: the top k of the candidate products for a user; one JSON line per product."""
+    from inference.service import Recommender
+
+    answer = _answer(lambda s: Recommender.from_settings(s, version).recommend(user_id, k), "items")
+    typer.echo(f"{len(answer['items'])} of {answer.get('candidates', 0)} candidates by {answer['model']} "
+               f"v{answer['version']}" + (f": {answer['reason']}" if "reason" in answer else ""), err=True)
+
+
+@app.command()
+def segment(user_ids: list[int] = typer.Argument(..., help="Users.")) -> None:
+    """customer_segmentation_v1: each user's segment as the last batch scoring wrote it; one JSON line each."""
+    from inference.service import SegmentReader
+
+    def ask(settings: Settings) -> dict:
+        reader = SegmentReader.from_settings(settings)
+        return {"results": [reader.segment(u) for u in user_ids]}
+
+    _answer(ask)
 
 
 @app.command("serve-scores")

@@ -26,6 +26,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from cdcf import features as decl
 from cdcf import layout
 from cdcf.redis_clients import redis_client
 
@@ -35,7 +36,7 @@ CACHE_ENTRIES = 100_000
 
 @dataclass(frozen=True)
 class Fetched:
-    ids: list[int]
+    ids: list  # the entity ids, or per row a tuple of them (ServiceClient)
     columns: list[np.ndarray]  # per feature, in request order: float64 with NaN for null, or objects
     kinds: list[str]  # per feature: "double", "int64" or "object"
     as_of: dict[str, np.ndarray]  # per view: datetime64[us] per entity, NaT where the view has no value
@@ -77,17 +78,12 @@ class FeatureClient:
 
     @classmethod
     def for_service(cls, settings, service: str, cache_ttl_s: float = 0.0) -> FeatureClient:
-        """A client of one feature service of the declaration, on the settings' Redis."""
-        from cdcf import features as decl
-
-        (chosen,) = [s for s in decl.FEATURE_SERVICES if s.name == service]
-        return cls.for_features(settings, [(v.name, f.name) for v in chosen.views for f in v.features], cache_ttl_s)
+        """A client of one feature service of one entity, on the settings' Redis (ServiceClient reads any)."""
+        return cls.for_features(settings, [tuple(ref.split(":")) for ref in decl.feature_refs(service)], cache_ttl_s)
 
     @classmethod
     def for_features(cls, settings, features: Sequence[tuple[str, str]], cache_ttl_s: float = 0.0) -> FeatureClient:
         """A client of (view, feature) pairs of one entity's views, on the settings' Redis."""
-        from cdcf import features as decl
-
         (join_key,) = {v.entity.join_key for v in decl.ALL_VIEWS if v.name in {view for view, _ in features}}
         client = redis_client(settings, "reader", socket_timeout=REDIS_TIMEOUT_S,
                               socket_connect_timeout=REDIS_TIMEOUT_S, retry=Retry(NoBackoff(), 0))
@@ -136,3 +132,46 @@ class FeatureClient:
 
     def close(self) -> None:
         self.client.close()
+
+
+class ServiceClient:
+    """Any feature service, two-entity ones included (recommendation_v1: user and product views): one
+    FeatureClient per entity, on one Redis connection; a row's values are those of each of its entities."""
+
+    def __init__(self, features: list[tuple[str, str]], clients: dict[str, FeatureClient]) -> None:
+        self.features, self.clients = features, clients
+        # each feature: the join key whose client holds it, and its column there
+        self._where = [(key, client.features.index(f)) for f in features
+                       for key, client in clients.items() if f in client.features]
+
+    @classmethod
+    def for_service(cls, settings, service: str, cache_ttl_s: float = 0.0) -> ServiceClient:
+        features = [tuple(ref.split(":")) for ref in decl.feature_refs(service)]
+        key_of = {v.name: v.entity.join_key for v in decl.ALL_VIEWS}
+        connection = None
+        clients: dict[str, FeatureClient] = {}
+        for key in dict.fromkeys(key_of[view] for view, _ in features):
+            mine = [(view, name) for view, name in features if key_of[view] == key]
+            client = FeatureClient.for_features(settings, mine, cache_ttl_s) if connection is None else \
+                FeatureClient(connection, settings.feast_project, key, mine, cache_ttl_s)
+            connection, clients[key] = client.client, client
+        return cls(features, clients)
+
+    def fetch(self, keys: dict[str, Sequence[int]]) -> Fetched:
+        """Rows given as equal-length id lists per join key, e.g. {"user_id": [1, 1], "product_id": [5, 6]}: the
+        values in the service's order (each entity fetched once); a row is known when each of its entities is."""
+        if set(keys) != set(self.clients) or len({len(ids) for ids in keys.values()}) != 1:
+            raise ValueError(f"give equally many ids for each of {', '.join(self.clients)}")
+        parts = {}
+        for key, client in self.clients.items():
+            unique = list(dict.fromkeys(keys[key]))
+            position = {entity: n for n, entity in enumerate(unique)}
+            parts[key] = (client.fetch(unique), np.array([position[i] for i in keys[key]], dtype=np.int64))
+        columns = [parts[key][0].columns[k][parts[key][1]] for key, k in self._where]
+        kinds = [parts[key][0].kinds[k] for key, k in self._where]
+        as_of = {view: stamps[rows] for fetched, rows in parts.values() for view, stamps in fetched.as_of.items()}
+        known = np.logical_and.reduce([fetched.known[rows] for fetched, rows in parts.values()])
+        return Fetched(list(zip(*keys.values(), strict=True)), columns, kinds, as_of, known)
+
+    def close(self) -> None:
+        next(iter(self.clients.values())).close()

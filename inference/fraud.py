@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import xgboost as xgb
 
-from batch.training import CHARGEBACK_HORIZON, labelled_transactions, resolve, training_set
+from batch.training import CHARGEBACK_HORIZON, TrainingSetError, labelled_transactions, resolve, training_set
 from cdcf import features as decl
 from cdcf.features import EVENT_TIMESTAMP
 from cdcf.settings import Settings
@@ -75,7 +75,7 @@ def train(settings: Settings, rows: int | None = None, seed: int = 0, rounds: in
     """Train on (up to ``rows``, sampled) labelled transactions with point-in-time features; register it."""
     txns = labelled_transactions(settings)
     if txns.empty or not txns["fraud"].any():
-        raise ValueError("no labelled fraud in the change history: seed the sample data (it holds chargebacks) "
+        raise TrainingSetError("no labelled fraud in the change history: seed the sample data (it holds chargebacks) "
                          "and let the archiver catch up")
     if rows is not None and rows < len(txns):
         txns = txns.sample(rows, random_state=seed).sort_values("txn_id")
@@ -89,7 +89,7 @@ def train(settings: Settings, rows: int | None = None, seed: int = 0, rounds: in
     # values as of its time: serving never scores such a user (unknown entity), so training leaves it out too
     served = ~np.isnan(stored).all(axis=1)
     if served.sum() < 50 or not txns["fraud"].to_numpy()[served].any():
-        raise ValueError(f"{served.sum()} transactions with stored features, and too few of them fraud: let a "
+        raise TrainingSetError(f"{served.sum()} transactions with stored features, and too few of them fraud: let a "
                          "workload run a while (it makes account takeovers and chargebacks)")
     txns, entities, stored = txns[served], entities[served], stored[served]
     share = (txns["merchant"].fillna("").value_counts(normalize=True)).to_dict()

@@ -6,7 +6,8 @@ flagged, as inference.model does), and a learned embedding of the product (produ
 share one). Training rows are point-in-time (user, product, time) rows: each purchase, as of just before it, is a
 positive; ``NEGATIVES`` products the user did not buy in the 7 days after that time are its negatives.
 
-Held out is the latest fifth of the purchases in time: for each, every candidate product is scored for the user
+Only purchases by users the pipeline had served before them count (serving never scores another). Held out is
+the latest fifth of those in time: for each, every candidate product is scored for the user
 as of that time, a hit is the bought product among the top 10. Beside it, the popularity baseline ranks the same
 candidates by ``purchases_30d`` as of the same time (product_ranking_v1's order).
 """
@@ -26,7 +27,7 @@ import psycopg2
 import torch
 from torch import nn
 
-from batch.training import labelled_transactions, resolve, training_set
+from batch.training import TrainingSetError, labelled_transactions, resolve, training_set
 from cdcf import features as decl
 from cdcf.features import EVENT_TIMESTAMP
 from cdcf.settings import Settings
@@ -110,6 +111,16 @@ def pairs_features(settings: Settings, pairs: pd.DataFrame) -> np.ndarray:
     return frame[[name for _, name in user + product]].astype("float64").to_numpy()
 
 
+def served_users(settings: Settings, purchases: pd.DataFrame) -> np.ndarray:
+    """Per purchase: had the pipeline served its user before it (a value in one of the user's views)? A purchase
+    imported with a past event time was not, and serving never scores a user it has not served."""
+    user, _ = split_features()
+    frame = training_set(settings, pd.DataFrame({"user_id": purchases["user_id"].to_numpy(),
+                                                 EVENT_TIMESTAMP: purchases["created_at"] - BEFORE}),
+                         [f"{view}:{name}" for view, name in user]).to_pandas()
+    return frame[[name for _, name in user]].notna().any(axis=1).to_numpy()
+
+
 def training_pairs(purchases: pd.DataFrame, catalog: list[int], rng: np.random.Generator) -> pd.DataFrame:
     """Each purchase as a positive as of just before it, and ``NEGATIVES`` catalog products the user did not buy
     in the ``HORIZON`` after that time."""
@@ -146,8 +157,12 @@ def train(settings: Settings, rows: int | None = 20_000, seed: int = 0, epochs: 
     rng = np.random.default_rng(seed)
     purchases = labelled_transactions(settings).dropna(subset=["product_id"])
     purchases = purchases[~purchases["fraud"]].astype({"product_id": "int64"})  # taste, not takeovers
+    if rows is not None and len(purchases) > 5 * rows:
+        purchases = purchases.sample(5 * rows, random_state=seed)
+    purchases = purchases[served_users(settings, purchases)]
     if len(purchases) < 100:
-        raise ValueError(f"{len(purchases)} purchases in the change history: let a workload run first")
+        raise TrainingSetError(f"{len(purchases)} purchases by users the pipeline had served before them: let a "
+                               "workload run a while first")
     cut = purchases["created_at"].quantile(0.8)
     catalog = purchases["product_id"].value_counts().index[:CANDIDATES].sort_values().tolist()
     fit = purchases[purchases["created_at"] < cut]
@@ -159,7 +174,7 @@ def train(settings: Settings, rows: int | None = 20_000, seed: int = 0, epochs: 
     served = ~np.isnan(x[:, :len(user)]).all(axis=1)  # users the pipeline had served (serving scores no other)
     pairs, x = pairs[served].reset_index(drop=True), x[served]
     if len(pairs) < 100:
-        raise ValueError(f"{len(pairs)} training rows with the user's features as of their time: let a workload "
+        raise TrainingSetError(f"{len(pairs)} training rows with the user's features as of their time: let a workload "
                          "run a while first")
     mean = np.nan_to_num(np.nanmean(x, axis=0))
     std = np.nan_to_num(np.nanstd(x, axis=0), nan=1.0)

@@ -20,7 +20,7 @@ import pandas as pd
 import psycopg2
 from psycopg2.extras import execute_values
 
-from batch.training import resolve, training_set
+from batch.training import TrainingSetError, resolve, training_set
 from cdcf import features as decl
 from cdcf.features import EVENT_TIMESTAMP
 from cdcf.settings import Settings
@@ -94,7 +94,7 @@ def train(settings: Settings, as_of: datetime | None = None, k: int = 4, seed: i
     as_of = as_of or datetime.now(UTC)
     ids = users_as_of(settings, as_of)
     if len(ids) < k:
-        raise ValueError(f"{len(ids)} users as of {as_of}: too few to make {k} segments; run the pipeline first")
+        raise TrainingSetError(f"{len(ids)} users as of {as_of}: too few to make {k} segments; run the pipeline first")
     rng = np.random.default_rng(seed)
     if len(ids) > sample:
         ids = sorted(rng.choice(ids, sample, replace=False).tolist())

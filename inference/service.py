@@ -10,8 +10,9 @@ features behind it.
 - ``POST /score`` {"ids": [...]}: the txn_next_7d network (inference.model);
 - ``GET /health``.
 
-Over HTTP every request but GET /health carries the bearer token of the settings (``scoring_token``); one without
-it gets 401 before its body is read.
+Over HTTP every request but GET /health and GET /metrics carries the bearer token of the settings
+(``scoring_token``); one without it gets 401 before its body is read. /metrics is Prometheus's: the latency of
+every request by endpoint and status (``cdcf_api_request_seconds``).
 
 Policy for bad input, the same over HTTP and the batch CLI:
 - an entity Redis knows nothing about gets no score, with reason "unknown entity" (never a made-up score);
@@ -33,7 +34,8 @@ from pathlib import Path
 import numpy as np
 import redis
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from starlette.concurrency import run_in_threadpool
 
 from cdcf import features as decl
@@ -45,6 +47,9 @@ from inference.registry import ModelNotFound
 from inference.segments import scored_by
 
 log = logging.getLogger(__name__)
+OPEN = ("/health", "/metrics")  # no token: liveness and Prometheus's scrape (latencies and counts, no data)
+ENDPOINTS = ("/score", "/score/fraud_detection_v1", "/recommend")
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 MAX_BATCH = 4096
 MAX_BODY = 256 * 1024  # bytes: MAX_BATCH ids of 20 digits fit four times over
 INT64 = (-(2**63), 2**63 - 1)
@@ -66,7 +71,7 @@ class ScoringService:
     def from_settings(cls, settings, path: Path | None = None, cache_ttl_s: float = 0.0) -> ScoringService:
         path = path or model_path(settings)
         if not path.exists():
-            raise ScoringError(f"no model at {path}: train one first (`cdcf train-model`)")
+            raise ScoringError(f"no model at {path}: train one first (`cdcf train-model --model txn_next_7d`)")
         model = TrainedModel.load(path)
         return cls(model, FeatureClient.for_features(settings, model.features, cache_ttl_s))
 
@@ -114,7 +119,7 @@ class FraudScorer:
         for t, result in zip(transactions, results, strict=True):
             result.update(t)  # the transaction as sent, beside its score
         return {"model": self.model.card.name, "version": self.model.card.version,
-                "device": self.model.booster.attributes().get("device", _device()),
+                "device": _device(),
                 "elapsed_ms": round((time.perf_counter() - started) * 1000, 3), "results": results}
 
 
@@ -254,14 +259,28 @@ def create_app(token: str, *, scoring: ScoringService | None = None, fraud: Frau
     given; one whose model is not given answers 503 saying how to train it."""
     app = FastAPI(title="cdcf model API")
     expected = f"Bearer {token}".encode()
+    registry = CollectorRegistry()  # the app's own: two apps in one process (tests) count apart
+    latency = Histogram("cdcf_api_request_seconds", "Model API requests: seconds from arrival to answer, by "
+                        "endpoint and status", ["endpoint", "status"], buckets=LATENCY_BUCKETS, registry=registry)
 
     @app.middleware("http")
     async def bearer_token(request: Request, call_next):
-        if request.url.path != "/health" and not hmac.compare_digest(
-                request.headers.get("authorization", "").encode(), expected):
-            return JSONResponse({"error": "send the scoring token: Authorization: Bearer <CDCF_SCORING_TOKEN>"},
-                                status_code=401, headers={"WWW-Authenticate": "Bearer"})
-        return await call_next(request)
+        path = request.url.path
+        if path in OPEN:
+            return await call_next(request)
+        started = time.perf_counter()
+        if not hmac.compare_digest(request.headers.get("authorization", "").encode(), expected):
+            response = JSONResponse({"error": "send the scoring token: Authorization: Bearer <CDCF_SCORING_TOKEN>"},
+                                    status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        else:
+            response = await call_next(request)
+        endpoint = "/segment/{user_id}" if path.startswith("/segment/") else path if path in ENDPOINTS else "other"
+        latency.labels(endpoint, str(response.status_code)).observe(time.perf_counter() - started)
+        return response
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/health")
     def health() -> dict:

@@ -227,8 +227,7 @@ def test_training_sets_equal_feast_historical_features_without_leaks(settings, h
     alone = training_set(settings, pd.DataFrame({"product_id": 1, decl.EVENT_TIMESTAMP: entities.head(200)[
         decl.EVENT_TIMESTAMP]}), "product_ranking_v1").to_pandas()
     for name in [f.name for f in decl.PRODUCT_STATS.features]:  # each view joined on its own key
-        assert both[name].astype(object).where(both[name].notna()).tolist() == \
-            alone[name].astype(object).where(alone[name].notna()).tolist(), name
+        assert [None if pd.isna(v) else v for v in both[name]] == [None if pd.isna(v) else v for v in alone[name]]
     # and labels follow the history: a user with a transaction in the next 7 days is labelled so
     user, at = entity_rows[0]
     expected = bool(_query(settings, "SELECT 1 FROM (SELECT DISTINCT ON (row_key) after FROM cdc_changelog WHERE "

@@ -4,6 +4,7 @@ user's segment batch-scored into the offline table and the online view."""
 
 from __future__ import annotations
 
+import json
 import random
 from datetime import UTC, datetime, timedelta
 
@@ -18,6 +19,7 @@ from cdcf.feast_config import feature_store
 from cdcf.sample_data import add_users
 from cdcf.workload import Workload
 from inference import fraud, recommend, registry, segments
+from inference.client import ServiceClient
 from inference.registry import ModelNotFound
 from inference.service import MAX_BATCH, FraudScorer, Recommender, ScoringError, SegmentReader, create_app
 from tests.conftest import run_cli, wait_for
@@ -148,6 +150,17 @@ def test_fraud_scores_use_fresh_features_and_the_request_features_feast_computes
     assert http.post("/score/fraud_detection_v1", json={"ids": [1]}).status_code == 400
     assert http.post("/score/fraud_detection_v1", json={"transactions": [{"user_id": 1}]}).status_code == 400
     assert http.post("/recommend", json={"user_id": 1}).status_code == 503  # a model not loaded says so
+    metrics = stranger.get("/metrics")  # open to Prometheus, as /health is
+    assert metrics.status_code == 200
+    assert 'cdcf_api_request_seconds_count{endpoint="/score/fraud_detection_v1",status="200"} 1.0' in metrics.text
+    assert 'cdcf_api_request_seconds_count{endpoint="/score/fraud_detection_v1",status="401"} 1.0' in metrics.text
+    assert 'cdcf_api_request_seconds_count{endpoint="/score/fraud_detection_v1",status="400"} 2.0' in metrics.text
+    cli = run_cli("score-fraud", "--", f"{history[0]}:35:acme", f"{nobody}:10")
+    assert cli.returncode == 0, cli.stderr
+    lines = [json.loads(line) for line in cli.stdout.splitlines()]
+    assert [line["user_id"] for line in lines] == [history[0], nobody] and lines[1]["reason"] == "unknown entity"
+    assert 0 <= lines[0]["score"] <= 1 and lines[0]["amount"] == 35
+    assert run_cli("score-fraud", "x:1").returncode != 0
 
 
 def test_recommendations_rank_candidates_for_one_user(settings, history, trained):
@@ -170,6 +183,20 @@ def test_recommendations_rank_candidates_for_one_user(settings, history, trained
     with pytest.raises(ScoringError, match="k must be"):
         ranker.recommend(user, 0, candidates)
 
+    # any service through one client, two entities per row, as Feast reads it
+    nobody = -random.randrange(10**15, 10**16)
+    client = ServiceClient.for_service(settings, "recommendation_v1", cache_ttl_s=1.0)
+    rows = {"user_id": [user, history[2], nobody], "product_id": [candidates[0], candidates[0], candidates[1]]}
+    fetched = client.fetch(rows)
+    feast = feature_store(settings).get_online_features(
+        features=decl.feature_refs("recommendation_v1"),
+        entity_rows=[{"user_id": u, "product_id": p} for u, p in zip(*rows.values(), strict=True)]).to_dict()
+    for n in range(3):
+        assert fetched.row(n) == [feast[name][n] for _, name in client.features]
+    assert fetched.known.tolist() == [True, True, False]
+    assert set(fetched.as_of) == {decl.USER_PROFILE.name, decl.USER_ACTIVITY.name, decl.PRODUCT_STATS.name}
+    client.close()
+
     http, stranger = _http(settings, recommender=ranker)
     served = http.post("/recommend", json={"user_id": user, "k": 3})
     assert served.status_code == 200 and len(served.json()["items"]) == 3
@@ -177,6 +204,10 @@ def test_recommendations_rank_candidates_for_one_user(settings, history, trained
     assert stranger.post("/recommend", json={"user_id": user}).status_code == 401
     assert http.post("/recommend", json={"user_id": user, "k": "3"}).status_code == 400
     assert http.post("/recommend", json={"k": 3}).status_code == 400
+    cli = run_cli("recommend", str(user), "--k", "3")
+    assert cli.returncode == 0, cli.stderr
+    items = [json.loads(line) for line in cli.stdout.splitlines()]
+    assert len(items) == 3 and [i["score"] for i in items] == sorted((i["score"] for i in items), reverse=True)
 
 
 def test_batch_scoring_writes_every_users_segment_offline_and_online(settings, history, trained):
@@ -204,6 +235,8 @@ def test_batch_scoring_writes_every_users_segment_offline_and_online(settings, h
     assert got.json()["as_of"] == {decl.USER_SEGMENT.name: as_of.isoformat()}
     assert http.get(f"/segment/{-random.randrange(10**15, 10**16)}").status_code == 404
     assert stranger.get(f"/segment/{mine[0]}").status_code == 401
+    cli = run_cli("segment", str(mine[0]))
+    assert cli.returncode == 0 and json.loads(cli.stdout)["segment"] == rows[mine[0]], cli.stderr
 
     later = (as_of + timedelta(seconds=2)).replace(microsecond=0)
     cli = run_cli("batch-score", "--model", "customer_segmentation_v1", "--as-of", later.strftime("%Y-%m-%dT%H:%M:%S"))
