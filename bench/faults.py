@@ -227,6 +227,8 @@ def _state_diff(settings: Settings, ranges: dict[str, tuple[int, int]]) -> int:
 
 
 def _archived_changes(settings: Settings, since, ranges: dict[str, tuple[int, int]]) -> int:
+    """The range's changes archived since ``since``: its rows' changes, and the chargebacks of its transactions (the
+    workload's chargeback ids are their transactions' ids)."""
     (ulo, uhi), (plo, phi) = ranges["user_id"], ranges["product_id"]
     owner = "coalesce(after->>'{0}', before->>'{0}')"
     with oracle.connect(settings) as conn, conn.cursor() as cur:
@@ -235,7 +237,11 @@ def _archived_changes(settings: Settings, since, ranges: dict[str, tuple[int, in
              AND {owner.format('user_id')}::bigint BETWEEN %s AND %s)
             OR (source_table = 'reviews' AND {owner.format('product_id')} ~ '^[0-9]+$'
              AND {owner.format('product_id')}::bigint BETWEEN %s AND %s)
-            OR (source_table = 'users' AND row_key BETWEEN %s AND %s))""", (since, ulo, uhi, plo, phi, ulo, uhi))
+            OR (source_table = 'users' AND row_key BETWEEN %s AND %s)
+            OR (source_table = 'chargebacks' AND row_key IN (SELECT row_key FROM cdc_changelog WHERE
+                source_table = 'transactions' AND {owner.format('user_id')} ~ '^[0-9]+$'
+                AND {owner.format('user_id')}::bigint BETWEEN %s AND %s)))""",
+                    (since, ulo, uhi, plo, phi, ulo, uhi, ulo, uhi))
         count = cur.fetchone()[0]
     conn.close()
     return count
