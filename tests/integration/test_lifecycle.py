@@ -7,6 +7,7 @@ import shutil
 import psycopg2
 import pytest
 
+from cdcf import features as decl
 from cdcf.errors import ServiceError
 from cdcf.settings import load_settings
 from cdcf.stack import jars, kafka, postgres, proc, redis_server
@@ -40,7 +41,7 @@ def test_up_status_down_up_up_from_nothing(side_home):
         healthy = run_cli("status", env=env)
         assert healthy.returncode == 0, healthy.stdout + healthy.stderr
         assert "127.0.0.1:16379" in healthy.stdout and "127.0.0.1:19092" in healthy.stdout
-        assert "4 feature views, 4 services" in healthy.stdout
+        assert f"{len(decl.ALL_VIEWS)} feature views, {len(decl.FEATURE_SERVICES)} services" in healthy.stdout
         running = _pids(side)
         assert all(running.values()), running
         for service in ("kafka", "connect"):  # the JVMs log through log4j2 (an slf4j 1.x API would silence them)
