@@ -130,7 +130,7 @@ def batch_score(settings: Settings, as_of: datetime, version: int | None = None,
     """Every user's segment as of ``as_of`` into ``user_segments`` and the online view; return what was done."""
     from tqdm import tqdm
 
-    from streaming.online import OnlineWriter
+    from cdcf.online import OnlineWriter
 
     model = SegmentModel.load(settings, version)
     started = time.monotonic()

@@ -19,8 +19,8 @@ import psycopg2
 
 from cdcf import features as decl
 from cdcf.features import EVENT_TIMESTAMP
+from cdcf.online import OnlineWriter
 from cdcf.settings import Settings
-from streaming.online import OnlineWriter
 
 log = logging.getLogger(__name__)
 CHUNK = 5_000

@@ -18,9 +18,9 @@ import pyarrow.compute as pc
 
 from cdcf import features as decl
 from cdcf.features import EVENT_TIMESTAMP, FeatureView
+from cdcf.online import OnlineWriter
 from cdcf.pgcopy import by_view, copy_view_rows
 from cdcf.settings import Settings
-from streaming.online import OnlineWriter
 
 log = logging.getLogger(__name__)
 

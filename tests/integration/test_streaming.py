@@ -24,9 +24,9 @@ from cdcf import features as decl
 from cdcf import layout
 from cdcf.errors import ServiceError
 from cdcf.feast_config import feature_store
+from cdcf.online import OnlineWriter
 from cdcf.stack.background import STREAMING
 from cdcf.workload import redeliver
-from streaming.online import OnlineWriter
 from tests import oracle
 from tests.conftest import fresh_workload, run_cli, wait_for
 
