@@ -37,6 +37,7 @@ from streaming.sink import METRICS_DDL, partition_writer
 log = logging.getLogger(__name__)
 
 RESTART_DELAY_S = 5.0
+REPORT_S = 5.0  # the status file is written this often, also while Spark plans or runs a long micro-batch
 ROCKSDB = "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider"
 
 
@@ -160,7 +161,7 @@ class StreamJob:
                        "last_as_of": None, "restarts": 0, "last_error": None, "last_restart_at": None,
                        "query_active": None, "lag_max_s": 0.0, "reseeds": 0, "last_reseed": None,
                        "last_batch_at": None, "behind": 0, "behind_growing_since": None,
-                       "clock": None, "clock_moved_at": time.time()}
+                       "clock": None, "clock_moved_at": None, "query_started_at": None}
         self.guard: OnlineGuard | None = None
 
     def write_batch(self, batch: DataFrame, batch_id: int) -> None:
@@ -197,13 +198,14 @@ class StreamJob:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stopping.set())
         self._report()
+        threading.Thread(target=self._heartbeat, name="status-heartbeat", daemon=True).start()
         query = None
         try:
             while not self.stopping.is_set():
                 query = build_stream(spark, self.settings, self.write_batch)
+                self.totals["query_started_at"] = time.time()
                 while not self.stopping.is_set() and query.isActive:
                     self.totals["query_active"] = True
-                    self._report()
                     self.stopping.wait(1.0)
                 self.totals["query_active"] = False
                 if not self.stopping.is_set():
@@ -231,6 +233,8 @@ class StreamJob:
         now = time.time()
         since = growing_since(self.totals["behind"], behind, self.totals["behind_growing_since"], now)
         self.totals.update(behind=behind, behind_growing_since=since, last_batch_at=now)
+        if self.totals["clock_moved_at"] is None:  # the clock is watched from the first finished micro-batch
+            self.totals["clock_moved_at"] = now
         if clock and not clock.startswith("1970-01-01T00:00:00") and clock != self.totals["clock"]:
             self.totals.update(clock=clock, clock_moved_at=now)
 
@@ -261,3 +265,7 @@ class StreamJob:
 
     def _report(self) -> None:
         report(self.status_file, self.totals)
+
+    def _heartbeat(self) -> None:
+        while not self.stopping.wait(REPORT_S):
+            self._report()

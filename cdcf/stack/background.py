@@ -21,6 +21,7 @@ from cdcf.stack.supervisor import RESTART_WINDOW_S
 REPORT_EVERY_S = 30  # a job that has not written its status file for this long is unhealthy
 LAG_GROWING_S = 60  # a consumer whose lag grew this long without ever shrinking is falling behind
 STALLED_S = 60  # a streaming query that finished no micro-batch this long is stuck (heartbeats come every 5 s)
+FIRST_BATCH_S = 300  # a query's first micro-batch (Python workers, plans, state restore) may take minutes when busy
 CLOCK_STOPPED_S = 60  # a streaming clock (Connect's committed offsets) still this long is stuck (heartbeats: 5 s)
 
 
@@ -108,6 +109,10 @@ def _restarting_or_stalled(state: dict[str, Any]) -> str | None:
                 f"ago (last error: {state['last_error']})")
     if state.get("query_active") is False:
         return f"has no running query (last error: {state['last_error']})"
+    if (not state.get("last_batch_at") and state.get("query_started_at")
+            and state["at"] - state["query_started_at"] >= FIRST_BATCH_S):
+        return (f"has finished no micro-batch in the {state['at'] - state['query_started_at']:.0f} s since its query "
+                f"started")
     if state.get("last_batch_at") and state["at"] - state["last_batch_at"] >= STALLED_S:
         return (f"has finished no micro-batch for {state['at'] - state['last_batch_at']:.0f} s (heartbeats alone "
                 f"make one every few seconds)")

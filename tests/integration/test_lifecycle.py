@@ -61,7 +61,8 @@ def test_up_status_down_up_up_from_nothing(side_home):
         again = run_cli("up", env=env)  # a second `up` is harmless: nothing restarts
         assert again.returncode == 0, again.stdout + again.stderr
         assert _pids(side) == restarted
-        assert run_cli("status", env=env).returncode == 0
+        after = run_cli("status", env=env)
+        assert after.returncode == 0, after.stdout + after.stderr + side.paths.log("streaming").read_text()[-4000:]
     finally:
         run_cli("down", "--purge", env=env)
     assert not postgres.cluster_exists(side)

@@ -72,7 +72,7 @@ def test_an_archiver_dead_lettering_lately_or_falling_behind_is_trouble():
 
 
 def test_a_stalled_or_falling_behind_query_or_a_stopped_clock_is_trouble():
-    from cdcf.stack.background import CLOCK_STOPPED_S, LAG_GROWING_S, STALLED_S
+    from cdcf.stack.background import CLOCK_STOPPED_S, FIRST_BATCH_S, LAG_GROWING_S, STALLED_S
 
     working = {**HEALTHY, "last_batch_at": 9_999.0, "behind": 300, "behind_growing_since": 10_000.0 - LAG_GROWING_S + 1,
                "clock": "2026-12-01T10:00:00.000Z", "clock_moved_at": 10_000.0 - CLOCK_STOPPED_S + 1}
@@ -84,6 +84,11 @@ def test_a_stalled_or_falling_behind_query_or_a_stopped_clock_is_trouble():
         "has finished no micro-batch for 65 s (heartbeats alone make one every few seconds)")
     assert STREAMING.trouble({**working, "behind_growing_since": 9_880.0}) == (
         "falls behind: its lag has grown for 120 s, to 300 offsets on its most lagging partition")
+    # a query still in its first micro-batch has no clock to watch yet, and is stuck only after FIRST_BATCH_S
+    starting = {**HEALTHY, "last_batch_at": None, "clock": None, "clock_moved_at": None, "query_started_at": 9_880.0}
+    assert STREAMING.trouble(starting) is None
+    assert STREAMING.trouble({**starting, "query_started_at": 10_000.0 - FIRST_BATCH_S - 20}) == (
+        f"has finished no micro-batch in the {FIRST_BATCH_S + 20} s since its query started")
 
 
 def test_a_lag_grows_only_while_it_is_never_caught_up_nor_catching_up():
