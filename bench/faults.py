@@ -51,7 +51,8 @@ from connectors.resnapshot import resnapshot
 
 # below Linux's ephemeral range (32768-60999), where a client's outgoing connection can hold a port a moment
 SIDE = {"CDCF_PG_PORT": "21432", "CDCF_REDIS_PORT": "21379", "CDCF_KAFKA_PORT": "21092",
-        "CDCF_KAFKA_CONTROLLER_PORT": "21093", "CDCF_CONNECT_PORT": "21083", "CDCF_PG_CLUSTER": "cdcf_faults"}
+        "CDCF_KAFKA_CONTROLLER_PORT": "21093", "CDCF_CONNECT_PORT": "21083", "CDCF_PROMETHEUS_PORT": "21090",
+        "CDCF_ALERTMANAGER_PORT": "21095", "CDCF_PG_CLUSTER": "cdcf_faults"}
 SPARK_PORT, SPARK_UI = 21077, 21180  # the workers' UIs take the next ports
 LOGS = Path(tempfile.gettempdir()) / "cdcf-faults-logs"
 

@@ -28,6 +28,16 @@ def _run(action: Callable[[Settings], object], *, new_secrets: bool = False) -> 
         raise typer.Exit(code=1) from exc
 
 
+def _with_metrics(job: str, action: Callable[[Settings], object]) -> Callable[[Settings], object]:
+    """``action`` with the process's Prometheus endpoint up, announced to the local Prometheus as ``job``."""
+    def run(settings: Settings) -> object:
+        from cdcf import metrics
+
+        metrics.serve(settings, job)
+        return action(settings)
+    return run
+
+
 @app.callback()
 def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug details.")) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
@@ -207,7 +217,7 @@ def archive(status_file: Path | None = typer.Option(None, help="Where to report 
     from connectors.archive import Archiver
 
     logging.getLogger("connectors").setLevel(logging.INFO)
-    totals = _run(lambda s: Archiver(s, status_file=status_file).run(idle_exit_s=idle_exit))
+    totals = _run(_with_metrics("archiver", lambda s: Archiver(s, status_file=status_file).run(idle_exit_s=idle_exit)))
     typer.echo(f"archived {totals['changes']} changes, skipped {totals['duplicates']} re-deliveries, "
                f"{totals['dead_letters']} dead letters")
 
@@ -265,7 +275,7 @@ def stream(status_file: Path | None = typer.Option(None, help="Where to report t
     from streaming.job import StreamJob
 
     logging.getLogger("streaming").setLevel(logging.DEBUG)
-    totals = _run(lambda s: StreamJob(s, status_file=status_file).run())
+    totals = _run(_with_metrics("streaming", lambda s: StreamJob(s, status_file=status_file).run()))
     typer.echo(f"{totals['batches']} batches, {totals['changes']} changes, {totals['rows_written']} feature rows")
 
 
@@ -511,6 +521,9 @@ def serve_scores(port: int = typer.Option(6570, help="HTTP port."),
         models = loaded_models(settings, cache_ttl)
         if not models:
             raise PipelineError("no model is trained: `cdcf train-model --model fraud_detection_v1` trains one")
+        from cdcf import metrics
+
+        metrics.announce(settings, "model-api", f"{'127.0.0.1' if bind == '0.0.0.0' else bind}:{port}")  # its /metrics
         with frozen_heap():
             uvicorn.run(create_app(settings.scoring_token.get_secret_value(), **models), host=bind, port=port,
                         log_level="warning")

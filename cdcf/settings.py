@@ -120,6 +120,13 @@ class Settings(BaseSettings):
         0.1, ge=0, description="The streaming job's clock trails the commit time Connect has confirmed in Kafka (its "
         "committed source offset) by this much: a margin for the topics' end offsets, read a moment apart, and for "
         "commit times that are not quite in commit order. Every change waits for the clock, so it adds to freshness.")
+    metrics_host: str = Field("127.0.0.1", description="Address the processes' Prometheus endpoints (/metrics) "
+                              "bind: the archiver's, the streaming job's, the model API's (compose: 0.0.0.0).")
+    metrics_port: int = Field(0, ge=0, description="Port of a process's /metrics; 0: an ephemeral one, announced to "
+                              "the local Prometheus in <home>/run/metrics/<job>.json (compose: one per container).")
+    prometheus_port: int = Field(9090, description="Port of the local stack's Prometheus (alert rules: "
+                                 "deploy/prometheus/alerts.yml).")
+    alertmanager_port: int = Field(9095, description="Port of the local stack's Alertmanager.")
     start_timeout_s: float = Field(90.0, gt=0, description="Deadline for each service to become healthy.")
 
     @cached_property

@@ -28,6 +28,7 @@ from typing import Any
 
 import psycopg2
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
+from prometheus_client import Counter, Gauge, Histogram
 
 from cdcf.kafka_clients import consumer, durable_producer
 from cdcf.settings import Settings
@@ -39,6 +40,20 @@ log = logging.getLogger(__name__)
 
 TABLE = "cdc_changelog"
 REPORT_INTERVAL_S = 1.0  # how often the status file is written
+SLOT_EVERY_S = 5.0  # how often the replication slot's retained WAL is read
+
+ARCHIVED = Counter("cdcf_archive_changes", "Changes archived (first deliveries; re-deliveries are not counted)")
+REDELIVERED = Counter("cdcf_archive_redeliveries", "Changes delivered again and skipped (already archived)")
+DEAD_LETTERED = Counter("cdcf_dead_letters", "Messages sent to the dead-letter topic, with their reason")
+BATCH_SECONDS = Histogram("cdcf_archive_batch_seconds", "Seconds to archive one consumed batch (rows, dead letters "
+                          "and offsets durable)", buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+LAG = Gauge("cdcf_archive_lag_messages", "Messages on a change topic's partition not archived yet",
+            ["topic", "partition"])
+SLOT_RETAINED = Gauge("cdcf_replication_slot_retained_wal_bytes", "WAL PostgreSQL keeps for the capture's "
+                      "replication slot (current LSN less the slot's restart LSN)", ["slot"])
+SLOT_STATUS = Gauge("cdcf_replication_slot_wal_status", "1 for the slot's wal_status (reserved, extended, "
+                    "unreserved, lost; missing: no such slot)", ["slot", "wal_status"])
+WAL_STATUSES = ("reserved", "extended", "unreserved", "lost", "missing")
 DDL = f"""
 CREATE TABLE IF NOT EXISTS {TABLE} (
     source_table TEXT NOT NULL,
@@ -142,7 +157,7 @@ class Archiver:
         self.totals = {"changes": 0, "duplicates": 0, "dead_letters": 0}
         self.health = {"last_dead_letter_at": None, "last_dead_letter_reason": None, "lag_growing_since": None,
                        "ignored_columns": {}}  # table -> columns its images carry that no contract names
-        self._lag, self._reported = 0, 0.0
+        self._lag, self._reported, self._slot_read = 0, 0.0, 0.0
         self._stopping = False
         self._pending: deque[Batch] = deque()
         self._pool: ProcessPoolExecutor | None = None
@@ -207,6 +222,10 @@ class Archiver:
         self.totals["changes"] += inserted
         self.totals["duplicates"] += encoded.changes - inserted
         self.totals["dead_letters"] += len(dead)
+        ARCHIVED.inc(inserted)
+        REDELIVERED.inc(encoded.changes - inserted)
+        DEAD_LETTERED.inc(len(dead))
+        BATCH_SECONDS.observe(time.monotonic() - started)
         if dead:
             self.health.update(last_dead_letter_at=time.time(), last_dead_letter_reason=dead[-1].reason[:200])
         log.info("batch of %d messages: %d archived, %d duplicates, %d dead letters in %.3f s", batch.messages,
@@ -288,6 +307,9 @@ class Archiver:
             return
         self._reported = time.monotonic()
         lag = self._lag_now()
+        if self._reported - self._slot_read >= SLOT_EVERY_S:
+            self._slot_read = self._reported
+            self._read_slot()
         self.health["lag_growing_since"] = growing_since(self._lag, lag, self.health["lag_growing_since"], time.time())
         self._lag = lag
         report(self.status_file, {**self.totals, **self.health, "lag": lag})
@@ -307,8 +329,24 @@ class Archiver:
         for tp in positions:
             low, high = self.consumer.get_watermark_offsets(tp, cached=True) or (0, 0)
             next_offset = tp.offset if tp.offset >= 0 else committed.get((tp.topic, tp.partition), -1)
-            lag += max(0, high - (next_offset if next_offset >= 0 else low))
+            behind = max(0, high - (next_offset if next_offset >= 0 else low))
+            LAG.labels(tp.topic, str(tp.partition)).set(behind)
+            lag += behind
         return lag + sum(batch.messages for batch in self._pending)
+
+    def _read_slot(self) -> None:
+        """The capture slot's retained WAL and wal_status, for Prometheus (a slot past max_slot_wal_keep_size is
+        'lost', and capture with it)."""
+        slot = self.settings.replication_slot
+        with self.db, self.db.cursor() as cur:
+            cur.execute("SELECT wal_status, pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn) "
+                        "FROM pg_replication_slots WHERE slot_name = %s", (slot,))
+            row = cur.fetchone()
+        status, retained = row if row else ("missing", None)
+        for known in WAL_STATUSES:
+            SLOT_STATUS.labels(slot, known).set(1 if known == status else 0)
+        if retained is not None:
+            SLOT_RETAINED.labels(slot).set(float(retained))
 
 
 def _worker_start() -> None:

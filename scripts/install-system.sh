@@ -10,6 +10,8 @@ command -v mvn >/dev/null 2>&1 || need+=(maven)
 command -v runuser >/dev/null 2>&1 || need+=(util-linux)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)  # the stack's TLS certificates
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
+command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v prometheus-alertmanager >/dev/null 2>&1 || need+=(prometheus-alertmanager)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
@@ -24,5 +26,7 @@ apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 # Debian starts the packaged services; the stack runs its own PostgreSQL cluster and Redis process instead.
 if command -v service >/dev/null 2>&1; then
-  service redis-server stop >/dev/null 2>&1 || true
+  for packaged in redis-server prometheus prometheus-alertmanager; do
+    service "$packaged" stop >/dev/null 2>&1 || true
+  done
 fi

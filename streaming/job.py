@@ -30,6 +30,7 @@ from cdcf.sources import sources
 from cdcf.spark import spark_session
 from cdcf.status import growing_since, report
 from connectors.contracts import HEARTBEAT
+from streaming import metrics
 from streaming.decode import routed
 from streaming.reseed import OnlineGuard
 from streaming.sink import METRICS_DDL, partition_writer
@@ -163,6 +164,7 @@ class StreamJob:
                        "last_batch_at": None, "behind": 0, "behind_growing_since": None,
                        "clock": None, "clock_moved_at": None, "query_started_at": None}
         self.guard: OnlineGuard | None = None
+        metrics.CLOCK_AGE.set_function(lambda: metrics.clock_age(self.totals))
 
     def write_batch(self, batch: DataFrame, batch_id: int) -> None:
         """foreachBatch: the executors write their partitions; only metrics come back."""
@@ -171,6 +173,7 @@ class StreamJob:
             self.guard = OnlineGuard(self.settings)
         if self.guard is not None and (why := self.guard.check()):
             self.totals["reseeds"] += 1
+            metrics.RESEEDS.inc()
             self.totals["last_reseed"] = f"{datetime.now(UTC).isoformat()}: the online store {why}"
         parts = batch.mapInArrow(partition_writer(self.settings), METRICS_DDL).collect()
         emits = sum(p["emits"] for p in parts)
@@ -178,6 +181,12 @@ class StreamJob:
         self.totals["rows_written"] += sum(p["rows"] for p in parts)
         self.totals["emits"] += emits
         self.totals["decayed"] += sum(p["decays"] for p in parts)
+        metrics.BATCHES.inc()
+        metrics.FEATURE_ROWS.inc(sum(p["rows"] for p in parts))
+        metrics.EMITS.inc(emits)
+        metrics.DECAYS.inc(sum(p["decays"] for p in parts))
+        metrics.FRESHNESS.add([sum(p[f"fresh_{n}"] for p in parts) for n in range(len(metrics.FRESHNESS_BUCKETS_S))],
+                              emits, sum(p["lag_sum_us"] for p in parts) / 1e6)
         latest = max((p["max_as_of_us"] or 0 for p in parts), default=0)
         if latest:
             self.totals["last_as_of"] = datetime.fromtimestamp(latest / 1e6, UTC).isoformat()
@@ -186,6 +195,7 @@ class StreamJob:
         if emits:
             self.totals["lag_max_s"] = max(p["lag_max_us"] for p in parts) / 1e6
         self._report()
+        metrics.BATCH_SECONDS.observe(time.monotonic() - started)
         log.info("batch %d: %d emits, %d decays, %d feature rows in %.3f s (over %d partitions: engine output %.3f s, "
                  "writing %.3f s, of which Redis %.3f s, offline %.3f s)", batch_id, emits,
                  sum(p["decays"] for p in parts), sum(p["rows"] for p in parts), time.monotonic() - started, len(parts),
@@ -211,6 +221,7 @@ class StreamJob:
                 if not self.stopping.is_set():
                     # a broker or database outage fails the query; the checkpoint lets it resume exactly
                     self.totals["restarts"] += 1
+                    metrics.RESTARTS.inc()
                     self.totals["last_restart_at"] = time.time()
                     self.totals["last_error"] = str(query.exception()).splitlines()[0][:300]
                     log.error("the streaming query failed (%s); restarting it in %.0f s from its checkpoint",
@@ -233,6 +244,7 @@ class StreamJob:
         now = time.time()
         since = growing_since(self.totals["behind"], behind, self.totals["behind_growing_since"], now)
         self.totals.update(behind=behind, behind_growing_since=since, last_batch_at=now)
+        metrics.BEHIND.set(behind)
         if self.totals["clock_moved_at"] is None:  # the clock is watched from the first finished micro-batch
             self.totals["clock_moved_at"] = now
         if clock and not clock.startswith("1970-01-01T00:00:00") and clock != self.totals["clock"]:
@@ -249,6 +261,7 @@ class StreamJob:
             def onQueryProgress(self, event) -> None:
                 progress = event.progress
                 job.totals["changes"] += progress.numInputRows
+                metrics.CHANGES.inc(progress.numInputRows)
                 job.note_progress(max((int(float(source.metrics.get("maxOffsetsBehindLatest") or 0))
                                        for source in progress.sources), default=0),
                                   progress.eventTime.get("watermark"))

@@ -21,13 +21,15 @@ from cdcf.features import EVENT_TIMESTAMP, FeatureView
 from cdcf.online import OnlineWriter
 from cdcf.pgcopy import by_view, copy_view_rows
 from cdcf.settings import Settings
+from streaming.metrics import FRESHNESS_BUCKETS_S
 
 log = logging.getLogger(__name__)
 
 METRICS = pa.schema([("rows", pa.int64()), ("emits", pa.int64()), ("decays", pa.int64()),
                      ("max_as_of_us", pa.int64()), ("lag_sum_us", pa.int64()), ("lag_max_us", pa.int64()),
                      ("redis_us", pa.int64()), ("offline_us", pa.int64()), ("input_us", pa.int64()),
-                     ("write_us", pa.int64())])
+                     ("write_us", pa.int64()),
+                     *((f"fresh_{n}", pa.int64()) for n in range(len(FRESHNESS_BUCKETS_S)))])
 METRICS_DDL = ", ".join(f"{f.name} long" for f in METRICS)  # the same, as Spark takes it
 _SINKS: dict[str, FeatureSink] = {}
 
@@ -67,6 +69,8 @@ class FeatureSink:
                 "max_as_of_us": pc.max(rows["as_of_us"]).as_py() if rows.num_rows else None,
                 "lag_sum_us": pc.sum(lag).as_py() if lag is not None else 0,
                 "lag_max_us": pc.max(lag).as_py() if lag is not None else 0,
+                **{f"fresh_{n}": pc.sum(pc.less_equal(lag, int(b * 1e6))).as_py() or 0 if lag is not None else 0
+                   for n, b in enumerate(FRESHNESS_BUCKETS_S)},
                 "redis_us": self.redis_ns // 1000, "offline_us": self.offline_ns // 1000}
 
     def _write_view(self, cur, view: FeatureView, rows: pa.Table) -> int:

@@ -20,6 +20,7 @@ from cdcf.errors import PipelineError, PrerequisiteError, ServiceError
 from cdcf.settings import Settings
 from cdcf.stack import jars, kafka, postgres, proc, redis_server, supervisor
 from cdcf.stack.background import ARCHIVER, STREAMING
+from cdcf.stack.monitoring import ALERTMANAGER, PROMETHEUS
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ PROGRAMS = {
     "pg_ctlcluster": "apt-get install postgresql",
     "runuser": "apt-get install util-linux",
     "redis-server": "apt-get install redis-server",
+    "prometheus": "apt-get install prometheus",
+    "prometheus-alertmanager": "apt-get install prometheus-alertmanager",
 }
 
 
@@ -74,6 +77,8 @@ def up(settings: Settings, step: Callable[[str], None] = log.info) -> None:
         ("connector", apply_connector),
         ("archiver", ARCHIVER.start),
         ("streaming", STREAMING.start),
+        ("alertmanager", ALERTMANAGER.start),
+        ("prometheus", PROMETHEUS.start),
     ):
         started = time.monotonic()
         action(settings)
@@ -89,7 +94,7 @@ def build_engine(settings: Settings) -> None:
 
 def down(settings: Settings, step: Callable[[str], None] = log.info) -> None:
     """Stop our own processes, dependents first."""
-    for job in (STREAMING, ARCHIVER):
+    for job in (PROMETHEUS, ALERTMANAGER, STREAMING, ARCHIVER):
         job.stop(settings)
         step(f"{job.name}: stopped")
     kafka.stop(settings, kafka.CONNECT)
@@ -120,6 +125,8 @@ def status(settings: Settings) -> list[Health]:
         ("feast registry", registry_health, lambda s: None),
         ("archiver", ARCHIVER.health, ARCHIVER.pid),
         ("streaming", STREAMING.health, STREAMING.pid),
+        ("prometheus", _supervised(PROMETHEUS.name, PROMETHEUS.health), PROMETHEUS.pid),
+        ("alertmanager", _supervised(ALERTMANAGER.name, ALERTMANAGER.health), ALERTMANAGER.pid),
     ]
     return [_check(name, health, pid, settings) for name, health, pid in checks]
 

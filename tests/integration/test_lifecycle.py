@@ -12,18 +12,21 @@ from cdcf.errors import ServiceError
 from cdcf.settings import load_settings
 from cdcf.stack import jars, kafka, postgres, proc, redis_server
 from cdcf.stack.background import ARCHIVER, STREAMING
+from cdcf.stack.monitoring import ALERTMANAGER, PROMETHEUS
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.integration
 
 PORTS = {"CDCF_PG_PORT": "15432", "CDCF_REDIS_PORT": "16379", "CDCF_KAFKA_PORT": "19092",
-         "CDCF_KAFKA_CONTROLLER_PORT": "19093", "CDCF_CONNECT_PORT": "18083"}
+         "CDCF_KAFKA_CONTROLLER_PORT": "19093", "CDCF_CONNECT_PORT": "18083", "CDCF_PROMETHEUS_PORT": "19090",
+         "CDCF_ALERTMANAGER_PORT": "19095"}
 
 
 def _pids(settings) -> dict[str, int | None]:
     return {"postgres": postgres.pid(settings), "redis": redis_server.pid(settings), "archiver": ARCHIVER.pid(settings),
             "streaming": STREAMING.pid(settings),
-            "kafka": kafka.service_pid(settings, kafka.KAFKA), "connect": kafka.service_pid(settings, kafka.CONNECT)}
+            "kafka": kafka.service_pid(settings, kafka.KAFKA), "connect": kafka.service_pid(settings, kafka.CONNECT),
+            "prometheus": PROMETHEUS.pid(settings), "alertmanager": ALERTMANAGER.pid(settings)}
 
 
 def test_up_status_down_up_up_from_nothing(side_home):
@@ -36,7 +39,7 @@ def test_up_status_down_up_up_from_nothing(side_home):
         assert first.returncode == 0, first.stdout + first.stderr
         assert [line.split(":")[0] for line in first.stdout.splitlines()] == [
             "jars", "window engine", "postgres", "redis", "kafka", "connect", "feast registry", "connector",
-            "archiver", "streaming"]
+            "archiver", "streaming", "alertmanager", "prometheus"]
 
         healthy = run_cli("status", env=env)
         assert healthy.returncode == 0, healthy.stdout + healthy.stderr
@@ -53,7 +56,7 @@ def test_up_status_down_up_up_from_nothing(side_home):
         for pid in running.values():
             assert not proc.alive(pid)
         stopped = run_cli("status", env=env)
-        assert stopped.returncode == 1 and stopped.stdout.count("FAIL") == 7
+        assert stopped.returncode == 1 and stopped.stdout.count("FAIL") == 9
 
         assert run_cli("up", env=env).returncode == 0
         restarted = _pids(side)

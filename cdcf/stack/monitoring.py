@@ -1,0 +1,129 @@
+"""Prometheus and Alertmanager from Debian's packages, run as our own supervised processes.
+
+Prometheus scrapes every endpoint our processes announce (``cdcf.metrics``: ``<home>/run/metrics/*.json``) and
+evaluates the alert rules of ``deploy/prometheus/alerts.yml``, the same file compose mounts; firing alerts go to
+Alertmanager. Both listen on loopback."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from cdcf.errors import ServiceError
+from cdcf.metrics import targets_dir
+from cdcf.settings import PROJECT_ROOT, Settings
+from cdcf.stack import proc, supervisor
+
+RULES = PROJECT_ROOT / "deploy" / "prometheus" / "alerts.yml"
+INTERVAL = "5s"  # scrape and rule evaluation: alerts fire within seconds of their `for`
+
+
+def prometheus_config(settings: Settings, targets: Path, rules: Path = RULES) -> dict:
+    """Prometheus's configuration: our processes through file_sd, the rules, Alertmanager."""
+    return {
+        "global": {"scrape_interval": INTERVAL, "evaluation_interval": INTERVAL},
+        "rule_files": [str(rules)],
+        "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{settings.alertmanager_port}"]}]}]},
+        "scrape_configs": [
+            {"job_name": "cdcf", "file_sd_configs": [{"files": [str(targets / "*.json")], "refresh_interval": INTERVAL}]},
+            {"job_name": "prometheus", "static_configs": [{"targets": [f"127.0.0.1:{settings.prometheus_port}"]}]},
+        ],
+    }
+
+
+ALERTMANAGER_CONFIG = {  # alerts are kept and shown (its API, `amtool`); where to send them is the operator's choice
+    "route": {"receiver": "log", "group_by": ["alertname"], "group_wait": "5s", "repeat_interval": "4h"},
+    "receivers": [{"name": "log"}],
+}
+
+
+@dataclass(frozen=True)
+class Server:
+    name: str
+    binary: str  # Debian's executable
+    package: str
+
+    def port(self, settings: Settings) -> int:
+        return settings.prometheus_port if self.name == "prometheus" else settings.alertmanager_port
+
+    def url(self, settings: Settings) -> str:
+        return f"http://127.0.0.1:{self.port(settings)}"
+
+    def conf(self, settings: Settings) -> Path:
+        return settings.paths.conf / f"{self.name}.yml"
+
+    def argv(self, settings: Settings) -> list[str]:
+        data = settings.paths.data / self.name
+        listen = f"--web.listen-address=127.0.0.1:{self.port(settings)}"
+        if self.name == "prometheus":
+            return [self.binary, f"--config.file={self.conf(settings)}", f"--storage.tsdb.path={data}",
+                    "--storage.tsdb.retention.time=7d", listen]
+        return [self.binary, f"--config.file={self.conf(settings)}", f"--storage.path={data}", listen,
+                "--cluster.listen-address="]  # one Alertmanager: no gossip port
+
+    def write_conf(self, settings: Settings) -> None:
+        config = prometheus_config(settings, targets_dir(settings)) if self.name == "prometheus" else ALERTMANAGER_CONFIG
+        self.conf(settings).parent.mkdir(parents=True, exist_ok=True)
+        self.conf(settings).write_text(json.dumps(config, indent=2) + "\n")  # JSON is YAML
+        (settings.paths.data / self.name).mkdir(parents=True, exist_ok=True)
+        targets_dir(settings).mkdir(parents=True, exist_ok=True)
+
+    def start(self, settings: Settings) -> None:
+        self.write_conf(settings)
+        if supervisor.running(settings.paths, self.name, self.pid(settings)):
+            return
+        if shutil.which(self.binary) is None:
+            raise ServiceError(f"{self.binary} is not installed; run `make install` (apt-get install {self.package}).")
+        proc.require_free_port("127.0.0.1", self.port(settings), self.name.capitalize(),
+                               f"CDCF_{self.name.upper()}_PORT")
+        supervisor.start_service(settings.paths, self.name, self.argv(settings), lambda: self.ready(settings),
+                                 timeout_s=settings.start_timeout_s)
+
+    def stop(self, settings: Settings) -> None:
+        supervisor.stop(settings.paths, self.name)
+        running = self.pid(settings)
+        if running:
+            proc.stop_pid(running, self.name)
+
+    def pid(self, settings: Settings) -> int | None:
+        return proc.our_pid(settings.paths, self.name, f"--config.file={self.conf(settings)}")
+
+    def ready(self, settings: Settings) -> bool:
+        with urllib.request.urlopen(f"{self.url(settings)}/-/ready", timeout=3) as response:
+            return response.status == 200
+
+    def health(self, settings: Settings) -> str:
+        try:
+            self.ready(settings)
+        except OSError as exc:
+            raise ServiceError(f"{self.name.capitalize()} at {self.url(settings)} does not answer ({exc}); see "
+                               f"{settings.paths.log(self.name)}.") from exc
+        if self.name == "alertmanager":
+            return f"Alertmanager on {self.url(settings)}"
+        firing = [a["labels"]["alertname"] for a in api(settings, "alerts")["alerts"] if a["state"] == "firing"]
+        targets = api(settings, "targets")["activeTargets"]
+        down = sorted(t["labels"]["job"] for t in targets if t["health"] == "down")
+        return (f"Prometheus on {self.url(settings)}, {len(targets) - len(down)}/{len(targets)} targets up"
+                + (f" (down: {', '.join(down)})" if down else "")
+                + (f"; firing: {', '.join(sorted(set(firing)))}" if firing else "; no alert firing"))
+
+
+PROMETHEUS = Server("prometheus", "prometheus", "prometheus")
+ALERTMANAGER = Server("alertmanager", "prometheus-alertmanager", "prometheus-alertmanager")
+
+
+def api(settings: Settings, path: str) -> dict:
+    """GET Prometheus's HTTP API (``/api/v1/<path>``); its ``data``."""
+    with urllib.request.urlopen(f"{PROMETHEUS.url(settings)}/api/v1/{path}", timeout=5) as response:
+        body = json.load(response)
+    if body.get("status") != "success":
+        raise ServiceError(f"Prometheus answered {path} with {body}")
+    return body["data"]
+
+
+def alerts(settings: Settings, state: str = "firing") -> list[dict]:
+    """The alerts Prometheus holds in ``state`` (pending or firing), each with its labels and annotations."""
+    return [a for a in api(settings, "alerts")["alerts"] if a["state"] == state]
