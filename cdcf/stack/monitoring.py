@@ -127,3 +127,9 @@ def api(settings: Settings, path: str) -> dict:
 def alerts(settings: Settings, state: str = "firing") -> list[dict]:
     """The alerts Prometheus holds in ``state`` (pending or firing), each with its labels and annotations."""
     return [a for a in api(settings, "alerts")["alerts"] if a["state"] == state]
+
+
+def received(settings: Settings) -> list[dict]:
+    """The alerts Alertmanager holds (its API v2), each with its labels and annotations."""
+    with urllib.request.urlopen(f"{ALERTMANAGER.url(settings)}/api/v2/alerts", timeout=5) as response:
+        return json.load(response)

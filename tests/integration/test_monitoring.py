@@ -1,0 +1,89 @@
+"""Prometheus on the local stack: it scrapes the archiver and the streaming job, their counters are the changes a
+workload committed, and stopping Kafka Connect fires the alert that says so, through Prometheus to Alertmanager."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+import pytest
+
+from cdcf.errors import ServiceError
+from cdcf.stack import kafka, monitoring
+from cdcf.stack.background import STREAMING
+from tests.conftest import fresh_workload, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def _value(settings, query: str) -> float | None:
+    """The one value of an instant query (None: no series)."""
+    result = monitoring.api(settings, f"query?query={quote(query)}")["result"]
+    assert len(result) <= 1, result
+    return float(result[0]["value"][1]) if result else None
+
+
+def _steady(settings, query: str) -> float:
+    """The value of ``query`` once two scrapes (5 s apart) agree on it."""
+    seen: list[float | None] = []
+
+    def agreed():
+        seen.append(_value(settings, query))
+        return len(seen) > 12 and seen[-1] is not None and seen[-1] == seen[-13]  # 6 s apart, polled every 0.5 s
+    wait_for(agreed, 120, lambda: f"{query} to settle (last {seen[-3:]})")
+    return seen[-1]
+
+
+def _firing(settings, alertname: str) -> list[dict]:
+    return [a for a in monitoring.alerts(settings) if a["labels"]["alertname"] == alertname]
+
+
+def test_prometheus_scrapes_our_processes_and_their_counters_are_the_changes(settings):
+    def scraped() -> dict[str, str]:
+        return {t["labels"]["job"]: t["health"] for t in monitoring.api(settings, "targets")["activeTargets"]}
+
+    wait_for(lambda: all(scraped().get(job) == "up" for job in ("archiver", "streaming", "prometheus")), 60,
+             lambda: f"Prometheus to scrape the archiver, the streaming job and itself (targets: {scraped()})")
+    assert set(scraped()) <= {"archiver", "streaming", "prometheus", "model-api"}
+    wait_for(lambda: _value(settings, "sum(cdcf_archive_lag_messages)") == 0, 120, "the archiver to catch up")
+    archived = _steady(settings, "cdcf_archive_changes_total")
+    emitted = _steady(settings, "cdcf_freshness_seconds_count")
+    batches = _value(settings, "cdcf_stream_batches_total")
+
+    committed = sum(fresh_workload(settings).run(rate=100, duration_s=5, burst_every_s=0).values())
+    assert committed > 300
+    wait_for(lambda: _value(settings, "cdcf_archive_changes_total") == archived + committed, 120,
+             lambda: f"archived {_value(settings, 'cdcf_archive_changes_total') - archived} of {committed} changes")
+    wait_for(lambda: _value(settings, "cdcf_freshness_seconds_count") > emitted, 60, "the emits of the workload")
+    assert _value(settings, "cdcf_stream_batches_total") > batches
+    assert _value(settings, "cdcf_dead_letters_total") is not None
+    p99 = _value(settings, "histogram_quantile(0.99, sum by (le) (increase(cdcf_freshness_seconds_bucket[2m])))")
+    assert 0 < p99 <= 300, p99
+    slot = settings.replication_slot
+    assert _value(settings, f'cdcf_replication_slot_wal_status{{slot="{slot}", wal_status="reserved"}}') == 1
+    assert _value(settings, f'cdcf_replication_slot_retained_wal_bytes{{slot="{slot}"}}') >= 0
+    assert _value(settings, 'count(ALERTS{alertname="ReplicationSlotNotReserved"})') is None
+
+
+def test_stopping_kafka_connect_fires_the_clock_alert_through_alertmanager(settings):
+    assert not _firing(settings, "StreamingClockStopped")
+    kafka.stop(settings, kafka.CONNECT)
+    try:
+        (alert,) = wait_for(lambda: _firing(settings, "StreamingClockStopped"), 240,
+                            "StreamingClockStopped to fire with Kafka Connect stopped")
+        assert alert["labels"]["job"] == "streaming" and alert["labels"]["severity"] == "page"
+        assert "is Kafka Connect running?" in alert["annotations"]["summary"]
+        wait_for(lambda: [a for a in monitoring.received(settings)
+                          if a["labels"]["alertname"] == "StreamingClockStopped" and a["status"]["state"] == "active"],
+                 60, "Alertmanager to receive the alert")
+    finally:
+        kafka.start_connect(settings)
+    wait_for(lambda: not _firing(settings, "StreamingClockStopped"), 180,
+             "the alert to resolve once Connect commits offsets again")
+    wait_for(lambda: _healthy(settings), 60, "the streaming job to be healthy again")
+
+
+def _healthy(settings) -> bool:
+    try:
+        return bool(STREAMING.health(settings))
+    except ServiceError:
+        return False
