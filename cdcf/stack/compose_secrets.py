@@ -44,6 +44,7 @@ def files(settings: Settings) -> dict[str, str]:
         "connect_rest_jaas": kafka.rest_jaas(str(IN_CONTAINER / "connect_rest_users")),
         "spark_defaults_conf": spark_defaults(settings),
         "pg_admin_password": secrets.token_urlsafe(24),
+        "grafana_admin_password": secrets.token_urlsafe(24),  # Grafana's `admin` (its UI on loopback)
         "feature_proxy_conf": feature_proxy_conf(settings.feature_server_token.get_secret_value()),
     }
     own = {f"cdcf_{field}": getattr(settings, field).get_secret_value() for field in SECRET_FIELDS}

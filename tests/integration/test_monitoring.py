@@ -3,11 +3,13 @@ workload committed, and stopping Kafka Connect fires the alert that says so, thr
 
 from __future__ import annotations
 
+import json
 from urllib.parse import quote
 
 import pytest
 
 from cdcf.errors import ServiceError
+from cdcf.settings import PROJECT_ROOT
 from cdcf.stack import kafka, monitoring
 from cdcf.stack.background import STREAMING
 from tests.conftest import fresh_workload, wait_for
@@ -62,6 +64,17 @@ def test_prometheus_scrapes_our_processes_and_their_counters_are_the_changes(set
     assert _value(settings, f'cdcf_replication_slot_wal_status{{slot="{slot}", wal_status="reserved"}}') == 1
     assert _value(settings, f'cdcf_replication_slot_retained_wal_bytes{{slot="{slot}"}}') >= 0
     assert _value(settings, 'count(ALERTS{alertname="ReplicationSlotNotReserved"})') is None
+
+
+def test_every_dashboard_query_is_valid_promql_with_data_behind_it(settings):
+    """Grafana's dashboard (compose) asks Prometheus these; the local one, holding the same metrics, answers them."""
+    dashboard = json.loads((PROJECT_ROOT / "deploy" / "grafana" / "dashboards" / "cdcf.json").read_text())
+    answered = {}
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            answered[target["expr"]] = monitoring.api(settings, f"query?query={quote(target['expr'])}")["result"]
+    api_only = {e for e in answered if "cdcf_api_request_seconds" in e}  # the model API is not part of `make up`
+    assert all(answered[e] for e in set(answered) - api_only), [e for e, r in answered.items() if not r]
 
 
 def test_stopping_kafka_connect_fires_the_clock_alert_through_alertmanager(settings):
