@@ -109,6 +109,10 @@ SESSIONS = Table("sessions", "started_at")
 REVIEWS = Table("reviews", "created_at")
 CHARGEBACKS = Table("chargebacks", "reported_at")  # fraud labels: captured and archived, read by no feature
 TABLES = (USERS, PRODUCTS, TRANSACTIONS, SESSIONS, REVIEWS, CHARGEBACKS)
+# (table, column) -> the (low, high) range its values keep (None: unbounded): what the feature checks of every
+# emitted row hold the features derived from it to (cdcf.quality)
+COLUMN_RANGES = {("users", "age"): (0, 150), ("users", "income"): (0, None), ("transactions", "amount"): (0, None),
+                 ("sessions", "duration_s"): (0, None), ("reviews", "rating"): (1, 5)}
 
 USER_PROFILE = FeatureView("user_profile_features", USER, (
     ColumnFeature("age", "age", "int64"),

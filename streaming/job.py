@@ -24,7 +24,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
 
-from cdcf import engine, kafka_clients
+from cdcf import engine, kafka_clients, quality
 from cdcf.settings import Settings
 from cdcf.sources import sources
 from cdcf.spark import spark_session
@@ -185,6 +185,10 @@ class StreamJob:
         metrics.FEATURE_ROWS.inc(sum(p["rows"] for p in parts))
         metrics.EMITS.inc(emits)
         metrics.DECAYS.inc(sum(p["decays"] for p in parts))
+        metrics.CHECKED.inc(sum(p["checked_values"] for p in parts))
+        metrics.NULLS.inc(sum(p["null_values"] for p in parts))
+        for check in quality.CHECKS:
+            metrics.VIOLATIONS.labels(check).inc(sum(p[f"bad_{check}"] for p in parts))
         metrics.FRESHNESS.add([sum(p[f"fresh_{n}"] for p in parts) for n in range(len(metrics.FRESHNESS_BUCKETS_S))],
                               emits, sum(p["lag_sum_us"] for p in parts) / 1e6)
         latest = max((p["max_as_of_us"] or 0 for p in parts), default=0)

@@ -27,6 +27,12 @@ BEHIND = Gauge("cdcf_stream_offsets_behind", "Offsets the last micro-batch ended
                "lagging partition")
 CLOCK_AGE = Gauge("cdcf_stream_clock_age_seconds", "Seconds since the streaming clock (Connect's committed source "
                   "offsets) last moved: changes wait for it; heartbeats move it every few seconds")
+CHECKED = Counter("cdcf_feature_values_checked", "Feature values of emitted rows the value checks saw")
+NULLS = Counter("cdcf_feature_null_values", "Null feature values of emitted rows (empty windows, null columns): "
+                "over cdcf_feature_values_checked_total, the null rate")
+VIOLATIONS = Counter("cdcf_feature_check_violations", "Emitted feature values that failed a value check "
+                     "(cdcf.quality), by check", ["check"])
+
 
 class Freshness(Collector):
     """``cdcf_freshness_seconds``: commit -> Redis write of every emit, a histogram summed from the partitions'

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cdcf import features as decl
+from cdcf import quality
 from cdcf.features import EVENT_TIMESTAMP, FeatureView
 from cdcf.online import OnlineWriter
 from cdcf.pgcopy import by_view, copy_view_rows
@@ -29,7 +30,9 @@ METRICS = pa.schema([("rows", pa.int64()), ("emits", pa.int64()), ("decays", pa.
                      ("max_as_of_us", pa.int64()), ("lag_sum_us", pa.int64()), ("lag_max_us", pa.int64()),
                      ("redis_us", pa.int64()), ("offline_us", pa.int64()), ("input_us", pa.int64()),
                      ("write_us", pa.int64()),
-                     *((f"fresh_{n}", pa.int64()) for n in range(len(FRESHNESS_BUCKETS_S)))])
+                     *((f"fresh_{n}", pa.int64()) for n in range(len(FRESHNESS_BUCKETS_S))),
+                     ("checked_values", pa.int64()), ("null_values", pa.int64()),
+                     *((f"bad_{check}", pa.int64()) for check in quality.CHECKS)])
 METRICS_DDL = ", ".join(f"{f.name} long" for f in METRICS)  # the same, as Spark takes it
 _SINKS: dict[str, FeatureSink] = {}
 
@@ -59,6 +62,7 @@ class FeatureSink:
             self.setup()
         now_us = time.time_ns() // 1000
         written, self.redis_ns, self.offline_ns = 0, 0, 0
+        verdict = self.check(rows)
         with self.db, self.db.cursor() as cur:
             for view, mine in by_view(rows):
                 written += self._write_view(cur, view, mine)
@@ -71,7 +75,22 @@ class FeatureSink:
                 "lag_max_us": pc.max(lag).as_py() if lag is not None else 0,
                 **{f"fresh_{n}": pc.sum(pc.less_equal(lag, int(b * 1e6))).as_py() or 0 if lag is not None else 0
                    for n, b in enumerate(FRESHNESS_BUCKETS_S)},
-                "redis_us": self.redis_ns // 1000, "offline_us": self.offline_ns // 1000}
+                "redis_us": self.redis_ns // 1000, "offline_us": self.offline_ns // 1000,
+                "checked_values": verdict.values, "null_values": verdict.nulls,
+                **{f"bad_{check}": n for check, n in verdict.bad.items()}}
+
+    @staticmethod
+    def check(rows: pa.Table) -> quality.Verdict:
+        """The value checks of every emitted row (cdcf.quality); a violation is logged with its entity and as-of
+        time, and written all the same (the checks watch; the oracle tests decide what is right)."""
+        verdict = quality.Verdict()
+        for entity in decl.ENTITIES:
+            mine = rows.filter(pc.equal(rows["entity"], entity.name))
+            if mine.num_rows:
+                quality.check(entity, mine, verdict)
+        for sample in verdict.samples:
+            log.warning("feature check failed: %s", sample)
+        return verdict
 
     def _write_view(self, cur, view: FeatureView, rows: pa.Table) -> int:
         names = [f.name for f in view.features]

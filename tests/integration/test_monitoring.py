@@ -58,6 +58,9 @@ def test_prometheus_scrapes_our_processes_and_their_counters_are_the_changes(set
     wait_for(lambda: _value(settings, "cdcf_freshness_seconds_count") > emitted, 60, "the emits of the workload")
     assert _value(settings, "cdcf_stream_batches_total") > batches
     assert _value(settings, "cdcf_dead_letters_total") is not None
+    # every emitted row passed the value checks (cdcf.quality), and they saw the workload's rows
+    assert _value(settings, "sum(cdcf_feature_check_violations_total)") == 0
+    assert _value(settings, "cdcf_feature_values_checked_total") > _value(settings, "cdcf_feature_null_values_total") > 0
     p99 = _value(settings, "histogram_quantile(0.99, sum by (le) (increase(cdcf_freshness_seconds_bucket[2m])))")
     assert 0 < p99 <= 300, p99
     slot = settings.replication_slot
