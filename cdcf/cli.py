@@ -62,13 +62,30 @@ def down(purge: bool = typer.Option(False, "--purge", help="Also delete the stac
 
 
 @app.command()
-def status() -> None:
+def status(watch: bool = typer.Option(False, "--watch", help="Refresh every --interval seconds, with throughput, "
+                                       "freshness and lag from Prometheus, until Ctrl-C."),
+           interval: float = typer.Option(1.0, help="Seconds between refreshes (--watch)."),
+           count: int | None = typer.Option(None, help="Stop after this many refreshes (--watch).")) -> None:
     """One line per component; exits 1 when any is unhealthy."""
-    from cdcf import stack
+    import time
 
-    report = _run(stack.status)
-    for health in report:
-        typer.echo(health.line())
+    from cdcf import stack
+    from cdcf.stack import monitoring
+
+    frames = 0
+    while True:
+        report = _run(stack.status)
+        lines = [h.line() for h in report] + (_run(monitoring.summary) if watch else [])
+        if watch:
+            typer.echo(f"\x1b[H\x1b[2J{datetime.now(UTC):%H:%M:%S} UTC (every {interval:g} s; Ctrl-C stops)", nl=True)
+        typer.echo("\n".join(lines))
+        frames += 1
+        if not watch or frames == count:
+            break
+        try:
+            time.sleep(interval)
+        except KeyboardInterrupt:
+            break
     if not all(h.healthy for h in report):
         raise typer.Exit(code=1)
 

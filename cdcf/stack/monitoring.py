@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,3 +134,33 @@ def received(settings: Settings) -> list[dict]:
     """The alerts Alertmanager holds (its API v2), each with its labels and annotations."""
     with urllib.request.urlopen(f"{ALERTMANAGER.url(settings)}/api/v2/alerts", timeout=5) as response:
         return json.load(response)
+
+
+SUMMARY = {  # what `cdcf status --watch` shows under the components, from Prometheus (over the last minute)
+    "archived": "sum(rate(cdcf_archive_changes_total[1m]))",
+    "streamed": "sum(rate(cdcf_stream_changes_total[1m]))",
+    "rows": "sum(rate(cdcf_stream_feature_rows_total[1m]))",
+    "p50": "histogram_quantile(0.5, sum by (le) (rate(cdcf_freshness_seconds_bucket[1m])))",
+    "p99": "histogram_quantile(0.99, sum by (le) (rate(cdcf_freshness_seconds_bucket[1m])))",
+    "archive_lag": "sum(cdcf_archive_lag_messages)",
+    "stream_lag": "max(cdcf_stream_offsets_behind)",
+    "clock_age": "max(cdcf_stream_clock_age_seconds)",
+}
+
+
+def summary(settings: Settings) -> list[str]:
+    """Throughput, freshness, lag and firing alerts, a line each, as Prometheus has them now."""
+    try:
+        got = {}
+        for name, query in SUMMARY.items():
+            result = api(settings, f"query?query={urllib.parse.quote(query)}")["result"]
+            got[name] = float(result[0]["value"][1]) if result else float("nan")
+        firing = sorted({a["labels"]["alertname"] for a in alerts(settings)})
+    except (OSError, ServiceError) as exc:
+        return [f"metrics: Prometheus at {PROMETHEUS.url(settings)} does not answer ({exc})"]
+    return [f"throughput: {got['archived']:.0f} changes/s archived, {got['streamed']:.0f} records/s streamed, "
+            f"{got['rows']:.0f} feature rows/s written (last minute)",
+            f"freshness:  p50 {got['p50']:.2f} s, p99 {got['p99']:.2f} s from COMMIT to Redis (last minute)",
+            f"lag:        archiver {got['archive_lag']:.0f} messages, streaming {got['stream_lag']:.0f} offsets, "
+            f"clock {got['clock_age']:.1f} s old",
+            f"alerts:     {', '.join(firing) + ' firing' if firing else 'none firing'}"]

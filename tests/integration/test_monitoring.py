@@ -4,6 +4,7 @@ workload committed, and stopping Kafka Connect fires the alert that says so, thr
 from __future__ import annotations
 
 import json
+import re
 from urllib.parse import quote
 
 import pytest
@@ -12,7 +13,7 @@ from cdcf.errors import ServiceError
 from cdcf.settings import PROJECT_ROOT
 from cdcf.stack import kafka, monitoring
 from cdcf.stack.background import STREAMING
-from tests.conftest import fresh_workload, wait_for
+from tests.conftest import fresh_workload, run_cli, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -78,6 +79,19 @@ def test_every_dashboard_query_is_valid_promql_with_data_behind_it(settings):
             answered[target["expr"]] = monitoring.api(settings, f"query?query={quote(target['expr'])}")["result"]
     api_only = {e for e in answered if "cdcf_api_request_seconds" in e}  # the model API is not part of `make up`
     assert all(answered[e] for e in set(answered) - api_only), [e for e, r in answered.items() if not r]
+
+
+def test_status_watch_refreshes_health_with_throughput_freshness_and_lag(settings):
+    watched = run_cli("status", "--watch", "--count", "3", "--interval", "0.5", timeout=120)
+    assert watched.returncode == 0, watched.stdout + watched.stderr
+    frames = re.split(r"^\d\d:\d\d:\d\d UTC \(every 0.5 s; Ctrl-C stops\)$", watched.stdout, flags=re.M)[1:]
+    assert len(frames) == 3, watched.stdout  # (the screen is cleared before each on a terminal only)
+    for frame in frames:
+        lines = frame.strip().splitlines()
+        assert [line.split()[0] for line in lines[:9]] == [
+            "postgres", "redis", "kafka", "connect", "feast", "archiver", "streaming", "prometheus", "alertmanager"]
+        assert [line.split(":")[0] for line in lines[9:]] == ["throughput", "freshness", "lag", "alerts"], lines
+        assert re.search(r"lag: +archiver \d+ messages, streaming \d+ offsets, clock [\d.]+ s old", frame), frame
 
 
 def test_stopping_kafka_connect_fires_the_clock_alert_through_alertmanager(settings):
