@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import psycopg2
@@ -30,6 +31,10 @@ def repo_config(settings: Settings, role: Role = "reader") -> dict:
                           "password": settings.feast_password.get_secret_value(), "sslmode": settings.pg_sslmode,
                           "sslrootcert_path": settings.pg_tls["sslrootcert"]},
         "entity_key_serialization_version": 3,
+        **({"batch_engine": {"type": "spark.engine", "spark_conf": {
+            "spark.master": settings.spark_master, "spark.pyspark.python": sys.executable,
+            "spark.sql.shuffle.partitions": str(settings.spark_shuffle_partitions)}}}
+           if settings.feast_batch_engine == "spark.engine" else {}),
     }
 
 

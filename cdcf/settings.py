@@ -109,6 +109,10 @@ class Settings(BaseSettings):
     scoring_token: SecretStr = Field(description="Bearer token the scoring service requires (all but /health).")
     feature_server_token: SecretStr = Field(description="Bearer token of the proxy in front of `feast serve` in "
                                             "compose (locally `feast serve` listens on loopback only).")
+    feast_batch_engine: Literal["local", "spark.engine"] = Field(
+        "local", description="Feast's batch engine for `feast materialize`: in process (local), or Spark "
+        "(spark.engine, with spark_conf from these settings; Feast 0.67 passes its whole batch_engine block to Spark "
+        "and drops spark_conf, so export PYSPARK_PYTHON=.venv/bin/python for its Python workers to find feast).")
     feast_project: str = Field("homelab_ml_platform", description="Feast project name (SPEC section 3).")
     java: str = Field("java", description="Java 17 executable (name on PATH or absolute path).")
     javac: str = Field("javac", description="Java 17 compiler, which builds the streaming window engine once.")

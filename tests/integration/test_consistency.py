@@ -5,6 +5,7 @@ values the streaming job serves."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -63,7 +64,9 @@ def test_online_values_are_offline_rows_and_a_changed_one_is_reported(settings):
     assert "online values equal their offline rows: match" in cli.stdout
 
 
-def test_feast_materialize_incremental_into_a_flushed_redis_gives_the_streamed_values(settings, tmp_path):
+@pytest.mark.parametrize("engine", ["local", "spark.engine"])
+def test_feast_materialize_incremental_into_a_flushed_redis_gives_the_streamed_values(settings, tmp_path, engine):
+    """Feast's own materialization from the offline tables, in process or on Spark (the seed's batch_engine)."""
     workload = fresh_workload(settings)
     workload.run(200, 6, burst_every_s=0)
     users = list(range(workload.base + 1, workload.base + workload.users + 1))
@@ -79,7 +82,7 @@ def test_feast_materialize_incremental_into_a_flushed_redis_gives_the_streamed_v
     empty = subprocess.Popen(["redis-server", "--port", str(port), "--bind", settings.redis_host, "--aclfile",
                               str(tmp_path / "users.acl"), "--save", "", "--appendonly", "no", "--dir",
                               str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    side = settings.model_copy(update={"redis_port": port})
+    side = settings.model_copy(update={"redis_port": port, "feast_batch_engine": engine})
     try:
         wait_for(lambda: redis_client(side, "writer").ping(), 30, "the empty Redis")
         config = tmp_path / "feature_store.yaml"
@@ -88,8 +91,10 @@ def test_feast_materialize_incremental_into_a_flushed_redis_gives_the_streamed_v
         views = [arg for v in decl.FEATURE_VIEWS for arg in ("--views", v.name)]
         done = subprocess.run([str(Path(sys.executable).with_name("feast")), "-f", str(config),
                                "materialize-incremental", end.isoformat(), *views], cwd=REPO_PATH,
-                              capture_output=True, text=True, timeout=600)
+                              capture_output=True, text=True, timeout=600,
+                              env={**os.environ, "PYSPARK_PYTHON": sys.executable})  # Feast drops spark_conf
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        assert ("Using Spark's default log4j profile" in done.stderr) == (engine == "spark.engine")  # Spark ran it
         for view in decl.FEATURE_VIEWS:
             ids = users if view.entity == decl.USER else list(range(workload.base + 1,
                                                                     workload.base + workload.products + 1))
