@@ -12,6 +12,7 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)  # the stack's TLS certifi
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v prometheus-alertmanager >/dev/null 2>&1 || need+=(prometheus-alertmanager)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)  # the test that loads `feast ui` in a browser
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
