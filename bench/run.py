@@ -8,8 +8,9 @@ parameters, and rendered to BENCHMARKS.md with PNG plots.
 Parts, in order (``--only a,b`` runs some and merges their keys into the existing latest.json): the oracle (a
 randomized workload on a fresh entity range, duplicates re-delivered through Kafka, then every online value and a
 sample of offline values against a brute-force SQL computation); online reads; writes; freshness at a fixed rate;
-the capacity sweep; capture (Debezium into Kafka at the source's top commit rate); the streaming job's drain of a
-pre-filled topic (2 cores, then 1); the batch backfill and point-in-time sets in a scratch database (with a sample
+the capacity sweep; the cost of a Prometheus scrape of each endpoint under load; capture (Debezium into Kafka at
+the source's top commit rate); the streaming job's drain of a pre-filled topic (2 cores, then 1, then 2 without
+metrics and feature checks); the batch backfill and point-in-time sets in a scratch database (with a sample
 of backfilled rows against the same oracle); fetch + score on its own Redis; the fault matrix, on a side stack of its
 own (bench/faults.py).
 """
@@ -30,7 +31,19 @@ from pathlib import Path
 
 import psycopg2
 
-from bench import cdc_capture, faults, freshness, models, offline, online, oracle, report, security, stream
+from bench import (
+    cdc_capture,
+    faults,
+    freshness,
+    models,
+    offline,
+    online,
+    oracle,
+    report,
+    scrape,
+    security,
+    stream,
+)
 from bench import inference as infer
 from cdcf.feast_config import feature_store
 from cdcf.redis_clients import redis_client
@@ -45,7 +58,7 @@ SIZES = {
         "oracle_duplicate_fraction": 0.1, "oracle_offline_rows": 300,
         "read_repeats": 300, "read_runs": 3, "write_rows": 50_000, "write_feast_rows": 5_000, "write_runs": 3,
         "load_users": 20_000, "load_products": 2_000, "freshness_rate": 1000, "freshness_seconds": 60,
-        "freshness_runs": 3,
+        "freshness_runs": 3, "scrape_seconds": 30,
         "capacity_rates": [1000, 1500, 2000, 2500, 3000, 4000, 6000, 8000, 12000, 20000], "capacity_hold_s": 180,
         "capacity_bound_s": 10,
         "backfill_changes": 3_000_000, "backfill_users": 60_000, "backfill_products": 6_000, "pit_rows": 1_000_000,
@@ -62,6 +75,7 @@ SIZES = {
         "oracle_duplicate_fraction": 0.2, "oracle_offline_rows": 30,
         "read_repeats": 20, "read_runs": 2, "write_rows": 500, "write_feast_rows": 100, "write_runs": 2,
         "load_users": 200, "load_products": 20, "freshness_rate": 100, "freshness_seconds": 4, "freshness_runs": 2,
+        "scrape_seconds": 4,
         "capacity_rates": [100, 200], "capacity_hold_s": 8, "capacity_bound_s": 6,
         "backfill_changes": 3_000, "backfill_users": 100, "backfill_products": 20, "pit_rows": 500,
         "pit_feast_rows": 100, "backfill_oracle_rows": 20,
@@ -123,7 +137,7 @@ def oracle_phase(settings, store, size: dict, seed: int) -> dict:
             "online": online_verdict, "offline": offline_verdict}
 
 
-PARTS = ("oracle", "reads", "writes", "freshness", "capacity", "capture", "stream", "offline", "inference",
+PARTS = ("oracle", "reads", "writes", "freshness", "capacity", "scrape", "capture", "stream", "offline", "inference",
          "models", "faults", "security", "validate")
 
 
@@ -185,7 +199,7 @@ def main() -> None:
     # one gives each entity an ever longer history to recompute, a cost of the workload, not of the rate)
     population = {"users": size["load_users"], "products": size["load_products"],
                   "entity_base": random.Random(seed + 1).randrange(1, 9000) * 10**11 + 10**10}
-    if {"freshness", "capacity"} & set(parts):
+    if {"freshness", "capacity", "scrape"} & set(parts):
         result["workload"]["load_entity_base"] = population["entity_base"]
     result.update(phase("freshness", lambda: freshness.freshness(
         settings, store, size["freshness_rate"], size["freshness_seconds"], size["freshness_runs"], population,
@@ -193,6 +207,8 @@ def main() -> None:
     result.update(phase("capacity", lambda: freshness.capacity(
         settings, store, size["capacity_rates"], size["capacity_hold_s"], size["capacity_bound_s"], population,
         seed)) or {})
+    result.update(phase("scrape", lambda: scrape.scrape_phase(
+        settings, size["freshness_rate"], size["scrape_seconds"], population, seed)) or {})
     result.update(phase("capture", lambda: capture(settings, size["capture_changes"])) or {})
     result.update(phase("stream", lambda: stream.stream_phase(
         settings, size["stream_changes"], size["stream_users"], size["stream_products"], seed)) or {})

@@ -31,9 +31,10 @@ def _run(action: Callable[[Settings], object], *, new_secrets: bool = False) -> 
 def _with_metrics(job: str, action: Callable[[Settings], object]) -> Callable[[Settings], object]:
     """``action`` with the process's Prometheus endpoint up, announced to the local Prometheus as ``job``."""
     def run(settings: Settings) -> object:
-        from cdcf import metrics
+        from cdcf import exporter
 
-        metrics.serve(settings, job)
+        if settings.metrics_enabled:
+            exporter.serve(settings, job)
         return action(settings)
     return run
 
@@ -538,9 +539,9 @@ def serve_scores(port: int = typer.Option(6570, help="HTTP port."),
         models = loaded_models(settings, cache_ttl)
         if not models:
             raise PipelineError("no model is trained: `cdcf train-model --model fraud_detection_v1` trains one")
-        from cdcf import metrics
+        from cdcf import exporter
 
-        metrics.announce(settings, "model-api", f"{'127.0.0.1' if bind == '0.0.0.0' else bind}:{port}")  # its /metrics
+        exporter.announce(settings, "model-api", f"{'127.0.0.1' if bind == '0.0.0.0' else bind}:{port}")  # its /metrics
         with frozen_heap():
             uvicorn.run(create_app(settings.scoring_token.get_secret_value(), **models), host=bind, port=port,
                         log_level="warning")

@@ -124,6 +124,8 @@ class Settings(BaseSettings):
         0.1, ge=0, description="The streaming job's clock trails the commit time Connect has confirmed in Kafka (its "
         "committed source offset) by this much: a margin for the topics' end offsets, read a moment apart, and for "
         "commit times that are not quite in commit order. Every change waits for the clock, so it adds to freshness.")
+    metrics_enabled: bool = Field(True, description="Export Prometheus metrics and check every emitted feature "
+                                  "row (cdcf.quality); off only to measure what they cost (the benchmark does).")
     metrics_host: str = Field("127.0.0.1", description="Address the processes' Prometheus endpoints (/metrics) "
                               "bind: the archiver's, the streaming job's, the model API's (compose: 0.0.0.0).")
     metrics_port: int = Field(0, ge=0, description="Port of a process's /metrics; 0: an ephemeral one, announced to "

@@ -62,7 +62,7 @@ class FeatureSink:
             self.setup()
         now_us = time.time_ns() // 1000
         written, self.redis_ns, self.offline_ns = 0, 0, 0
-        verdict = self.check(rows)
+        verdict = self.check(rows) if self.settings.metrics_enabled else quality.Verdict()
         with self.db, self.db.cursor() as cur:
             for view, mine in by_view(rows):
                 written += self._write_view(cur, view, mine)
@@ -73,7 +73,8 @@ class FeatureSink:
                 "max_as_of_us": pc.max(rows["as_of_us"]).as_py() if rows.num_rows else None,
                 "lag_sum_us": pc.sum(lag).as_py() if lag is not None else 0,
                 "lag_max_us": pc.max(lag).as_py() if lag is not None else 0,
-                **{f"fresh_{n}": pc.sum(pc.less_equal(lag, int(b * 1e6))).as_py() or 0 if lag is not None else 0
+                **{f"fresh_{n}": pc.sum(pc.less_equal(lag, int(b * 1e6))).as_py() or 0
+                   if lag is not None and self.settings.metrics_enabled else 0
                    for n, b in enumerate(FRESHNESS_BUCKETS_S)},
                 "redis_us": self.redis_ns // 1000, "offline_us": self.offline_ns // 1000,
                 "checked_values": verdict.values, "null_values": verdict.nulls,

@@ -1,6 +1,6 @@
 """Prometheus and Alertmanager from Debian's packages, run as our own supervised processes.
 
-Prometheus scrapes every endpoint our processes announce (``cdcf.metrics``: ``<home>/run/metrics/*.json``) and
+Prometheus scrapes every endpoint our processes announce (``cdcf.exporter``: ``<home>/run/metrics/*.json``) and
 evaluates the alert rules of ``deploy/prometheus/alerts.yml``, the same file compose mounts; firing alerts go to
 Alertmanager. Both listen on loopback."""
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cdcf.errors import ServiceError
-from cdcf.metrics import targets_dir
+from cdcf.exporter import targets_dir
 from cdcf.settings import PROJECT_ROOT, Settings
 from cdcf.stack import proc, supervisor
 

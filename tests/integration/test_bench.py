@@ -24,7 +24,7 @@ KEYS = ("freshness_p50_s freshness_p99_s capacity_changes_per_s online_read_1_p5
         "infer_100_p99_ms infer_1024_p99_ms capture_changes_per_s archive_changes_per_s stream_drain_changes_per_s "
         "stream_cpu_us_per_change stream_scaling_ratio stream_state_bytes_per_entity fraud_auc recommend_hit_rate_at_10 "
         "recommend_popularity_hit_rate_at_10 segmentation_silhouette batch_score_users_per_s infer_fraud_1_p99_ms "
-        "infer_recommend_p99_ms validate_match").split()
+        "infer_recommend_p99_ms validate_match metrics_scrape_ms").split()
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +49,9 @@ def test_every_spec_key_is_measured_beside_its_baseline(smoke):
     assert result["capacity_steps"] and result["capacity_steps"][0]["target_changes_per_s"] == 100
     assert result["faults_tried"] == 2 and result["bad_inputs_tried"] == 1000
     assert result["validate_match"] == 1.0 and result["validate_compared"] >= 200
+    assert {"archiver", "streaming"} <= set(result["metrics_scrapes"]), result["metrics_scrapes"]
+    assert all(s["scrapes"] >= 5 and s["bytes"] > 1000 for s in result["metrics_scrapes"].values())
+    assert isinstance(result["metrics_overhead_pct"], Number)
     runs = result["stream_drain_runs"]
     assert {int(c) for c in runs} == {1, 2} and all(r["changes"] == 5_000 for r in runs.values())
 
