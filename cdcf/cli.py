@@ -126,14 +126,17 @@ def jars() -> None:
 
 @app.command("serve-features")
 def serve_features(port: int = typer.Option(6566, help="HTTP port of the Feast feature server."),
-                   bind: str = typer.Option("127.0.0.1", help="Address to listen on.")) -> None:
+                   bind: str = typer.Option("127.0.0.1", help="Address to listen on."),
+                   metrics: bool = typer.Option(False, help="Feast's Prometheus metrics on port 8000 of every "
+                                                "interface (Feast's choice; compose scrapes it inside its network).")
+                   ) -> None:
     """Write feature_store.yaml from the settings and run `feast serve` on it (replaces this process)."""
     from cdcf.feast_config import REPO_PATH, write_repo_config
 
     config = _run(write_repo_config)
     feast = str(Path(sys.executable).with_name("feast"))
     os.chdir(REPO_PATH)
-    os.execv(feast, [feast, "-f", str(config), "serve", "-h", bind, "-p", str(port)])
+    os.execv(feast, [feast, "-f", str(config), "serve", "-h", bind, "-p", str(port), *(["--metrics"] if metrics else [])])
 
 
 @app.command()

@@ -67,6 +67,7 @@ def test_composes_prometheus_scrapes_our_services_with_the_local_rules():
         assert targets[job] == [f"{job}:{env['CDCF_METRICS_PORT']}"] and env["CDCF_METRICS_HOST"] == "0.0.0.0"
     api_port = re.search(r"serve-scores .*--port (\d+)", " ".join(COMPOSE["gpu-node"]["command"])).group(1)
     assert targets["model-api"] == [f"gpu-node:{api_port}"]
+    assert "--metrics" in COMPOSE["feature-server"]["command"][-1] and targets["feature-server"] == ["feature-server:8000"]
     (alertmanager,) = config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
     assert alertmanager == f"alertmanager:{COMPOSE['alertmanager']['ports'][0].rsplit(':', 1)[1]}"
     assert yaml.safe_load((DEPLOY / "prometheus" / "alertmanager.yml").read_text()) == ALERTMANAGER_CONFIG
