@@ -1,4 +1,4 @@
-# The front door (SPEC section 1). Every target installs what is missing first.
+# The front door (README: make demo, then make test). Every target installs what is missing first.
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -30,7 +30,7 @@ test: install
 demo: install
 	$(CDCF) demo
 
-# The open benchmark of SPEC section 6 (about 45 minutes on 2 cores): bench/results/latest.json, its plots and
+# The open benchmark (docs/semantics.md#benchmark-keys; about 45 minutes on 2 cores): bench/results/latest.json, its plots and
 # BENCHMARKS.md. GPU inference figures come from scripts/gpu-bench.sh on a GPU host (bench/results/inference_gpu.json).
 bench: up
 	$(VENV)/bin/python -m bench.run

@@ -2,7 +2,7 @@
 contract, as row versions.
 
 A version is the row as one change left it, valid from that change's commit until the next change of the same
-row commits (or forever). Versions are what SPEC section 4 is defined on: "the version of each row current at T"
+row commits (or forever). Versions are what docs/semantics.md#windows is defined on: "the version of each row current at T"
 is the one with ``valid_from <= T < valid_to``. Times are microseconds since the epoch (longs), so window
 arithmetic and rounding to hops are exact integer operations.
 

@@ -1,4 +1,4 @@
-"""A brute-force SQL oracle: every feature of SPEC section 4 recomputed in one Postgres query per view and table,
+"""A brute-force SQL oracle: every feature of docs/semantics.md#windows recomputed in one Postgres query per view and table,
 straight from the change history (cdc_changelog), sharing no code with the pipeline's computation.
 
 For an entity and an as-of time T: take, for every row the entity ever owned, the version current at T (its latest

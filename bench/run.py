@@ -1,4 +1,4 @@
-"""The open benchmark (`make bench`): every key of SPEC section 6 measured on the local stack, each beside its
+"""The open benchmark (`make bench`): every key of docs/semantics.md#benchmark-keys measured on the local stack, each beside its
 baseline in the same run, written to bench/results/latest.json with the machine, the versions and the workload
 parameters, and rendered to BENCHMARKS.md with PNG plots.
 

@@ -1,4 +1,4 @@
-"""The one declaration of every feature (SPEC section 3).
+"""The one declaration of every feature (docs/semantics.md#features).
 
 Each feature names its source table, owner entity, event-time column, aggregate and window here, once. The Feast
 repo (``feature_repo/``), the offline store tables, the streaming job and the batch backfill are all derived
@@ -58,7 +58,7 @@ class WindowFeature:
 
     @property
     def hop(self) -> timedelta:
-        """How far the window may advance at once: 1 minute up to a day, 1 hour beyond (SPEC section 4)."""
+        """How far the window may advance at once: 1 minute up to a day, 1 hour beyond (docs/semantics.md#windows)."""
         return MINUTE if self.window <= DAY else HOUR
 
 

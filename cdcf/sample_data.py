@@ -1,4 +1,4 @@
-"""A small, seeded sample of the source database (SPEC section 2) for the demo and the tests.
+"""A small, seeded sample of the source database (docs/semantics.md#source) for the demo and the tests.
 
 Besides ordinary activity it holds fraud, as the fraud model has to learn it: some users' accounts are taken over,
 and each takeover is a burst of high amounts within an hour, mostly at merchants ordinary users seldom use. Most

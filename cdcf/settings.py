@@ -45,7 +45,7 @@ class Settings(BaseSettings):
                                     "the local stack generates, <home>/conf/tls/ca.crt.")
     pg_version: int = Field(15, description="Major version of the Debian PostgreSQL packages.")
     pg_cluster: str = Field("cdcf", description="Name of the Debian cluster the stack creates and owns.")
-    app_db: str = Field("app", description="Source database captured by Debezium (SPEC section 2).")
+    app_db: str = Field("app", description="Source database captured by Debezium (docs/semantics.md#source).")
     app_user: str = Field("app", description="Owner of the source tables; the workload writes as this role.")
     app_password: SecretStr = Field(description="Password of app_user.")
     debezium_user: str = Field("debezium", description="Least-privilege replication role used by Connect.")
@@ -113,7 +113,7 @@ class Settings(BaseSettings):
         "local", description="Feast's batch engine for `feast materialize`: in process (local), or Spark "
         "(spark.engine, with spark_conf from these settings; Feast 0.67 passes its whole batch_engine block to Spark "
         "and drops spark_conf, so export PYSPARK_PYTHON=.venv/bin/python for its Python workers to find feast).")
-    feast_project: str = Field("homelab_ml_platform", description="Feast project name (SPEC section 3).")
+    feast_project: str = Field("homelab_ml_platform", description="Feast project name (docs/semantics.md#features).")
     java: str = Field("java", description="Java 17 executable (name on PATH or absolute path).")
     javac: str = Field("javac", description="Java 17 compiler, which builds the streaming window engine once.")
     maven: str = Field("mvn", description="Maven executable, used only while the jar cache is empty.")

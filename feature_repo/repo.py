@@ -1,4 +1,4 @@
-"""Feast definitions of SPEC section 3, derived from the one feature declaration in ``cdcf.features``.
+"""Feast definitions of docs/semantics.md#features, derived from the one feature declaration in ``cdcf.features``.
 
 Every view reads its offline table (written by our jobs) in the Postgres offline store and takes online writes
 through a push source named ``<view>_push``. fraud_detection_v1 also carries the on-demand view of the request-time

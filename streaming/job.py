@@ -24,7 +24,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
 
-from cdcf import engine, kafka_clients, quality
+from cdcf import engine, kafka_clients
 from cdcf.settings import Settings
 from cdcf.sources import sources
 from cdcf.spark import spark_session
@@ -33,7 +33,7 @@ from connectors.contracts import HEARTBEAT
 from streaming import metrics
 from streaming.decode import routed
 from streaming.reseed import OnlineGuard
-from streaming.sink import METRICS_DDL, partition_writer
+from streaming.sink import METRICS, METRICS_DDL, partition_writer
 
 log = logging.getLogger(__name__)
 
@@ -176,34 +176,24 @@ class StreamJob:
             metrics.RESEEDS.inc()
             self.totals["last_reseed"] = f"{datetime.now(UTC).isoformat()}: the online store {why}"
         parts = batch.mapInArrow(partition_writer(self.settings), METRICS_DDL).collect()
-        emits = sum(p["emits"] for p in parts)
+        sums = {name: sum(p[name] or 0 for p in parts) for name in METRICS.names}  # over the partitions
         self.totals["batches"] += 1
-        self.totals["rows_written"] += sum(p["rows"] for p in parts)
-        self.totals["emits"] += emits
-        self.totals["decayed"] += sum(p["decays"] for p in parts)
-        metrics.BATCHES.inc()
-        metrics.FEATURE_ROWS.inc(sum(p["rows"] for p in parts))
-        metrics.EMITS.inc(emits)
-        metrics.DECAYS.inc(sum(p["decays"] for p in parts))
-        metrics.CHECKED.inc(sum(p["checked_values"] for p in parts))
-        metrics.NULLS.inc(sum(p["null_values"] for p in parts))
-        for check in quality.CHECKS:
-            metrics.VIOLATIONS.labels(check).inc(sum(p[f"bad_{check}"] for p in parts))
-        metrics.FRESHNESS.add([sum(p[f"fresh_{n}"] for p in parts) for n in range(len(metrics.FRESHNESS_BUCKETS_S))],
-                              emits, sum(p["lag_sum_us"] for p in parts) / 1e6)
+        self.totals["rows_written"] += sums["rows"]
+        self.totals["emits"] += sums["emits"]
+        self.totals["decayed"] += sums["decays"]
         latest = max((p["max_as_of_us"] or 0 for p in parts), default=0)
         if latest:
             self.totals["last_as_of"] = datetime.fromtimestamp(latest / 1e6, UTC).isoformat()
             if self.guard is not None:
                 self.guard.mark(latest)
-        if emits:
+        if sums["emits"]:
             self.totals["lag_max_s"] = max(p["lag_max_us"] for p in parts) / 1e6
         self._report()
-        metrics.BATCH_SECONDS.observe(time.monotonic() - started)
+        metrics.record_batch(sums, time.monotonic() - started)
         log.info("batch %d: %d emits, %d decays, %d feature rows in %.3f s (over %d partitions: engine output %.3f s, "
-                 "writing %.3f s, of which Redis %.3f s, offline %.3f s)", batch_id, emits,
-                 sum(p["decays"] for p in parts), sum(p["rows"] for p in parts), time.monotonic() - started, len(parts),
-                 *(sum(p[k] for p in parts) / 1e6 for k in ("input_us", "write_us", "redis_us", "offline_us")))
+                 "writing %.3f s, of which Redis %.3f s, offline %.3f s)", batch_id, sums["emits"], sums["decays"],
+                 sums["rows"], time.monotonic() - started, len(parts),
+                 *(sums[k] / 1e6 for k in ("input_us", "write_us", "redis_us", "offline_us")))
 
     def run(self) -> dict:
         spark = stream_session(self.settings)

@@ -10,6 +10,8 @@ from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import REGISTRY, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from cdcf.quality import CHECKS
+
 # commit -> Redis write, in seconds: the buckets each partition counts its emits into (streaming.sink)
 FRESHNESS_BUCKETS_S = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0)
 
@@ -57,6 +59,21 @@ class Freshness(Collector):
 
 FRESHNESS = Freshness()
 REGISTRY.register(FRESHNESS)
+
+
+def record_batch(sums: dict[str, int], seconds: float) -> None:
+    """A finished micro-batch: ``sums`` of its partitions' metrics (``streaming.sink.METRICS``), its seconds."""
+    BATCHES.inc()
+    BATCH_SECONDS.observe(seconds)
+    FEATURE_ROWS.inc(sums["rows"])
+    EMITS.inc(sums["emits"])
+    DECAYS.inc(sums["decays"])
+    CHECKED.inc(sums["checked_values"])
+    NULLS.inc(sums["null_values"])
+    for check in CHECKS:
+        VIOLATIONS.labels(check).inc(sums[f"bad_{check}"])
+    FRESHNESS.add([sums[f"fresh_{n}"] for n in range(len(FRESHNESS_BUCKETS_S))], sums["emits"],
+                  sums["lag_sum_us"] / 1e6)
 
 
 def clock_age(totals: dict) -> float:

@@ -1,4 +1,4 @@
-"""An independent oracle for served feature values: SPEC section 4 computed in plain Python from the change
+"""An independent oracle for served feature values: docs/semantics.md#windows computed in plain Python from the change
 history the archiver keeps (cdc_changelog), never from the streaming job's state.
 
 The value of a window feature as of T aggregates, over the version of each row current at T (its latest change

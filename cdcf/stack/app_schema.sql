@@ -1,4 +1,4 @@
--- The source database of SPEC section 2, run as the app role (owner). Idempotent.
+-- The source database of docs/semantics.md#source, run as the app role (owner). Idempotent.
 CREATE TABLE IF NOT EXISTS users (
     user_id BIGINT PRIMARY KEY, age INT, income NUMERIC(12,2), account_status TEXT, signup_date DATE,
     updated_at TIMESTAMPTZ);

@@ -1,4 +1,4 @@
-"""The one declaration against SPEC section 3 (names and types are binding) and section 4 (hops)."""
+"""The one declaration against docs/semantics.md#features (names and types are binding) and #windows (hops)."""
 
 from __future__ import annotations
 
