@@ -338,10 +338,14 @@ class Archiver:
         """The capture slot's retained WAL and wal_status, for Prometheus (a slot past max_slot_wal_keep_size is
         'lost', and capture with it)."""
         slot = self.settings.replication_slot
-        with self.db, self.db.cursor() as cur:
-            cur.execute("SELECT wal_status, pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn) "
-                        "FROM pg_replication_slots WHERE slot_name = %s", (slot,))
-            row = cur.fetchone()
+        try:
+            with self.db, self.db.cursor() as cur:
+                cur.execute("SELECT wal_status, pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn) "
+                            "FROM pg_replication_slots WHERE slot_name = %s", (slot,))
+                row = cur.fetchone()
+        except psycopg2.Error as exc:  # the next batch's write meets the outage too, and says so
+            log.warning("could not read replication slot %s: %s", slot, exc)
+            return
         status, retained = row if row else ("missing", None)
         for known in WAL_STATUSES:
             SLOT_STATUS.labels(slot, known).set(1 if known == status else 0)
