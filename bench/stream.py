@@ -114,7 +114,8 @@ def drain(settings: Settings, prefix: str, cores: int, workdir: Path, metrics: b
     env = {**os.environ, "CDCF_TOPIC_PREFIX": prefix, "CDCF_OFFLINE_DB": SCRATCH_DB,
            "CDCF_SPARK_MASTER": f"local[{cores}]", "CDCF_METRICS_ENABLED": str(metrics).lower()}
     subprocess.run([sys.executable, "-m", "bench.stream", "--drain-into", str(out),
-                    "--checkpoint", str(workdir / f"checkpoint-{name}")], env=env, check=True)
+                    "--checkpoint", str(workdir / f"checkpoint-{name}"),
+                    *(["--state-bytes"] if cores == 2 and metrics else [])], env=env, check=True)
     return json.loads(out.read_text())
 
 
@@ -141,8 +142,9 @@ def _process_tree_cpu_s(root: int) -> float:
     return total
 
 
-def run_drain(out: Path, checkpoint: Path) -> None:
-    """In the drain's own process: the job's query over everything in the topics (availableNow), timed."""
+def run_drain(out: Path, checkpoint: Path, state_bytes: bool) -> None:
+    """In the drain's own process: the job's query over everything in the topics (availableNow), timed; then, if
+    ``state_bytes``, the size of its state (minutes: every state variable is read back)."""
     from streaming.job import StreamJob, build_stream, stream_session
 
     settings = load_settings()
@@ -157,7 +159,7 @@ def run_drain(out: Path, checkpoint: Path) -> None:
     elapsed, cpu = time.monotonic() - started, _process_tree_cpu_s(os.getpid()) - cpu_before
     progress = query.recentProgress
     changes = sum(p["numInputRows"] for p in progress)
-    state_bytes = _state_bytes(spark, checkpoint)
+    state_bytes = _state_bytes(spark, checkpoint) if state_bytes else None
     out.write_text(json.dumps({
         "cores": int(settings.spark_master.strip("local[]")), "changes": changes, "seconds": elapsed,
         "changes_per_s": changes / elapsed, "cpu_s": cpu, "batches": len(progress),
@@ -237,9 +239,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--drain-into", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--state-bytes", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.drain_into:
-        run_drain(args.drain_into, args.checkpoint)
+        run_drain(args.drain_into, args.checkpoint, args.state_bytes)
         return
     seed = args.seed if args.seed is not None else random.randrange(10**6)
     print(json.dumps(stream_phase(load_settings(), args.changes, args.users, args.products, seed), indent=2))
