@@ -24,7 +24,8 @@ from cdcf.feast_config import feature_store
 from cdcf.redis_clients import redis_client
 from cdcf.spark import spark_session
 from cdcf.stack import kafka, postgres, proc, redis_server, status
-from cdcf.stack.background import STREAMING
+from cdcf.stack.background import ARCHIVER, STREAMING
+from cdcf.stack.monitoring import ALERTMANAGER, PROMETHEUS
 from connectors.connect import connect_auth
 from tests.conftest import CDCF, run_cli
 
@@ -36,20 +37,21 @@ def test_status_reports_every_component_healthy(settings):
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     assert [line.split()[0] for line in lines] == ["postgres", "redis", "kafka", "connect", "feast", "archiver",
-                                                      "streaming"]
+                                                      "streaming", "prometheus", "alertmanager"]
     assert all(" OK " in line for line in lines), result.stdout
     assert all(h.healthy for h in status(settings))
 
 
 def test_every_port_the_stack_listens_on_is_loopback(settings):
-    """Postgres, Redis, Kafka, Connect and the streaming job's Spark driver (its UI included): nothing of the local
-    stack listens where the LAN reaches it."""
+    """Postgres, Redis, Kafka, Connect, the streaming job's Spark driver (its UI included), the jobs' /metrics,
+    Prometheus and Alertmanager: nothing of the local stack listens where the LAN reaches it."""
     job = STREAMING.pid(settings)
     pids = {postgres.pid(settings), redis_server.pid(settings), kafka.service_pid(settings, kafka.KAFKA),
-            kafka.service_pid(settings, kafka.CONNECT), job, *proc.children(job)}
+            kafka.service_pid(settings, kafka.CONNECT), job, *proc.children(job), ARCHIVER.pid(settings),
+            PROMETHEUS.pid(settings), ALERTMANAGER.pid(settings)}
     sockets = _listening(pids - {None})
-    assert {settings.pg_port, settings.redis_port, settings.kafka_port, settings.connect_port} <= {
-        port for _, port in sockets}, sockets
+    assert {settings.pg_port, settings.redis_port, settings.kafka_port, settings.connect_port,
+            settings.prometheus_port, settings.alertmanager_port} <= {port for _, port in sockets}, sockets
     assert len(sockets) >= 8, sockets  # and the driver's RPC, block manager and UI ports
     assert all((address.ipv4_mapped if address.version == 6 and address.ipv4_mapped else address).is_loopback
                for address, _ in sockets), sorted(map(str, sockets))
