@@ -33,15 +33,16 @@ from psycopg2.extras import execute_values
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from cdcf import pg_clients
 from batch.history import history, read_changes, routed
 from cdcf import engine
 from cdcf import features as decl
 from cdcf.errors import PipelineError
 from cdcf.features import EVENT_TIMESTAMP
-from cdcf.pgcopy import by_view, copy_view_rows
+from offline.writer import by_view, copy_view_rows
 from cdcf.settings import Settings
 from cdcf.sources import sources
-from connectors.archive import TABLE as CHANGELOG
+from cdcf.changelog import TABLE as CHANGELOG
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ class BackfillResult:
 def run_backfill(spark: SparkSession, settings: Settings, start: datetime | None = None, end: datetime | None = None,
                  *, incremental: bool = False, progress: Callable[[str], None] = log.info) -> BackfillResult:
     began, started_at = time.monotonic(), datetime.now(UTC)
-    db = psycopg2.connect(settings.pg_dsn(settings.offline_db, user=settings.feast_user))
+    db = pg_clients.connect_offline(settings)
     try:
         with db, db.cursor() as cur:
             for statement in DDL + [f"CREATE UNLOGGED TABLE IF NOT EXISTS {_stage(v)} (LIKE {v.name})"
@@ -189,7 +190,7 @@ def _copy(rows: DataFrame, dsn: str, target: Callable[[decl.FeatureView], str]) 
     transaction (a failed task leaves nothing; its retry copies the whole partition again); the rows per view."""
 
     def copy(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        conn, counts = psycopg2.connect(dsn), dict.fromkeys((v.name for v in decl.FEATURE_VIEWS), 0)
+        conn, counts = psycopg2.connect(dsn, connect_timeout=pg_clients.CONNECT_TIMEOUT_S), dict.fromkeys((v.name for v in decl.FEATURE_VIEWS), 0)
         try:
             with conn, conn.cursor() as cur:
                 for batch in batches:

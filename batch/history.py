@@ -22,9 +22,9 @@ from pyspark.sql import functions as F
 
 from cdcf.settings import Settings
 from cdcf.sources import Source
-from connectors.archive import TABLE as CHANGELOG
-from connectors.contracts import Column
-from connectors.decoder import INT_RANGE, MAX_TEXT
+from cdcf.changelog import TABLE as CHANGELOG
+from cdcf.contracts import Column
+from cdcf.decoder import INT_RANGE, MAX_TEXT
 
 ZONED = r"(Z|[+-][0-9]{2}:?[0-9]{2})$"
 

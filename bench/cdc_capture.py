@@ -20,10 +20,11 @@ import psycopg2
 from confluent_kafka import TopicPartition
 from psycopg2.extras import execute_values
 
+from cdcf import pg_clients
 from cdcf import kafka_clients
 from cdcf.settings import load_settings
-from cdcf.stack import proc
-from cdcf.stack.background import ARCHIVER, STREAMING
+from ops.stack import proc
+from ops.stack.background import ARCHIVER, STREAMING
 
 OUT = Path(__file__).parent / "results" / "cdc_capture.json"
 
@@ -41,7 +42,7 @@ def latency_run(settings, rate: float, seconds: float) -> dict:
     n = int(rate * seconds)
 
     def write() -> None:
-        conn = psycopg2.connect(settings.pg_dsn())
+        conn = pg_clients.connect(settings)
         cur = conn.cursor()
         start = time.monotonic()
         for i in range(n):
@@ -76,7 +77,7 @@ def archive_latency(settings, low: int, high: int) -> dict:
            "FROM cdc_changelog WHERE source_table = 'transactions' AND row_key BETWEEN %s AND %s) t")
     deadline = time.monotonic() + 60
     while True:
-        with psycopg2.connect(settings.pg_dsn(settings.offline_db, user=settings.feast_user)) as conn:
+        with pg_clients.offline_session(settings) as conn:
             with conn.cursor() as cur:
                 cur.execute(sql, (low, high))
                 p50, p99, count = cur.fetchone()
@@ -92,7 +93,7 @@ def _capture(settings, changes: int) -> tuple[int, float, float]:
     probe = kafka_clients.consumer(settings, "admin", "bench-probe")
     _, start_high = probe.get_watermark_offsets(topic, timeout=10)
     base = random.randrange(10**13, 10**14)
-    conn = psycopg2.connect(settings.pg_dsn())
+    conn = pg_clients.connect(settings)
     started = time.monotonic()
     with conn.cursor() as cur:
         for chunk in range(0, changes, 5000):
@@ -111,7 +112,7 @@ def _capture(settings, changes: int) -> tuple[int, float, float]:
 def _await_archive(settings, base: int, changes: int) -> float:
     """Wait until the ``changes`` from ``base`` on are archived; the seconds since the first of them was (on
     Postgres's clock: the archive's insert time is its batch's transaction start)."""
-    offline = psycopg2.connect(settings.pg_dsn(settings.offline_db, user=settings.feast_user))
+    offline = pg_clients.connect_offline(settings)
     try:
         while True:
             with offline, offline.cursor() as cur:

@@ -36,17 +36,19 @@ from pathlib import Path
 
 import psycopg2
 
-from bench import oracle
+from cdcf import pg_clients
+from bench import exactness
 from bench.freshness import Prober
 from bench.hostile import OWNER, TABLES, VALUE, hostile_messages
-from cdcf import kafka_clients, stack
+from cdcf import kafka_clients
+from ops import stack
 from cdcf.feast_config import feature_store
 from cdcf.settings import Settings, load_settings
-from cdcf.stack import kafka, postgres, proc, redis_server, spark_cluster
-from cdcf.stack.background import ARCHIVER, STREAMING
-from cdcf.workload import Workload
+from ops.stack import kafka, postgres, proc, redis_server, spark_cluster
+from ops.stack.background import ARCHIVER, STREAMING
+from ops.workload import Workload
 from connectors.connect import ConnectClient, connector_config
-from connectors.contracts import row_contracts
+from cdcf.contracts import row_contracts
 from connectors.resnapshot import resnapshot
 
 # below Linux's ephemeral range (32768-60999), where a client's outgoing connection can hold a port a moment
@@ -201,8 +203,8 @@ def _state_diff(settings: Settings, ranges: dict[str, tuple[int, int]]) -> int:
     """Rows of the range whose current state (owner and value) in the source differs from the archive's latest
     version of them (a row the archive holds as live and the source lacks counts too)."""
     diffs = 0
-    source = psycopg2.connect(settings.pg_dsn())
-    archive = oracle.connect(settings)
+    source = pg_clients.connect(settings)
+    archive = exactness.connect(settings)
     try:
         for table in TABLES:
             key, owner, value = row_contracts()[table].key, OWNER[table], VALUE[table]
@@ -232,7 +234,7 @@ def _archived_changes(settings: Settings, since, ranges: dict[str, tuple[int, in
     workload's chargeback ids are their transactions' ids)."""
     (ulo, uhi), (plo, phi) = ranges["user_id"], ranges["product_id"]
     owner = "coalesce(after->>'{0}', before->>'{0}')"
-    with oracle.connect(settings) as conn, conn.cursor() as cur:
+    with exactness.connect(settings) as conn, conn.cursor() as cur:
         cur.execute(f"""SELECT count(*) FROM cdc_changelog WHERE commit_ts >= %s AND op IN ('c', 'u', 'd') AND (
             (source_table IN ('transactions', 'sessions') AND {owner.format('user_id')} ~ '^[0-9]+$'
              AND {owner.format('user_id')}::bigint BETWEEN %s AND %s)
@@ -253,7 +255,7 @@ def run_scenario(settings: Settings, store, cluster: spark_cluster.Cluster, scen
     base = (n + 1) * 10**10
     users, products = 400, 60
     ranges = {"user_id": (base + 1, base + users), "product_id": (base + 1, base + products)}
-    with psycopg2.connect(settings.pg_dsn()) as conn, conn.cursor() as cur:
+    with pg_clients.session(settings) as conn, conn.cursor() as cur:
         cur.execute("SELECT now()")
         since = cur.fetchone()[0]
     conn.close()
@@ -279,16 +281,16 @@ def run_scenario(settings: Settings, store, cluster: spark_cluster.Cluster, scen
         if prober.run(1, 1, timeout_s=max(1.0, deadline - time.monotonic())).served:
             time.sleep(settings.stream_settle_s + 2)
             lost_rows = _state_diff(settings, ranges)
-            with oracle.connect(settings) as conn:
-                verdict = oracle.compare_online(settings, conn, ranges)
+            with exactness.connect(settings) as conn:
+                verdict = exactness.compare_online(settings, conn, ranges)
             conn.close()
             if lost_rows == 0 and verdict.match == 1.0:
                 break
         time.sleep(2)
     exact_at = time.monotonic()
     prober.close()
-    with oracle.connect(settings) as conn:
-        offline = oracle.compare_offline(conn, 100, ranges)
+    with exactness.connect(settings) as conn:
+        offline = exactness.compare_offline(conn, 100, ranges)
     conn.close()
     archived = _archived_changes(settings, since, ranges)
     missing = 0 if scenario.by_state_only else max(0, committed - archived)

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 
 import psycopg2
 
+from cdcf import pg_clients
 from cdcf import features as decl
-from cdcf.workload import TICK_S, Workload
+from ops.workload import TICK_S, Workload
 
 FEATURE = f"{decl.TRANSACTION_RISK.name}:txn_amount_sum_1h"
 
@@ -36,7 +37,7 @@ class Prober:
 
     def __init__(self, settings, store, users: int = 8) -> None:
         self.store, self.settings = store, settings
-        self.conn = psycopg2.connect(settings.pg_dsn())
+        self.conn = pg_clients.connect(settings)
         base = random.randrange(10**13, 10**14)
         self.txn = {base + i: base + i for i in range(users)}  # user id -> its transaction id
         self.pending: dict[int, tuple[float, float]] = {}  # user -> (amount, committed at)
@@ -88,7 +89,7 @@ class Prober:
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                return psycopg2.connect(self.settings.pg_dsn())
+                return pg_clients.connect(self.settings)
             except psycopg2.OperationalError:
                 if time.monotonic() > deadline:
                     raise

@@ -21,8 +21,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.cdc_capture import await_stream
-from cdcf.sample_data import add_users
-from cdcf.workload import Workload
+from ops.sample_data import add_users
+from ops.workload import Workload
 from inference import fraud, recommend, segments
 from inference.model import device, frozen_heap, serving_threads
 from inference.recommend import CANDIDATES, Candidates

@@ -17,21 +17,21 @@ import numpy as np
 import pandas as pd
 
 from batch.backfill import run_backfill
-from batch.training import training_set
-from bench import oracle
-from bench.history import fill
+from offline.training import training_set
+from bench import exactness
+from bench.synthetic_history import fill
 from cdcf import features as decl
 from cdcf.feast_config import create_offline_tables, feature_store
 from cdcf.settings import load_settings
 from cdcf.spark import spark_session
-from cdcf.stack import postgres
+from ops.stack import postgres
 
 SERVICE = "fraud_detection_v1"
 
 
 def entity_rows(settings, rows: int, seed: int = 1) -> pd.DataFrame:
     """Random users at random times within the history."""
-    with oracle.connect(settings) as conn:
+    with exactness.connect(settings) as conn:
         with conn.cursor() as cur:
             cur.execute("SELECT min(event_timestamp), max(event_timestamp), max(user_id) FROM user_activity_features")
             first, last, users = cur.fetchone()
@@ -46,7 +46,7 @@ def copy_limit(settings) -> float:
     of the same shape and then indexed like it (what the backfill's own write does, without computing anything);
     the seconds of the COPYs and index builds."""
     seconds = 0.0
-    with oracle.connect(settings) as conn, conn.cursor() as cur:
+    with exactness.connect(settings) as conn, conn.cursor() as cur:
         for view in decl.FEATURE_VIEWS:
             with tempfile.TemporaryFile() as rows:
                 cur.copy_expert(f"COPY {view.name} TO STDOUT WITH (FORMAT csv)", rows)
@@ -72,7 +72,7 @@ def run(base, changes: int, users: int, products: int, pit_rows: int, feast_rows
     postgres.ensure_database(base, database)
     settings = base.model_copy(update={"offline_db": database})
     create_offline_tables(settings)
-    with oracle.connect(settings) as conn:
+    with exactness.connect(settings) as conn:
         started = time.monotonic()
         written = fill(conn, changes, users, products)
         generated_s = time.monotonic() - started
@@ -83,8 +83,8 @@ def run(base, changes: int, users: int, products: int, pit_rows: int, feast_rows
     backfill = run_backfill(spark, settings, progress=lambda line: print(line, flush=True))
     spark.stop()
     copy_s = copy_limit(settings)
-    with oracle.connect(settings) as conn:
-        verdict = oracle.compare_offline(conn, oracle_rows)
+    with exactness.connect(settings) as conn:
+        verdict = exactness.compare_offline(conn, oracle_rows)
     conn.close()
 
     entities = entity_rows(settings, pit_rows)

@@ -248,7 +248,7 @@ def render(r: dict, out: Path, markdown: Path) -> None:
         + ", ".join(f"{k} {v}" for k, v in sorted(o["changes"].items()))
         + f") on a fresh entity range, then {o['duplicates_redelivered']:,} of its change events produced to Kafka "
         "again (Debezium's at-least-once redelivery). A brute-force SQL query over the change history "
-        "(`bench/oracle.py`, no pipeline code) recomputes each value at the as-of time it was served with, "
+        "(`bench/exactness.py`, no pipeline code) recomputes each value at the as-of time it was served with, "
         "compared to the bit and by type.",
         "",
         f"- online: {r['oracle_online_compared']:,} values (every feature of every entity of the range), match "

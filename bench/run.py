@@ -31,6 +31,7 @@ from pathlib import Path
 
 import psycopg2
 
+from cdcf import pg_clients
 from bench import (
     cdc_capture,
     faults,
@@ -38,17 +39,17 @@ from bench import (
     models,
     offline,
     online,
-    oracle,
+    exactness,
     report,
     scrape,
     security,
     stream,
 )
-from bench import inference as infer
+from bench import serving
 from cdcf.feast_config import feature_store
 from cdcf.redis_clients import redis_client
 from cdcf.settings import PROJECT_ROOT, load_settings
-from cdcf.workload import Workload, redeliver, topic_end
+from ops.workload import Workload, redeliver, topic_end
 from inference.consistency import validate
 
 RESULTS = PROJECT_ROOT / "bench" / "results"
@@ -93,7 +94,7 @@ TABLES = ("users", "transactions", "sessions", "reviews")
 def machine(settings) -> dict:
     meminfo = Path("/proc/meminfo").read_text()
     memory_kb = int(re.search(r"MemTotal:\s+(\d+)", meminfo).group(1))
-    with psycopg2.connect(settings.pg_dsn()) as conn, conn.cursor() as cur:
+    with pg_clients.session(settings) as conn, conn.cursor() as cur:
         cur.execute("SHOW server_version")
         postgres_version = cur.fetchone()[0]
     conn.close()
@@ -128,9 +129,9 @@ def oracle_phase(settings, store, size: dict, seed: int) -> dict:
     caught_up = prober.run(1, 1, timeout_s=300).served
     prober.close()
     time.sleep(settings.stream_settle_s + 2)  # and the decay pass has run past the last change
-    with oracle.connect(settings) as conn:
-        online_verdict = oracle.compare_online(settings, conn, ranges)
-        offline_verdict = oracle.compare_offline(conn, size["oracle_offline_rows"], ranges)
+    with exactness.connect(settings) as conn:
+        online_verdict = exactness.compare_online(settings, conn, ranges)
+        offline_verdict = exactness.compare_offline(conn, size["oracle_offline_rows"], ranges)
     conn.close()
     return {"oracle_workload": {"entity_base": base, "changes": dict(workload.counts),
                                 "duplicates_redelivered": duplicates, "caught_up": bool(caught_up)},
@@ -221,7 +222,7 @@ def main() -> None:
         result.update(batch)
         result.update({"oracle_offline_backfilled_compared": backfilled.compared,
                        "oracle_offline_backfilled_mismatches": backfilled.mismatches})
-    inference = phase("inference", lambda: infer.run("/usr/bin/redis-server", None, size["infer_entities"],
+    inference = phase("inference", lambda: serving.run("/usr/bin/redis-server", None, size["infer_entities"],
                                                      size["infer_repeats"]))
     if inference is not None:
         result.update({k: inference.pop(k) for k in [k for k in inference if k.startswith("infer_")]})

@@ -15,7 +15,7 @@ import urllib.request
 
 from cdcf.exporter import targets_dir
 from cdcf.settings import Settings
-from cdcf.workload import Workload
+from ops.workload import Workload
 
 EVERY_S = 0.2
 

@@ -20,11 +20,12 @@ import psycopg2
 import redis
 from confluent_kafka import Producer, TopicPartition
 
+from cdcf import pg_clients
 from cdcf import features as decl
 from cdcf import kafka_clients
 from cdcf.redis_clients import redis_client
 from cdcf.settings import Settings
-from cdcf.stack import proc, spark_cluster
+from ops.stack import proc, spark_cluster
 from connectors.connect import ConnectClient
 
 SPARK_PORT, SPARK_UI = 17177, 18190  # below the ephemeral range; the worker's UI takes the next port
@@ -146,7 +147,7 @@ def _scoring_without_token(settings: Settings) -> str:
     checked before any model runs) and the real feature client."""
     from fastapi.testclient import TestClient
 
-    from inference.client import FeatureClient
+    from online.client import FeatureClient
     from inference.model import train
     from inference.service import ScoringService, create_app
 
@@ -167,7 +168,7 @@ def _scoring_without_token(settings: Settings) -> str:
 
 
 def _postgres_without_tls(settings: Settings) -> str:
-    psycopg2.connect(settings.pg_dsn(), connect_timeout=5).close()
+    pg_clients.connect(settings, timeout_s=5).close()
     try:
         psycopg2.connect(settings.pg_dsn() + " sslmode=disable", connect_timeout=5).close()
     except psycopg2.OperationalError as exc:

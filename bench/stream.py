@@ -29,8 +29,8 @@ from pathlib import Path
 from cdcf import kafka_clients
 from cdcf.feast_config import create_offline_tables
 from cdcf.settings import Settings, load_settings
-from cdcf.stack import kafka, postgres
-from cdcf.stack.background import STREAMING
+from ops.stack import kafka, postgres
+from ops.stack.background import STREAMING
 from streaming.job import tables
 
 SCRATCH_DB = "cdcf_bench_stream"

@@ -8,6 +8,7 @@ from pathlib import Path
 import psycopg2
 import yaml
 
+from cdcf import pg_clients
 from cdcf import features as decl
 from cdcf.redis_clients import Role, credentials
 from cdcf.settings import PROJECT_ROOT, Settings, default_home, write_private
@@ -57,7 +58,7 @@ OLD_MIRROR = ("stream_entities", "stream_users", "stream_transactions", "stream_
 
 def create_offline_tables(settings: Settings) -> None:
     """Create the offline store table of every feature view (idempotent)."""
-    with psycopg2.connect(settings.pg_dsn(settings.offline_db, user=settings.feast_user)) as conn:
+    with pg_clients.offline_session(settings) as conn:
         with conn.cursor() as cur:
             for view in decl.ALL_VIEWS:
                 cur.execute(decl.offline_table_ddl(view))

@@ -1,5 +1,5 @@
 """Kafka clients of the pipeline, configured in one place: every client signs in with SASL/SCRAM as one of three
-users, and the broker's ACLs (cdcf.stack.kafka) grant each what it needs:
+users, and the broker's ACLs (ops.stack.kafka) grant each what it needs:
 
 - ``admin``: the super user (the broker itself, the stack's tools, the operator's commands);
 - ``capture``: Connect and Debezium, which write the change topics;

@@ -9,7 +9,7 @@ from functools import cache
 
 from cdcf import features as decl
 from cdcf.features import ColumnFeature, Entity, FeatureView, Table, WindowFeature
-from connectors.contracts import Column, row_contracts
+from cdcf.contracts import Column, row_contracts
 
 
 @dataclass(frozen=True)

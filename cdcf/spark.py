@@ -11,7 +11,7 @@ from pyspark.sql import SparkSession
 
 from cdcf.engine import engine_jar
 from cdcf.settings import Settings
-from cdcf.stack.jars import jar_files
+from cdcf.jars import jar_files
 
 LOOPBACK = "127.0.0.1"
 

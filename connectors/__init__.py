@@ -1,0 +1,1 @@
+"""Capture: Debezium through the Connect REST API, the change archive, dead letters and re-snapshots."""

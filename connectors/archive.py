@@ -30,15 +30,16 @@ import psycopg2
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 from prometheus_client import Counter, Gauge, Histogram
 
+from cdcf import pg_clients
 from cdcf.kafka_clients import consumer, durable_producer
+from cdcf.changelog import COLUMNS, DDL, TABLE
 from cdcf.settings import Settings
 from cdcf.status import growing_since, report
-from connectors.contracts import HEARTBEAT
-from connectors.decoder import Change, DeadLetter, Position, decode
+from cdcf.contracts import HEARTBEAT
+from cdcf.decoder import Change, DeadLetter, Position, decode
 
 log = logging.getLogger(__name__)
 
-TABLE = "cdc_changelog"
 REPORT_INTERVAL_S = 1.0  # how often the status file is written
 SLOT_EVERY_S = 5.0  # how often the replication slot's retained WAL is read
 
@@ -54,26 +55,6 @@ SLOT_RETAINED = Gauge("cdcf_replication_slot_retained_wal_bytes", "WAL PostgreSQ
 SLOT_STATUS = Gauge("cdcf_replication_slot_wal_status", "1 for the slot's wal_status (reserved, extended, "
                     "unreserved, lost; missing: no such slot)", ["slot", "wal_status"])
 WAL_STATUSES = ("reserved", "extended", "unreserved", "lost", "missing")
-DDL = f"""
-CREATE TABLE IF NOT EXISTS {TABLE} (
-    source_table TEXT NOT NULL,
-    row_key BIGINT NOT NULL,
-    lsn BIGINT NOT NULL,
-    op CHAR(1) NOT NULL,
-    tx_id BIGINT,
-    commit_ts TIMESTAMPTZ NOT NULL,
-    before JSONB,
-    after JSONB,
-    kafka_topic TEXT NOT NULL,
-    kafka_partition INT NOT NULL,
-    kafka_offset BIGINT NOT NULL,
-    archived_at TIMESTAMPTZ NOT NULL DEFAULT now(),
-    PRIMARY KEY (source_table, row_key, lsn, op)
-);
-CREATE INDEX IF NOT EXISTS {TABLE}_commit_ts ON {TABLE} (commit_ts);
-"""
-COLUMNS = ("source_table", "row_key", "lsn", "op", "tx_id", "commit_ts", "before", "after", "kafka_topic",
-           "kafka_partition", "kafka_offset")
 STAGE = f"{TABLE}_stage"
 # A batch is COPYed into a per-session staging table, then moved over with ON CONFLICT DO NOTHING: 2x the rows/s
 # of multi-row INSERTs, and re-delivered changes (in the table or twice in one batch) are skipped either way.
@@ -164,7 +145,7 @@ class Archiver:
 
     def setup(self) -> None:
         s = self.settings
-        self.db = psycopg2.connect(s.pg_dsn(s.offline_db, user=s.feast_user))
+        self.db = pg_clients.connect_offline(s)
         with self.db, self.db.cursor() as cur:
             cur.execute(DDL)
             cur.execute(STAGE_DDL)

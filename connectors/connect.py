@@ -13,7 +13,7 @@ import httpx
 from cdcf import features
 from cdcf.errors import PipelineError
 from cdcf.settings import Settings
-from connectors.contracts import HEARTBEAT
+from cdcf.contracts import HEARTBEAT
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 import psycopg2
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
+from cdcf import pg_clients
 from cdcf.kafka_clients import durable_producer, reader
 from cdcf.settings import Settings
-from connectors.archive import TABLE as CHANGELOG
-from connectors.decoder import Change, DeadLetter, Position, decode
+from cdcf.changelog import TABLE as CHANGELOG
+from cdcf.decoder import Change, DeadLetter, Position, decode
 
 READ_TIMEOUT_S = 10.0
 
@@ -58,7 +59,7 @@ def replay(settings: Settings, dry_run: bool = False) -> Replayed:
     result = Replayed()
     consumer = reader(settings, "dead-letters")
     producer = durable_producer(settings, "admin")
-    db = psycopg2.connect(settings.pg_dsn(settings.offline_db, user=settings.feast_user))
+    db = pg_clients.connect_offline(settings)
     try:
         for letter in letters(settings):
             if letter.source.partition < 0:

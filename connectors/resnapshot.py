@@ -35,14 +35,15 @@ from datetime import date
 import psycopg2
 from confluent_kafka import KafkaError, TopicPartition
 
+from cdcf import pg_clients
 from cdcf.errors import PipelineError
 from cdcf.kafka_clients import consumer as kafka_consumer
 from cdcf.kafka_clients import durable_producer, reader
 from cdcf.settings import Settings
 from cdcf.sources import sources
-from connectors.archive import TABLE as CHANGELOG
+from cdcf.changelog import TABLE as CHANGELOG
 from connectors.connect import ConnectClient, captured_tables, change_topics, connector_config
-from connectors.contracts import HEARTBEAT, row_contracts
+from cdcf.contracts import HEARTBEAT, row_contracts
 
 log = logging.getLogger(__name__)
 SNAPSHOT_TIMEOUT_S = 1800.0
@@ -110,7 +111,7 @@ def resnapshot(settings: Settings, progress: Callable[[str], None] = log.info) -
 
 
 def _drop_slot(settings: Settings) -> None:
-    conn = psycopg2.connect(settings.pg_dsn(user=settings.debezium_user))
+    conn = pg_clients.connect(settings, user=settings.debezium_user)
     try:
         with conn, conn.cursor() as cur:
             deadline = time.monotonic() + 60
@@ -235,9 +236,9 @@ def _send_gap_deletes(settings: Settings, progress, snapshot: Snapshot) -> dict[
     the snapshot's LSN that the snapshot lacks or holds under other owners."""
     contracts = row_contracts()
     owners = _owner_columns()
-    reads = snapshot.lsn - 1  # where the decoders put the snapshot's records (connectors/decoder.py)
+    reads = snapshot.lsn - 1  # where the decoders put the snapshot's records (cdcf/decoder.py)
     lsn, micros = reads - 1, snapshot.micros - 1
-    archive = psycopg2.connect(settings.pg_dsn(settings.offline_db, user=settings.feast_user))
+    archive = pg_clients.connect_offline(settings)
     producer = durable_producer(settings, "admin")
     deleted: dict[str, int] = {}
     try:

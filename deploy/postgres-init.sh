@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# First start of the compose Postgres: the same roles, databases and schema as the local stack (cdcf/stack/*.sql).
+# First start of the compose Postgres: the same roles, databases and schema as the local stack (ops/stack/*.sql).
 # Passwords come from the Docker secret files (CDCF_SECRETS_DIR, /run/secrets), and reach psql escaped, on stdin:
 # any password works, quotes, backslashes and spaces included.
 set -euo pipefail

@@ -1,0 +1,1 @@
+"""Inference: the models (fraud, recommendation, segmentation), their registry and the model API."""

@@ -15,10 +15,11 @@ from datetime import datetime
 import psycopg2
 from psycopg2.extras import execute_values
 
+from cdcf import pg_clients
 from cdcf import features as decl
 from cdcf.features import EVENT_TIMESTAMP, FeatureView
 from cdcf.settings import Settings
-from inference.client import FeatureClient
+from online.client import FeatureClient
 
 RECHECK_S = 2.0
 SHOWN = 20  # mismatches kept in the report
@@ -45,7 +46,7 @@ def validate(settings: Settings, sample: int = 1000, entities: dict[str, list[in
     key) across the two stores."""
     rng = random.Random(seed)
     report = Report()
-    conn = psycopg2.connect(settings.pg_dsn(settings.offline_db, user=settings.feast_user), connect_timeout=10)
+    conn = pg_clients.connect_offline(settings)
     try:
         for view in decl.ALL_VIEWS:
             key = view.entity.join_key

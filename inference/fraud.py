@@ -5,7 +5,7 @@ Input, in the saved order: the service's stored features as of just before the t
 in training, Redis in serving), its request-time features (``cdcf.features.fraud_request_features``, the function
 Feast's on-demand view runs too), and how common its merchant is among the training transactions (an unseen
 merchant is 0: account takeovers spend where ordinary users seldom do). Nulls stay NaN, which the trees route
-by what they learned. Label: a chargeback within 60 days (``batch.training.labelled_transactions``).
+by what they learned. Label: a chargeback within 60 days (``offline.training.labelled_transactions``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import xgboost as xgb
 
-from batch.training import CHARGEBACK_HORIZON, TrainingSetError, labelled_transactions, resolve, training_set
+from offline.training import CHARGEBACK_HORIZON, TrainingSetError, labelled_transactions, resolve, training_set
 from cdcf import features as decl
 from cdcf.features import EVENT_TIMESTAMP
 from cdcf.settings import Settings

@@ -27,7 +27,8 @@ import psycopg2
 import torch
 from torch import nn
 
-from batch.training import TrainingSetError, labelled_transactions, resolve, training_set
+from offline.training import TrainingSetError, labelled_transactions, resolve, training_set
+from cdcf import pg_clients
 from cdcf import features as decl
 from cdcf.features import EVENT_TIMESTAMP
 from cdcf.settings import Settings
@@ -261,8 +262,7 @@ class Candidates:
     def _reload(self, locked: bool = False) -> None:
         try:
             table = decl.PRODUCT_STATS.offline_table
-            with psycopg2.connect(self.settings.pg_dsn(self.settings.offline_db, user=self.settings.feast_user),
-                                  connect_timeout=5) as conn, conn.cursor() as cur:
+            with pg_clients.offline_session(self.settings, timeout_s=5) as conn, conn.cursor() as cur:
                 cur.execute(f"SELECT product_id FROM (SELECT DISTINCT ON (product_id) product_id, {POPULARITY} FROM "
                             f"{table} ORDER BY product_id, {EVENT_TIMESTAMP} DESC) latest ORDER BY {POPULARITY} DESC "
                             "NULLS LAST, product_id LIMIT %s", (self.size,))

@@ -20,7 +20,8 @@ import pandas as pd
 import psycopg2
 from psycopg2.extras import execute_values
 
-from batch.training import TrainingSetError, resolve, training_set
+from cdcf import pg_clients
+from offline.training import TrainingSetError, resolve, training_set
 from cdcf import features as decl
 from cdcf.features import EVENT_TIMESTAMP
 from cdcf.settings import Settings
@@ -71,7 +72,7 @@ def users_as_of(settings: Settings, as_of: datetime) -> list[int]:
     """Every user with a value in one of the service's views as of ``as_of``."""
     views = {view.offline_table for view, _ in resolve(SERVICE)}
     query = " UNION ".join(f"SELECT user_id FROM {table} WHERE {EVENT_TIMESTAMP} <= %(t)s" for table in views)
-    with psycopg2.connect(settings.pg_dsn(settings.offline_db, user=settings.feast_user)) as conn:
+    with pg_clients.offline_session(settings) as conn:
         with conn.cursor() as cur:
             cur.execute(f"SELECT user_id FROM ({query}) u ORDER BY 1", {"t": as_of})
             found = [r[0] for r in cur.fetchall()]
@@ -130,7 +131,7 @@ def batch_score(settings: Settings, as_of: datetime, version: int | None = None,
     """Every user's segment as of ``as_of`` into ``user_segments`` and the online view; return what was done."""
     from tqdm import tqdm
 
-    from cdcf.online import OnlineWriter
+    from online.writer import OnlineWriter
 
     model = SegmentModel.load(settings, version)
     started = time.monotonic()
@@ -139,7 +140,7 @@ def batch_score(settings: Settings, as_of: datetime, version: int | None = None,
     (feature,) = view.features
     writer = OnlineWriter(settings)
     sizes = np.zeros(len(model.centers), dtype=np.int64)
-    conn = psycopg2.connect(settings.pg_dsn(settings.offline_db, user=settings.feast_user))
+    conn = pg_clients.connect_offline(settings)
     try:
         bar = tqdm(total=len(ids), unit="user", desc=f"{NAME} v{model.card.version}", disable=not progress)
         for start in range(0, len(ids), chunk):

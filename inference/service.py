@@ -1,4 +1,4 @@
-"""The model API: fetch fresh features from Redis (inference.client), score them with the registered models on
+"""The model API: fetch fresh features from Redis (online.client), score them with the registered models on
 CUDA when present, CPU otherwise, and return each answer with the model version and the as-of times of the
 features behind it.
 
@@ -39,7 +39,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram,
 from starlette.concurrency import run_in_threadpool
 
 from cdcf import features as decl
-from inference.client import FeatureClient, Fetched
+from online.client import FeatureClient, Fetched
 from inference.fraud import FraudModel
 from inference.model import TrainedModel
 from inference.recommend import Candidates, RecommendModel

@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import psycopg2
 
-from batch.training import LABELS, resolve, training_set
+from cdcf import pg_clients
+from offline.training import LABELS, resolve, training_set
 from cdcf.features import EVENT_TIMESTAMP
 from inference.model import TrainedModel, train
 from inference.service import model_path
@@ -14,7 +15,7 @@ from inference.service import model_path
 
 def entity_rows(settings, rows: int, join_key: str, view: str, seed: int = 0) -> pd.DataFrame:
     """Random (entity, time) pairs over the span of the offline history."""
-    with psycopg2.connect(settings.pg_dsn(settings.offline_db, user=settings.feast_user)) as conn:
+    with pg_clients.offline_session(settings) as conn:
         with conn.cursor() as cur:
             cur.execute(f"SELECT array_agg(DISTINCT {join_key}), min({EVENT_TIMESTAMP}), max({EVENT_TIMESTAMP}) "
                         f"FROM {view}")

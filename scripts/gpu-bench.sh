@@ -13,5 +13,5 @@ for wheel in glob.glob(f"{root}/wheels/*.whl"):
         zipfile.ZipFile(wheel).extractall(f"{root}/site")
 PY
 libs="$PWD/$root/root/usr/lib/x86_64-linux-gnu:$PWD/$root/root/lib/x86_64-linux-gnu"
-PYTHONPATH="$PWD/$root/site:$PWD" python3 -m bench.inference --redis-server "$root/root/usr/bin/redis-check-rdb" \
+PYTHONPATH="$PWD/$root/site:$PWD" python3 -m bench.serving --redis-server "$root/root/usr/bin/redis-check-rdb" \
     --redis-libs "$libs" --out "${OUT:-/tmp}/gpu_bench.json" "$@"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Pack into .gpu-bench/ (ignored) what bench/inference.py needs on a GPU host that has PyTorch but no Redis and no
+# Pack into .gpu-bench/ (ignored) what bench/serving.py needs on a GPU host that has PyTorch but no Redis and no
 # network: redis-server and its libraries unpacked from Debian's packages, and the redis, hiredis and mmh3 wheels.
 set -euo pipefail
 cd "$(dirname "$0")/.."

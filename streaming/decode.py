@@ -1,6 +1,6 @@
 """The stateless stage, in the JVM: Kafka records -> validated, typed changes (cdcf/engine/src/.../Decoder.java).
 
-The rules are connectors/decoder.py's: the JVM decoder takes its constants, patterns, reason templates and the
+The rules are cdcf/decoder.py's: the JVM decoder takes its constants, patterns, reason templates and the
 row contracts from there (``spec``) and checks them in the same order, so each message gets the same verdict, a
 change or a dead letter with the same reason (tests/cdc_cases.py and a fuzz corpus hold both to it). Why a JVM
 class and not Spark SQL expressions: streaming/DESIGN.md (the expressions cost more per message and 0.2-0.5 s of
@@ -14,8 +14,8 @@ from functools import cache
 
 from pyspark.sql import DataFrame
 
-from connectors import decoder as rules
-from connectors.contracts import row_contracts
+from cdcf import decoder as rules
+from cdcf.contracts import row_contracts
 
 TEXT_KINDS = ("string",)  # kinds the engine takes as text; every other kind is a long
 

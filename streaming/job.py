@@ -29,7 +29,7 @@ from cdcf.settings import Settings
 from cdcf.sources import sources
 from cdcf.spark import spark_session
 from cdcf.status import growing_since, report
-from connectors.contracts import HEARTBEAT
+from cdcf.contracts import HEARTBEAT
 from streaming import metrics
 from streaming.decode import routed
 from streaming.reseed import OnlineGuard

@@ -17,9 +17,10 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg2
 
+from cdcf import pg_clients
 from cdcf import features as decl
 from cdcf.features import EVENT_TIMESTAMP
-from cdcf.online import OnlineWriter
+from online.writer import OnlineWriter
 from cdcf.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ def seed_online(settings: Settings, progress: Callable[[str], None] = log.info) 
     job may be running); return the rows written per view."""
     writer = OnlineWriter(settings)
     written: dict[str, int] = {}
-    conn = psycopg2.connect(settings.pg_dsn(settings.offline_db, user=settings.feast_user))
+    conn = pg_clients.connect_offline(settings)
     try:
         for view in decl.FEATURE_VIEWS:
             key = view.entity.join_key
@@ -103,7 +104,7 @@ class OnlineGuard:
 
 
 def _offline_latest_us(settings: Settings) -> int:
-    conn = psycopg2.connect(settings.pg_dsn(settings.offline_db, user=settings.feast_user))
+    conn = pg_clients.connect_offline(settings)
     try:
         with conn, conn.cursor() as cur:
             cur.execute(" UNION ALL ".join(f"SELECT max({EVENT_TIMESTAMP}) FROM {v.name}" for v in decl.FEATURE_VIEWS))

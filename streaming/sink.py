@@ -16,11 +16,12 @@ import psycopg2
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from cdcf import pg_clients
 from cdcf import features as decl
 from cdcf import quality
 from cdcf.features import EVENT_TIMESTAMP, FeatureView
-from cdcf.online import OnlineWriter
-from cdcf.pgcopy import by_view, copy_view_rows
+from online.writer import OnlineWriter
+from offline.writer import by_view, copy_view_rows
 from cdcf.settings import Settings
 from streaming.metrics import FRESHNESS_BUCKETS_S
 
@@ -51,7 +52,7 @@ class FeatureSink:
             from cdcf.feast_config import feature_store
 
             self.store = feature_store(s, "writer")
-        self.db = psycopg2.connect(s.pg_dsn(s.offline_db, user=s.feast_user), connect_timeout=10)
+        self.db = pg_clients.connect_offline(s)
         with self.db, self.db.cursor() as cur:
             for view in decl.FEATURE_VIEWS:
                 cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {_stage(view)} (LIKE {view.name}) ON COMMIT DELETE ROWS")

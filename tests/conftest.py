@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from cdcf import stack
+from ops import stack
 from cdcf.settings import PROJECT_ROOT, default_home, ensure_secrets, load_settings
-from cdcf.workload import Workload
+from ops.workload import Workload
 
 CDCF = str(Path(sys.executable).with_name("cdcf"))
 

@@ -13,12 +13,13 @@ from typing import Any
 
 import psycopg2
 
+from cdcf import pg_clients
 from cdcf.features import ColumnFeature, FeatureView, WindowFeature
 
 
 def current_rows(settings, table: str, owner: str, owner_id: int, as_of: datetime) -> list[dict[str, Any]]:
     """The versions current at ``as_of`` of every row of ``table`` that ``owner_id`` ever owned."""
-    with psycopg2.connect(settings.pg_dsn(settings.offline_db, user=settings.feast_user)) as conn:
+    with pg_clients.offline_session(settings) as conn:
         with conn.cursor() as cur:
             cur.execute(
                 "SELECT row_key, lsn, after FROM cdc_changelog WHERE source_table = %(t)s AND commit_ts <= %(T)s "

@@ -15,14 +15,15 @@ import pandas as pd
 import psycopg2
 import pytest
 
+from cdcf import pg_clients
 from batch.backfill import run_backfill
-from batch.training import TrainingSetError, training_set
+from offline.training import TrainingSetError, training_set
 from cdcf import features as decl
 from cdcf import layout
 from cdcf.feast_config import feature_store
 from cdcf.redis_clients import redis_client
 from cdcf.spark import spark_session
-from cdcf.stack.background import STREAMING
+from ops.stack.background import STREAMING
 from streaming.reseed import seed_online
 from tests import oracle
 from tests.conftest import fresh_workload, wait_for
@@ -33,7 +34,7 @@ pytestmark = pytest.mark.integration
 def _query(settings, statement: str, params=None, db: str | None = None) -> list[tuple]:
     db = db or settings.offline_db
     user = settings.feast_user if db == settings.offline_db else None
-    with psycopg2.connect(settings.pg_dsn(db, user=user)) as conn, conn.cursor() as cur:
+    with pg_clients.session(settings, db, user=user) as conn, conn.cursor() as cur:
         cur.execute(statement, params)
         rows = cur.fetchall() if cur.description else []
     conn.close()

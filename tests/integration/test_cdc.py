@@ -16,15 +16,16 @@ import pytest
 from confluent_kafka import TopicPartition
 from psycopg2.extras import execute_values
 
+from cdcf import pg_clients
 from cdcf import features as decl
 from cdcf import kafka_clients
 from cdcf.errors import ServiceError
 from cdcf.feast_config import feature_store
-from cdcf.stack import kafka, proc
-from cdcf.stack.background import ARCHIVER, STREAMING
-from cdcf.workload import Workload
+from ops.stack import kafka, proc
+from ops.stack.background import ARCHIVER, STREAMING
+from ops.workload import Workload
 from connectors.connect import ConnectClient, connector_config
-from connectors.decoder import DEAD_LETTER_PAYLOAD, DeadLetter, Position
+from cdcf.decoder import DEAD_LETTER_PAYLOAD, DeadLetter, Position
 from tests.cdc_cases import BAD_INPUTS
 from tests.conftest import run_cli, wait_for
 
@@ -32,7 +33,7 @@ pytestmark = pytest.mark.integration
 
 
 def _sql(settings, statement: str, params=None, user: str | None = None) -> list[tuple]:
-    with psycopg2.connect(settings.pg_dsn(user=user)) as conn, conn.cursor() as cur:
+    with pg_clients.session(settings, user=user) as conn, conn.cursor() as cur:
         cur.execute(statement, params)
         rows = cur.fetchall() if cur.description else []
     conn.close()
@@ -40,7 +41,7 @@ def _sql(settings, statement: str, params=None, user: str | None = None) -> list
 
 
 def _archived(settings, table: str, low: int, high: int) -> list[tuple]:
-    with psycopg2.connect(settings.pg_dsn(settings.offline_db, user=settings.feast_user)) as conn:
+    with pg_clients.offline_session(settings) as conn:
         with conn.cursor() as cur:
             cur.execute("SELECT op, row_key, lsn, before, after FROM cdc_changelog WHERE source_table = %s "
                         "AND row_key BETWEEN %s AND %s ORDER BY lsn", (table, low, high))
@@ -227,7 +228,7 @@ def test_dead_letters_are_listed_and_replayed_once_the_contract_takes_them(setti
     topic = f"{settings.topic_prefix}.public.transactions"
     _sql(settings, "INSERT INTO transactions VALUES (%s, 1, 2, 7.00, 'acme', now(), now())", (txn,))
     wait_for(lambda: _archived(settings, "transactions", txn, txn), 60, "the change")
-    with psycopg2.connect(settings.pg_dsn(settings.offline_db, user=settings.feast_user)) as conn:
+    with pg_clients.offline_session(settings) as conn:
         with conn.cursor() as cur:  # as if an older contract had refused it: not archived, dead-lettered
             cur.execute("DELETE FROM cdc_changelog WHERE source_table = 'transactions' AND row_key = %s "
                         "RETURNING kafka_partition, kafka_offset", (txn,))
@@ -300,7 +301,7 @@ def test_kill_9_mid_stream_loses_and_duplicates_nothing(settings, victim):
 
 def _fifty_thousand_changes(settings, ids: list[int]) -> None:
     """25k inserts, then 15k amount updates, then 10k deletes, in transactions of 1,000 rows over ~10 s."""
-    conn = psycopg2.connect(settings.pg_dsn())
+    conn = pg_clients.connect(settings)
     try:
         with conn.cursor() as cur:
             for chunk in range(0, 25_000, 1_000):
@@ -342,7 +343,7 @@ def test_connector_cli_pauses_resumes_and_shows_offsets(settings):
 
 def test_every_workload_change_is_archived_once(settings):
     def archived_total() -> int:
-        with psycopg2.connect(settings.pg_dsn(settings.offline_db, user=settings.feast_user)) as conn:
+        with pg_clients.offline_session(settings) as conn:
             with conn.cursor() as cur:
                 cur.execute("SELECT count(*) FROM cdc_changelog")
                 count = cur.fetchone()[0]

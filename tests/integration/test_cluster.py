@@ -16,8 +16,8 @@ import pytest
 
 from cdcf import features as decl
 from cdcf.feast_config import feature_store
-from cdcf.stack import proc, spark_cluster
-from cdcf.stack.background import STREAMING
+from ops.stack import proc, spark_cluster
+from ops.stack.background import STREAMING
 from tests.conftest import CDCF, fresh_workload
 from tests.integration.test_streaming import _last_change_by_user, _sql, assert_exact
 

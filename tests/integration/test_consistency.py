@@ -18,9 +18,9 @@ import yaml
 from bench.cdc_capture import await_stream
 from cdcf import features as decl
 from cdcf.feast_config import REPO_PATH, repo_config
-from cdcf.online import OnlineWriter
+from online.writer import OnlineWriter
 from cdcf.redis_clients import acl_file, redis_client
-from inference.client import FeatureClient
+from online.client import FeatureClient
 from inference.consistency import validate
 from tests.conftest import fresh_workload, run_cli, wait_for
 

@@ -14,12 +14,13 @@ import psycopg2
 import pytest
 from fastapi.testclient import TestClient
 
+from cdcf import pg_clients
 from cdcf import features as decl
 from cdcf import layout
 from cdcf.feast_config import feature_store
 from cdcf.redis_clients import redis_client
-from cdcf.workload import Workload
-from inference.client import FeatureClient
+from ops.workload import Workload
+from online.client import FeatureClient
 from inference.model import TrainedModel
 from inference.service import MAX_BATCH, MAX_BODY, ScoringError, ScoringService, create_app, model_path
 from inference.train import train_from_store
@@ -30,7 +31,7 @@ SERVICE = "fraud_detection_v1"
 
 
 def _served_users(settings) -> list[int]:
-    with psycopg2.connect(settings.pg_dsn(settings.offline_db, user=settings.feast_user)) as conn:
+    with pg_clients.offline_session(settings) as conn:
         with conn.cursor() as cur:
             cur.execute(f"SELECT DISTINCT user_id FROM {decl.TRANSACTION_RISK.name} ORDER BY 1 LIMIT 200")
             found = [r[0] for r in cur.fetchall()]

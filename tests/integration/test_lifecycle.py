@@ -7,12 +7,14 @@ import shutil
 import psycopg2
 import pytest
 
+from cdcf import pg_clients
 from cdcf import features as decl
 from cdcf.errors import ServiceError
 from cdcf.settings import load_settings
-from cdcf.stack import jars, kafka, postgres, proc, redis_server
-from cdcf.stack.background import ARCHIVER, STREAMING
-from cdcf.stack.monitoring import ALERTMANAGER, PROMETHEUS
+from cdcf import jars
+from ops.stack import kafka, postgres, proc, redis_server
+from ops.stack.background import ARCHIVER, STREAMING
+from ops.stack.monitoring import ALERTMANAGER, PROMETHEUS
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.integration
@@ -96,7 +98,7 @@ def test_a_new_home_never_inherits_the_database_of_another(side_home, tmp_path):
 
 
 def _execute(settings, sql: str) -> list[tuple]:
-    with psycopg2.connect(settings.pg_dsn()) as conn, conn.cursor() as cur:
+    with pg_clients.session(settings) as conn, conn.cursor() as cur:
         cur.execute(sql)
         rows = cur.fetchall() if cur.description else []
     conn.close()

@@ -13,13 +13,14 @@ import psycopg2
 import pytest
 from fastapi.testclient import TestClient
 
-from batch.training import labelled_transactions
+from cdcf import pg_clients
+from offline.training import labelled_transactions
 from cdcf import features as decl
 from cdcf.feast_config import feature_store
-from cdcf.sample_data import add_users
-from cdcf.workload import Workload
+from ops.sample_data import add_users
+from ops.workload import Workload
 from inference import fraud, recommend, registry, segments
-from inference.client import ServiceClient
+from online.client import ServiceClient
 from inference.registry import ModelNotFound
 from inference.service import MAX_BATCH, FraudScorer, Recommender, ScoringError, SegmentReader, create_app
 from tests.conftest import run_cli, wait_for
@@ -29,7 +30,7 @@ USERS, PRODUCTS = 300, 40
 
 
 def _offline(settings, query: str, args=()) -> list[tuple]:
-    with psycopg2.connect(settings.pg_dsn(settings.offline_db, user=settings.feast_user)) as conn:
+    with pg_clients.offline_session(settings) as conn:
         with conn.cursor() as cur:
             cur.execute(query, args)
             rows = cur.fetchall()
@@ -68,7 +69,7 @@ def _http(settings, **models) -> tuple[TestClient, TestClient]:
 def test_the_fraud_label_is_a_chargeback_within_60_days(settings, history):
     user, now = history[0], datetime.now(UTC)
     txn = random.randrange(10**15, 10**16)
-    with psycopg2.connect(settings.pg_dsn()) as conn, conn.cursor() as cur:
+    with pg_clients.session(settings) as conn, conn.cursor() as cur:
         for n, (created, reported) in enumerate(((70, 10), (70, 8), (5, None))):  # days ago
             at = now - timedelta(days=created)
             cur.execute("INSERT INTO transactions VALUES (%s, %s, NULL, 900, 'quickcash', %s, %s)",

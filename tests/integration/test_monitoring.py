@@ -11,8 +11,8 @@ import pytest
 
 from cdcf.errors import ServiceError
 from cdcf.settings import PROJECT_ROOT
-from cdcf.stack import kafka, monitoring
-from cdcf.stack.background import STREAMING
+from ops.stack import kafka, monitoring
+from ops.stack.background import STREAMING
 from tests.conftest import fresh_workload, run_cli, wait_for
 
 pytestmark = pytest.mark.integration

@@ -17,7 +17,7 @@ from psycopg2.extensions import make_dsn
 from bench import security
 from cdcf.errors import ServiceError
 from cdcf.settings import PROJECT_ROOT
-from cdcf.stack import postgres
+from ops.stack import postgres
 
 
 @pytest.mark.parametrize("name", list(security.ATTEMPTS))

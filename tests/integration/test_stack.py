@@ -18,14 +18,15 @@ import psycopg2
 import pytest
 import redis
 
+from cdcf import pg_clients
 from cdcf import features as decl
 from cdcf import kafka_clients
 from cdcf.feast_config import feature_store
 from cdcf.redis_clients import redis_client
 from cdcf.spark import spark_session
-from cdcf.stack import kafka, postgres, proc, redis_server, status
-from cdcf.stack.background import ARCHIVER, STREAMING
-from cdcf.stack.monitoring import ALERTMANAGER, PROMETHEUS
+from ops.stack import kafka, postgres, proc, redis_server, status
+from ops.stack.background import ARCHIVER, STREAMING
+from ops.stack.monitoring import ALERTMANAGER, PROMETHEUS
 from connectors.connect import connect_auth
 from tests.conftest import CDCF, run_cli
 
@@ -90,7 +91,7 @@ def test_connect_lists_the_debezium_postgres_plugin_to_the_operator_only(setting
 
 
 def test_postgres_is_ready_for_logical_decoding(settings):
-    with psycopg2.connect(settings.pg_dsn()) as conn, conn.cursor() as cur:
+    with pg_clients.session(settings) as conn, conn.cursor() as cur:
         cur.execute("SELECT current_setting('wal_level'), current_setting('max_replication_slots')::int, "
                     "current_setting('max_slot_wal_keep_size')")
         assert cur.fetchone() == ("logical", 10, "4GB")
@@ -121,7 +122,7 @@ def test_debezium_role_can_replicate_and_read_but_not_write(settings):
             cur.execute("DELETE FROM transactions")
     conn.close()
     with pytest.raises(psycopg2.OperationalError, match="permission denied|not allowed|privilege"):
-        psycopg2.connect(settings.pg_dsn(settings.registry_db, user=settings.debezium_user)).close()
+        pg_clients.connect(settings, settings.registry_db, user=settings.debezium_user).close()
 
 
 def test_redis_has_a_writer_and_a_reader_and_no_default_user(settings):

@@ -20,13 +20,14 @@ import pyarrow as pa
 import pytest
 from feast.data_source import PushMode
 
+from cdcf import pg_clients
 from cdcf import features as decl
 from cdcf import layout
 from cdcf.errors import ServiceError
 from cdcf.feast_config import feature_store
-from cdcf.online import OnlineWriter
-from cdcf.stack.background import STREAMING
-from cdcf.workload import redeliver
+from online.writer import OnlineWriter
+from ops.stack.background import STREAMING
+from ops.workload import redeliver
 from tests import oracle
 from tests.conftest import fresh_workload, run_cli, wait_for
 
@@ -42,7 +43,7 @@ def store(settings):
 
 def _sql(settings, statement: str, params=None) -> datetime:
     """Run one statement in its own transaction; return the transaction's start time (<= its commit time)."""
-    with psycopg2.connect(settings.pg_dsn()) as conn, conn.cursor() as cur:
+    with pg_clients.session(settings) as conn, conn.cursor() as cur:
         cur.execute(statement, params)
         cur.execute("SELECT now()")
         started = cur.fetchone()[0]
@@ -74,7 +75,7 @@ def offline_row(settings, view: decl.FeatureView, entity_id: int, as_of: datetim
 
 def offline_rows(settings, view: decl.FeatureView, entity_id: int, where: str, *params) -> dict[datetime, dict]:
     """The entity's offline rows that satisfy ``where``, by as-of time."""
-    conn = psycopg2.connect(settings.pg_dsn(settings.offline_db, user=settings.feast_user))
+    conn = pg_clients.connect_offline(settings)
     try:
         with conn.cursor() as cur:
             cur.execute(f"SELECT {decl.EVENT_TIMESTAMP}, {', '.join(f.name for f in view.features)} FROM {view.name} "
@@ -227,7 +228,7 @@ def test_kill_9_mid_load_loses_and_double_counts_nothing(settings, store):
 
 def _last_change_by_user(settings, since: datetime) -> dict[int, datetime]:
     """The commit time of the last change, since ``since``, to a row each user owned before or after it."""
-    with psycopg2.connect(settings.pg_dsn(settings.offline_db, user=settings.feast_user)) as conn:
+    with pg_clients.offline_session(settings) as conn:
         with conn.cursor() as cur:
             cur.execute("SELECT owner, max(commit_ts) FROM cdc_changelog, LATERAL (VALUES (after->>'user_id'), "
                         "(before->>'user_id')) o(owner) WHERE source_table IN ('transactions', 'sessions') "
@@ -320,7 +321,7 @@ def test_resnapshot_brings_every_feature_back_after_capture_lost_its_slot(settin
     try:
         client.stop(name)
         wait_for(lambda: client.status(name)["connector"]["state"] == "STOPPED", 60, "the connector to stop")
-        with psycopg2.connect(settings.pg_dsn(user=settings.debezium_user)) as conn, conn.cursor() as cur:
+        with pg_clients.session(settings, user=settings.debezium_user) as conn, conn.cursor() as cur:
             wait_for(lambda: not _slot_active(cur, settings.replication_slot), 60, "the slot to be released")
             cur.execute("SELECT pg_drop_replication_slot(%s)", (settings.replication_slot,))
         conn.close()

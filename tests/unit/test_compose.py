@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from cdcf.settings import PROJECT_ROOT, SECRET_FIELDS, Settings
-from cdcf.stack import compose_secrets, kafka, postgres, redis_server
+from ops.stack import compose_secrets, kafka, postgres, redis_server
 
 SECRETS = {f: "x" for f in SECRET_FIELDS}
 
@@ -153,7 +153,7 @@ def test_postgres_runs_with_the_local_stacks_server_settings_and_rules():
     assert flags == {**postgres.server_settings(DEFAULTS), **postgres.tls_settings(f"{key}.crt", f"{key}.key"),
                      "hba_file": "/etc/cdcf/pg_hba.conf"}
     mounts = " ".join(SERVICES["postgres"]["volumes"])
-    assert "cdcf/stack/roles.sql" in mounts and "cdcf/stack/app_schema.sql" in mounts
+    assert "ops/stack/roles.sql" in mounts and "ops/stack/app_schema.sql" in mounts
     assert "./deploy/pg_hba.conf:/etc/cdcf/pg_hba.conf:ro" in mounts
     hba = (PROJECT_ROOT / "deploy" / "pg_hba.conf").read_text()
     assert hba.split("\n", 1)[1] == postgres.hba_rules(DEFAULTS)

@@ -13,7 +13,7 @@ from cdcf import kafka_clients
 from cdcf.errors import ServiceError
 from cdcf.redis_clients import ACL_RULES, acl_file
 from cdcf.settings import SECRET_FIELDS, Settings, write_private
-from cdcf.stack import certificates, kafka, postgres
+from ops.stack import certificates, kafka, postgres
 
 HOSTILE = 'a "quoted" \\ back\\slash, it\'s = 😀'
 

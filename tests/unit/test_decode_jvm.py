@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from hypothesis import HealthCheck, given, seed, settings
 
-from connectors.decoder import Change, DeadLetter, Position, decode
+from cdcf.decoder import Change, DeadLetter, Position, decode
 from streaming.decode import decode as decode_jvm
 from tests.cdc_cases import BAD_INPUTS, PREFIX, TOPIC, encoded, envelope, good_update, row
 from tests.fuzz import messages

@@ -9,9 +9,9 @@ from decimal import Decimal
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from connectors import contracts
+from cdcf import contracts
 from connectors.archive import archive_row, encode
-from connectors.decoder import DEAD_LETTER_PAYLOAD, Change, DeadLetter, Position, decode
+from cdcf.decoder import DEAD_LETTER_PAYLOAD, Change, DeadLetter, Position, decode
 from tests.cdc_cases import BAD_INPUTS, PREFIX, TOPIC, encoded, envelope, good_update, row
 from tests.fuzz import messages
 

@@ -74,7 +74,7 @@ def test_offline_table_ddl_is_keyed_by_entity_and_as_of_time():
 
 
 def test_the_declaration_and_the_avro_contracts_name_the_same_tables_and_columns():
-    from connectors import contracts
+    from cdcf import contracts
 
     rows = contracts.row_contracts()
     assert {t.name for t in decl.TABLES} | {contracts.HEARTBEAT} == set(rows)

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cdcf import sample_data
+from ops import sample_data
 from cdcf.settings import SECRET_FIELDS, Settings
 from inference import fraud, recommend, registry
 from inference.registry import ModelNotFound

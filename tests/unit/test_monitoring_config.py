@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from cdcf.settings import PROJECT_ROOT
-from cdcf.stack.monitoring import ALERTMANAGER_CONFIG, RULES
+from ops.stack.monitoring import ALERTMANAGER_CONFIG, RULES
 
 TESTS = RULES.with_name("alerts_test.yml")
 OURS = ("cdcf", "connectors", "streaming", "inference")

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import time
 
-from cdcf.stack.background import RESTART_WINDOW_S, STREAMING
-from cdcf.stack.supervisor import Restarts
+from ops.stack.background import RESTART_WINDOW_S, STREAMING
+from ops.stack.supervisor import Restarts
 
 HEALTHY = {"batches": 9, "changes": 90, "rows_written": 30, "decayed": 0, "last_as_of": None, "restarts": 0,
            "last_error": None, "last_restart_at": None, "query_active": True, "at": 10_000.0}
@@ -35,7 +35,7 @@ def test_a_job_its_supervisor_restarted_lately_says_how_it_ended():
 
 def test_a_service_restarted_twice_within_the_window_is_in_a_restart_loop(tmp_path):
     from cdcf.settings import StackPaths
-    from cdcf.stack import supervisor
+    from ops.stack import supervisor
 
     paths = StackPaths(tmp_path)
     paths.run.mkdir(parents=True)
@@ -51,7 +51,7 @@ def test_a_service_restarted_twice_within_the_window_is_in_a_restart_loop(tmp_pa
 
 
 def test_a_replication_slot_that_no_longer_reserves_its_wal_fails_status():
-    from cdcf.stack.postgres import slot_trouble
+    from ops.stack.postgres import slot_trouble
 
     assert slot_trouble([("cdcf_app", "reserved")]) is None and slot_trouble([]) is None
     problem = slot_trouble([("cdcf_app", "lost"), ("other", "reserved"), ("spare", "extended")])
@@ -59,7 +59,7 @@ def test_a_replication_slot_that_no_longer_reserves_its_wal_fails_status():
 
 
 def test_an_archiver_dead_lettering_lately_or_falling_behind_is_trouble():
-    from cdcf.stack.background import ARCHIVER, LAG_GROWING_S
+    from ops.stack.background import ARCHIVER, LAG_GROWING_S
 
     fine = {"changes": 5, "duplicates": 0, "dead_letters": 2, "lag": 40, "at": 10_000.0,
             "last_dead_letter_at": 10_000.0 - RESTART_WINDOW_S - 1, "last_dead_letter_reason": "not JSON",
@@ -72,7 +72,7 @@ def test_an_archiver_dead_lettering_lately_or_falling_behind_is_trouble():
 
 
 def test_a_stalled_or_falling_behind_query_or_a_stopped_clock_is_trouble():
-    from cdcf.stack.background import CLOCK_STOPPED_S, FIRST_BATCH_S, LAG_GROWING_S, STALLED_S
+    from ops.stack.background import CLOCK_STOPPED_S, FIRST_BATCH_S, LAG_GROWING_S, STALLED_S
 
     working = {**HEALTHY, "last_batch_at": 9_999.0, "behind": 300, "behind_growing_since": 10_000.0 - LAG_GROWING_S + 1,
                "clock": "2026-12-01T10:00:00.000Z", "clock_moved_at": 10_000.0 - CLOCK_STOPPED_S + 1}

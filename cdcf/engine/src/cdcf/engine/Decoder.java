@@ -26,7 +26,7 @@ import java.util.TreeSet;
 import java.util.regex.Pattern;
 
 /**
- * connectors/decoder.py's rules in the JVM, for the streaming job's stateless stage: one Kafka message of a
+ * cdcf/decoder.py's rules in the JVM, for the streaming job's stateless stage: one Kafka message of a
  * change topic -> a typed change or a dead-letter reason; never throws. Its constants, patterns, reason templates
  * and row contracts come from Python (cdcf/engine/__init__.py renders them from decoder.py and schemas/), and the
  * rules run in decoder.py's order, so both give every message the same verdict (tests/cdc_cases.py and a fuzz

@@ -25,12 +25,13 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
+from cdcf import pg_clients
 from cdcf import features as decl
 from cdcf.errors import PipelineError
 from cdcf.features import EVENT_TIMESTAMP, Entity, FeatureView, Table
-from cdcf.pgcopy import csv_buffer
+from offline.writer import csv_buffer
 from cdcf.settings import Settings
-from connectors.archive import TABLE as CHANGELOG
+from cdcf.changelog import TABLE as CHANGELOG
 
 ENTITY_ROWS = "training_entity_rows"
 ARROW = {"int64": pa.int64(), "float64": pa.float64(), "string": pa.string()}
@@ -73,7 +74,7 @@ def labelled_transactions(settings: Settings) -> pd.DataFrame:
         "(t.after->>'created_at')::timestamptz AS created_at, coalesce(cb.reported_at <= "
         f"(t.after->>'created_at')::timestamptz + interval '{horizon} seconds', false) AS fraud "
         "FROM txn t LEFT JOIN cb ON cb.txn_id = (t.after->>'txn_id')::bigint WHERE t.after IS NOT NULL ORDER BY 1")
-    with psycopg2.connect(settings.pg_dsn(settings.offline_db, user=settings.feast_user)) as conn:
+    with pg_clients.offline_session(settings) as conn:
         with conn.cursor() as cur:
             cur.execute(query)
             frame = pd.DataFrame(cur.fetchall(), columns=[c.name for c in cur.description])
@@ -112,7 +113,7 @@ def load_entities(source: pd.DataFrame | str | Path, settings: Settings | None =
         return pd.read_csv(path, parse_dates=[EVENT_TIMESTAMP])
     if settings is None or not str(source).replace("_", "").isalnum():
         raise TrainingSetError(f"{source}: expected a .parquet or .csv file, or the name of an offline-store table")
-    with psycopg2.connect(settings.pg_dsn(settings.offline_db, user=settings.feast_user)) as conn:
+    with pg_clients.offline_session(settings) as conn:
         frame = pd.read_sql_query(f"SELECT * FROM {source}", conn)  # noqa: S608 - a checked identifier
     conn.close()
     return frame
@@ -140,7 +141,7 @@ def training_set(settings: Settings, entities: pd.DataFrame | str | Path, featur
     chosen = [LABELS[name] for name in labels]
     query, schema = _query(keys, wanted, chosen)
     columns = ", ".join(e.join_key for e in keys)
-    with psycopg2.connect(settings.pg_dsn(settings.offline_db, user=settings.feast_user)) as conn:
+    with pg_clients.offline_session(settings) as conn:
         with conn.cursor() as cur:
             cur.execute("SET jit = off; SET TimeZone = 'UTC'")
             for label in chosen:

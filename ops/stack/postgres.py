@@ -18,9 +18,10 @@ from pathlib import Path
 
 import psycopg2
 
+from cdcf import pg_clients
 from cdcf.errors import ServiceError
 from cdcf.settings import Settings, StackPaths
-from cdcf.stack import certificates, proc
+from ops.stack import certificates, proc
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ def pid(settings: Settings) -> int | None:
 
 def health(settings: Settings) -> str:
     """One line on the cluster, connecting as the app role over TCP (so a wrong password shows here)."""
-    with psycopg2.connect(settings.pg_dsn(), connect_timeout=3) as conn, conn.cursor() as cur:
+    with pg_clients.session(settings, timeout_s=3) as conn, conn.cursor() as cur:
         cur.execute("SELECT current_setting('wal_level'), current_setting('server_version')")
         wal_level, version = cur.fetchone()
         cur.execute("SELECT slot_name, wal_status FROM pg_replication_slots ORDER BY slot_name")

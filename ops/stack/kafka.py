@@ -25,8 +25,8 @@ from confluent_kafka.admin import (
 from cdcf.errors import ServiceError
 from cdcf.kafka_clients import SCRAM, client_config, credentials, jaas, java_config
 from cdcf.settings import Settings, write_private
-from cdcf.stack import proc, supervisor
-from cdcf.stack.jars import jar_files
+from ops.stack import proc, supervisor
+from cdcf.jars import jar_files
 from connectors.connect import connect_auth, connector_secrets_dir
 
 CONF = Path(__file__).with_name("conf")

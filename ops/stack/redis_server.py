@@ -9,7 +9,7 @@ import redis
 from cdcf.errors import ServiceError
 from cdcf.redis_clients import acl_file, redis_client
 from cdcf.settings import Settings, write_private
-from cdcf.stack import proc, supervisor
+from ops.stack import proc, supervisor
 
 NAME = "redis"
 

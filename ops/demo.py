@@ -10,11 +10,12 @@ from collections.abc import Callable
 
 import psycopg2
 
+from cdcf import pg_clients
 from cdcf import features as decl
-from cdcf import sample_data, stack
+from ops import sample_data, stack
 from cdcf.feast_config import feature_store
 from cdcf.settings import Settings
-from cdcf.workload import Workload
+from ops.workload import Workload
 
 DEMO_USERS = (1, 2, 3)
 TRANSACTION = {"amount": 1450.0, "merchant": "giftcardz"}  # one to score for fraud, as an account takeover spends
@@ -107,7 +108,7 @@ def _probe(settings: Settings, store) -> float:
     """Commit a transaction of a probe user with an amount larger than any before it (the clock) and time until
     Feast serves it as the user's 24h maximum."""
     amount = round(time.time(), 2)
-    with psycopg2.connect(settings.pg_dsn()) as conn, conn.cursor() as cur:
+    with pg_clients.session(settings) as conn, conn.cursor() as cur:
         cur.execute("INSERT INTO transactions VALUES (%s, %s, NULL, %s, 'demo probe', now(), now())",
                     (-int(amount * 100), PROBE_USER, amount))
     committed = time.monotonic()

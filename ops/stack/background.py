@@ -1,6 +1,6 @@
 """Our long-running jobs as background processes of the local stack: the changelog archiver (connectors.archive)
 and the streaming feature job (streaming.job). Each is a `cdcf` command that reports to a status file, run by a
-supervisor (cdcf.stack.supervisor) that starts it again, with backoff, whenever it exits on its own. A job restarted
+supervisor (ops.stack.supervisor) that starts it again, with backoff, whenever it exits on its own. A job restarted
 in the last RESTART_WINDOW_S is unhealthy: our own code exited, and the restart's error says why."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any
 
 from cdcf.errors import ServiceError
 from cdcf.settings import Settings
-from cdcf.stack import proc, supervisor
-from cdcf.stack.supervisor import RESTART_WINDOW_S
+from ops.stack import proc, supervisor
+from ops.stack.supervisor import RESTART_WINDOW_S
 
 REPORT_EVERY_S = 30  # a job that has not written its status file for this long is unhealthy
 LAG_GROWING_S = 60  # a consumer whose lag grew this long without ever shrinking is falling behind

@@ -18,6 +18,7 @@ from itertools import accumulate
 import psycopg2
 from psycopg2.extras import execute_values
 
+from cdcf import pg_clients
 from cdcf.settings import Settings
 
 STATUSES = ("active", "active", "active", "suspended", "closed")
@@ -66,7 +67,7 @@ def user_row(rng: random.Random, user: int, now: datetime, age: int | None = Non
 def add_users(settings: Settings, ids: range, seed: int = 7) -> None:
     """Users rows for ``ids`` (those not there yet), so that a workload over them buys by age."""
     rng, now = random.Random(seed), datetime.now(UTC)
-    with psycopg2.connect(settings.pg_dsn()) as conn, conn.cursor() as cur:
+    with pg_clients.session(settings) as conn, conn.cursor() as cur:
         execute_values(cur, "INSERT INTO users VALUES %s ON CONFLICT DO NOTHING", [user_row(rng, u, now) for u in ids],
                        page_size=5000)
     conn.close()
@@ -116,7 +117,7 @@ def seed(settings: Settings, *, users: int = 200, products: int = 50, days: int 
                 reports.append((txn_id, at + delay))
     # one chargeback per transaction at most: its id is the transaction's
     rows["chargebacks"] = [(txn_id, txn_id, at) for txn_id, at in reports if at <= now]
-    with psycopg2.connect(settings.pg_dsn()) as conn, conn.cursor() as cur:
+    with pg_clients.session(settings) as conn, conn.cursor() as cur:
         for table, values in rows.items():
             execute_values(cur, f"INSERT INTO {table} VALUES %s ON CONFLICT DO NOTHING", values)
     conn.close()

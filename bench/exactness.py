@@ -16,9 +16,10 @@ from datetime import datetime
 
 import psycopg2
 
+from cdcf import pg_clients
 from cdcf import features as decl
 from cdcf.features import ColumnFeature, FeatureView, WindowFeature
-from inference.client import FeatureClient
+from online.client import FeatureClient
 
 CAST = {"int64": "::bigint", "float64": "::numeric::float8", "string": ""}
 
@@ -163,5 +164,5 @@ def compare_offline(conn, per_view: int, entity_ranges: dict[str, tuple[int, int
 
 
 def connect(settings, database: str | None = None):
-    return psycopg2.connect(settings.pg_dsn(database or settings.offline_db, user=settings.feast_user))
+    return pg_clients.connect(settings, database or settings.offline_db, user=settings.feast_user)
 

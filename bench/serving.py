@@ -6,7 +6,7 @@ Redis pipeline of the same keys (HGETALL, no decoding) as the baseline.
 It needs only numpy, torch, redis, hiredis and mmh3, so it runs on a GPU host with no network and no Redis:
 `scripts/prepare-gpu-bench.sh` packs a redis-server unpacked from Debian's packages and the small wheels.
 
-    python -m bench.inference --redis-server /usr/bin/redis-server [--out results.json]
+    python -m bench.serving --redis-server /usr/bin/redis-server [--out results.json]
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import torch
 
 from cdcf import features as decl
 from cdcf import layout
-from inference.client import FeatureClient
+from online.client import FeatureClient
 from inference.model import Scorer, TrainedModel, frozen_heap
 
 SERVICE = "fraud_detection_v1"

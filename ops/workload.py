@@ -17,8 +17,9 @@ from datetime import UTC, datetime, timedelta
 import psycopg2
 from confluent_kafka import Message, TopicPartition
 
+from cdcf import pg_clients
 from cdcf import kafka_clients
-from cdcf.sample_data import MERCHANTS, fraud_burst, pick_product, report_delay
+from ops.sample_data import MERCHANTS, fraud_burst, pick_product, report_delay
 from cdcf.settings import Settings
 
 TICK_S = 0.1
@@ -48,7 +49,7 @@ class Workload:
         """Make changes at ``rate`` per second for ``duration_s`` (one second in ``burst_every_s`` runs at
         ``burst_factor`` times the rate), up to ``per_commit`` changes per transaction; return how many of each
         kind were committed."""
-        conn = psycopg2.connect(self.settings.pg_dsn())
+        conn = pg_clients.connect(self.settings)
         try:
             with conn.cursor() as cur:
                 self._load_state(cur)

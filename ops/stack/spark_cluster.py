@@ -18,7 +18,7 @@ import pyspark
 
 from cdcf.settings import Settings, write_private
 from cdcf.spark import spark_defaults
-from cdcf.stack import proc
+from ops.stack import proc
 
 SPARK_CLASS = Path(pyspark.__file__).parent / "bin" / "spark-class"
 EXECUTOR = "CoarseGrainedExecutorBackend"  # the executor's main class, in its command line

@@ -15,12 +15,14 @@ from pathlib import Path
 
 import psycopg2
 
+from cdcf import pg_clients
 from cdcf import feast_config, features
 from cdcf.errors import PipelineError, PrerequisiteError, ServiceError
 from cdcf.settings import Settings
-from cdcf.stack import jars, kafka, postgres, proc, redis_server, supervisor
-from cdcf.stack.background import ARCHIVER, STREAMING
-from cdcf.stack.monitoring import ALERTMANAGER, PROMETHEUS
+from cdcf import jars
+from ops.stack import kafka, postgres, proc, redis_server, supervisor
+from ops.stack.background import ARCHIVER, STREAMING
+from ops.stack.monitoring import ALERTMANAGER, PROMETHEUS
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +169,7 @@ def apply_feature_repo(settings: Settings) -> None:
 
 
 def _registered_views(settings: Settings) -> int:
-    with psycopg2.connect(settings.pg_dsn(settings.registry_db, user=settings.feast_user)) as conn:
+    with pg_clients.session(settings, settings.registry_db, user=settings.feast_user) as conn:
         with conn.cursor() as cur:
             cur.execute("SELECT to_regclass('feature_views') IS NOT NULL")
             if not cur.fetchone()[0]:

@@ -14,7 +14,7 @@ from cdcf.kafka_clients import java_config
 from cdcf.redis_clients import acl_file
 from cdcf.settings import SECRET_FIELDS, Settings, write_private
 from cdcf.spark import spark_defaults
-from cdcf.stack import certificates, kafka
+from ops.stack import certificates, kafka
 
 IN_CONTAINER = Path("/run/secrets")
 # the names clients dial PostgreSQL by: its compose service name, and loopback inside its own container

@@ -19,8 +19,8 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from connectors import contracts
-from connectors.contracts import Column, RowContract
+from cdcf import contracts
+from cdcf.contracts import Column, RowContract
 
 MAX_TEXT = 10_000  # characters of one text value
 MAX_MESSAGE = 512_000  # bytes of one Kafka value (Kafka itself stops at ~1 MB)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from cdcf.errors import ConfigError
 from cdcf.settings import StackPaths
-from cdcf.stack import proc
+from ops.stack import proc
 
 log = logging.getLogger(__name__)
 

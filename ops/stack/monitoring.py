@@ -16,7 +16,7 @@ from pathlib import Path
 from cdcf.errors import ServiceError
 from cdcf.exporter import targets_dir
 from cdcf.settings import PROJECT_ROOT, Settings
-from cdcf.stack import proc, supervisor
+from ops.stack import proc, supervisor
 
 RULES = PROJECT_ROOT / "deploy" / "prometheus" / "alerts.yml"
 INTERVAL = "5s"  # scrape and rule evaluation: alerts fire within seconds of their `for`

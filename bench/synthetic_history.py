@@ -10,7 +10,7 @@ product moves; user snapshots and profile updates.
 
 from __future__ import annotations
 
-from connectors.archive import DDL
+from cdcf.changelog import DDL
 
 MIX = {"transactions": 0.55, "txn_updates": 0.08, "txn_moves": 0.04, "txn_deletes": 0.03, "sessions": 0.18,
        "session_deletes": 0.02, "reviews": 0.06, "review_moves": 0.01, "user_updates": 0.03}
