@@ -33,16 +33,15 @@ from psycopg2.extras import execute_values
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from cdcf import pg_clients
 from batch.history import history, read_changes, routed
-from cdcf import engine
+from cdcf import engine, pg_clients
 from cdcf import features as decl
+from cdcf.changelog import TABLE as CHANGELOG
 from cdcf.errors import PipelineError
 from cdcf.features import EVENT_TIMESTAMP
-from offline.writer import by_view, copy_view_rows
 from cdcf.settings import Settings
 from cdcf.sources import sources
-from cdcf.changelog import TABLE as CHANGELOG
+from offline.writer import by_view, copy_view_rows
 
 log = logging.getLogger(__name__)
 

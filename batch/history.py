@@ -20,11 +20,11 @@ from pyspark.sql import Column as SparkColumn
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from cdcf.settings import Settings
-from cdcf.sources import Source
 from cdcf.changelog import TABLE as CHANGELOG
 from cdcf.contracts import Column
 from cdcf.decoder import INT_RANGE, MAX_TEXT
+from cdcf.settings import Settings
+from cdcf.sources import Source
 
 ZONED = r"(Z|[+-][0-9]{2}:?[0-9]{2})$"
 

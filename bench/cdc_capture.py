@@ -16,12 +16,11 @@ import time
 from decimal import Decimal
 from pathlib import Path
 
-import psycopg2
 from confluent_kafka import TopicPartition
 from psycopg2.extras import execute_values
 
-from cdcf import pg_clients
-from cdcf import kafka_clients
+from cdcf import kafka_clients, pg_clients
+from cdcf.contracts import change_topic
 from cdcf.settings import load_settings
 from ops.stack import proc
 from ops.stack.background import ARCHIVER, STREAMING
@@ -31,7 +30,7 @@ OUT = Path(__file__).parent / "results" / "cdc_capture.json"
 
 def latency_run(settings, rate: float, seconds: float) -> dict:
     """One INSERT transaction every 1/rate s; each commit's wall time against the time its event is consumed."""
-    topic = f"{settings.topic_prefix}.public.transactions"
+    topic = change_topic(settings.topic_prefix, "transactions")
     consumer = kafka_clients.consumer(settings, "admin", f"bench-{time.time()}",
                                       **{"enable.auto.commit": False, "fetch.wait.max.ms": 5})
     _, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
@@ -89,7 +88,7 @@ def archive_latency(settings, low: int, high: int) -> dict:
 def _capture(settings, changes: int) -> tuple[int, float, float]:
     """Commit ``changes`` inserts as fast as Postgres takes them; the first key, and the seconds until they were
     committed and until all were in Kafka."""
-    topic = TopicPartition(f"{settings.topic_prefix}.public.transactions", 0)
+    topic = TopicPartition(change_topic(settings.topic_prefix, "transactions"), 0)
     probe = kafka_clients.consumer(settings, "admin", "bench-probe")
     _, start_high = probe.get_watermark_offsets(topic, timeout=10)
     base = random.randrange(10**13, 10**14)

@@ -14,10 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-import psycopg2
-
-from cdcf import pg_clients
 from cdcf import features as decl
+from cdcf import pg_clients
 from cdcf.features import ColumnFeature, FeatureView, WindowFeature
 from online.client import FeatureClient
 

@@ -36,20 +36,19 @@ from pathlib import Path
 
 import psycopg2
 
-from cdcf import pg_clients
 from bench import exactness
 from bench.freshness import Prober
 from bench.hostile import OWNER, TABLES, VALUE, hostile_messages
-from cdcf import kafka_clients
-from ops import stack
+from cdcf import kafka_clients, pg_clients
+from cdcf.contracts import row_contracts
 from cdcf.feast_config import feature_store
 from cdcf.settings import Settings, load_settings
+from connectors.connect import ConnectClient, connector_config
+from connectors.resnapshot import resnapshot
+from ops import stack
 from ops.stack import kafka, postgres, proc, redis_server, spark_cluster
 from ops.stack.background import ARCHIVER, STREAMING
 from ops.workload import Workload
-from connectors.connect import ConnectClient, connector_config
-from cdcf.contracts import row_contracts
-from connectors.resnapshot import resnapshot
 
 # below Linux's ephemeral range (32768-60999), where a client's outgoing connection can hold a port a moment
 SIDE = {"CDCF_PG_PORT": "21432", "CDCF_REDIS_PORT": "21379", "CDCF_KAFKA_PORT": "21092",

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 import psycopg2
 
-from cdcf import pg_clients
 from cdcf import features as decl
+from cdcf import pg_clients
 from ops.workload import TICK_S, Workload
 
 FEATURE = f"{decl.TRANSACTION_RISK.name}:txn_amount_sum_1h"

@@ -9,6 +9,7 @@ import time
 
 from confluent_kafka import TopicPartition
 
+from cdcf.contracts import change_topic
 from cdcf.kafka_clients import reader
 from cdcf.settings import Settings
 
@@ -42,14 +43,14 @@ def hostile_messages(settings: Settings, count: int) -> list[tuple[str, bytes]]:
     out = []
     for n in range(count):
         table = TABLES[n % len(TABLES)]
-        topic = f"{settings.topic_prefix}.public.{table}"
+        topic = change_topic(settings.topic_prefix, table)
         out.append((topic, shapes[n % 4](table, n) if n % 14 < 4 else mutate(samples[table], table, n)))
     return out
 
 
 def _real_event(settings: Settings, table: str) -> dict:
     """The last change event with an after image on ``table``'s topic."""
-    topic = f"{settings.topic_prefix}.public.{table}"
+    topic = change_topic(settings.topic_prefix, table)
     consumer = reader(settings, "faults")
     try:
         end = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)[1]

@@ -21,12 +21,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.cdc_capture import await_stream
-from ops.sample_data import add_users
-from ops.workload import Workload
 from inference import fraud, recommend, segments
 from inference.model import device, frozen_heap, serving_threads
 from inference.recommend import CANDIDATES, Candidates
 from inference.service import FraudScorer, Recommender
+from ops.sample_data import add_users
+from ops.workload import Workload
 
 
 def run(settings, out: Path, seed: int, rate: float, seconds: float, users: int, products: int,

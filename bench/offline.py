@@ -17,13 +17,13 @@ import numpy as np
 import pandas as pd
 
 from batch.backfill import run_backfill
-from offline.training import training_set
 from bench import exactness
 from bench.synthetic_history import fill
 from cdcf import features as decl
 from cdcf.feast_config import create_offline_tables, feature_store
 from cdcf.settings import load_settings
 from cdcf.spark import spark_session
+from offline.training import training_set
 from ops.stack import postgres
 
 SERVICE = "fraud_detection_v1"

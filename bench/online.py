@@ -16,8 +16,8 @@ from feast.data_source import PushMode
 
 from cdcf import features as decl
 from cdcf import layout
-from online.writer import OnlineWriter
 from online.client import FeatureClient
+from online.writer import OnlineWriter
 
 SERVICE = "fraud_detection_v1"
 SCRATCH_BASE = 9 * 10**15  # entity ids of the write benchmark, far from any real one; deleted afterwards

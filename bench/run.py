@@ -29,28 +29,26 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-import psycopg2
-
-from cdcf import pg_clients
 from bench import (
     cdc_capture,
+    exactness,
     faults,
     freshness,
     models,
     offline,
     online,
-    exactness,
     report,
     scrape,
     security,
+    serving,
     stream,
 )
-from bench import serving
+from cdcf import pg_clients
 from cdcf.feast_config import feature_store
 from cdcf.redis_clients import redis_client
 from cdcf.settings import PROJECT_ROOT, load_settings
-from ops.workload import Workload, redeliver, topic_end
 from inference.consistency import validate
+from ops.workload import Workload, redeliver, topic_end
 
 RESULTS = PROJECT_ROOT / "bench" / "results"
 SIZES = {

@@ -20,13 +20,13 @@ import psycopg2
 import redis
 from confluent_kafka import Producer, TopicPartition
 
-from cdcf import pg_clients
 from cdcf import features as decl
-from cdcf import kafka_clients
+from cdcf import kafka_clients, pg_clients
+from cdcf.contracts import change_topic
 from cdcf.redis_clients import redis_client
 from cdcf.settings import Settings
-from ops.stack import proc, spark_cluster
 from connectors.connect import ConnectClient
+from ops.stack import proc, spark_cluster
 
 SPARK_PORT, SPARK_UI = 17177, 18190  # below the ephemeral range; the worker's UI takes the next port
 
@@ -47,7 +47,7 @@ def _produce(config: dict, topic: str) -> str | None:
 
 
 def _change_topic(settings: Settings) -> str:
-    return f"{settings.topic_prefix}.public.transactions"
+    return change_topic(settings.topic_prefix, "transactions")
 
 
 def _kafka_produce_by_reader(settings: Settings) -> str:
@@ -147,9 +147,9 @@ def _scoring_without_token(settings: Settings) -> str:
     checked before any model runs) and the real feature client."""
     from fastapi.testclient import TestClient
 
-    from online.client import FeatureClient
     from inference.model import train
     from inference.service import ScoringService, create_app
+    from online.client import FeatureClient
 
     features = [(decl.TRANSACTION_RISK.name, f.name) for f in decl.TRANSACTION_RISK.features]
     rng = np.random.default_rng(0)

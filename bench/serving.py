@@ -30,8 +30,8 @@ import torch
 
 from cdcf import features as decl
 from cdcf import layout
-from online.client import FeatureClient
 from inference.model import Scorer, TrainedModel, frozen_heap
+from online.client import FeatureClient
 
 SERVICE = "fraud_detection_v1"
 PROJECT = "homelab_ml_platform"

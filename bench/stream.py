@@ -27,6 +27,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cdcf import kafka_clients
+from cdcf.contracts import change_topic
 from cdcf.feast_config import create_offline_tables
 from cdcf.settings import Settings, load_settings
 from ops.stack import kafka, postgres
@@ -85,12 +86,12 @@ def envelopes(prefix: str, changes: int, users: int, products: int, base: int, s
         source = {"version": "3.6.1.Final", "connector": "postgresql", "name": prefix, "db": "app",
                   "ts_ms": int(commit.timestamp() * 1000), "ts_us": int(commit.timestamp() * 1e6),
                   "schema": "public", "table": table, "txId": lsn // 8, "lsn": lsn}
-        yield (f"{prefix}.public.{table}", json.dumps({f"{table}_key": key}).encode(),
+        yield (change_topic(prefix, table), json.dumps({f"{table}_key": key}).encode(),
                json.dumps({"before": before, "after": after, "source": source, "op": op}).encode())
 
 
 def prefill(settings: Settings, prefix: str, changes: int, users: int, products: int, base: int, seed: int) -> dict:
-    topics = [f"{prefix}.public.{t}" for t in tables()]
+    topics = [change_topic(prefix, t) for t in tables()]
     kafka.ensure_topics(settings, topics, partitions=PARTITIONS)
     producer = kafka_clients.producer(settings, "admin", **{"linger.ms": 50, "batch.size": 1 << 20,
                                       "compression.type": "lz4", "queue.buffering.max.messages": 1_000_000})
@@ -211,7 +212,7 @@ def stream_phase(settings: Settings, changes: int, users: int, products: int, se
             STREAMING.start(settings)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-        kafka.delete_topics(settings, [f"{prefix}.public.{t}" for t in tables()])
+        kafka.delete_topics(settings, [change_topic(prefix, t) for t in tables()])
     two, one = runs[2], runs[1]
     entities = users + products
     result.update({

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import re
 from dataclasses import dataclass
 from functools import cache, cached_property
 from pathlib import Path
@@ -19,6 +20,18 @@ import fastavro
 SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
 HEARTBEAT = "cdc_heartbeat"  # the table Debezium's heartbeats update: captured for its commit times only
 ROW_PLACEHOLDER = "ROW"
+SCHEMA = "public"  # the PostgreSQL schema of every captured table
+
+
+def change_topic(topic_prefix: str, table: str) -> str:
+    """Debezium's topic for one table's changes (``topic.prefix``, schema, table): where capture writes them, the
+    archiver, the streaming job and re-snapshots read them, and the decoder finds the table."""
+    return f"{topic_prefix}.{SCHEMA}.{table}"
+
+
+def change_topic_pattern(topic_prefix: str) -> str:
+    """A regular expression for every change topic under ``topic_prefix`` (a consumer's subscription)."""
+    return "^" + re.escape(change_topic(topic_prefix, "")) + ".+"
 
 
 @dataclass(frozen=True)

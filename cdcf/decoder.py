@@ -150,7 +150,7 @@ def decode(topic_prefix: str, position: Position, key: bytes | None, value: byte
 
 
 def contract_for(topic_prefix: str, topic: str) -> RowContract:
-    prefix = f"{topic_prefix}.public."
+    prefix = contracts.change_topic(topic_prefix, "")
     table = topic[len(prefix):] if topic.startswith(prefix) else ""
     if not _TOPIC_TABLE.fullmatch(table):
         raise Invalid(Reason.NOT_A_CHANGE_TOPIC.format(prefix=topic_prefix))

@@ -5,11 +5,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import psycopg2
 import yaml
 
-from cdcf import pg_clients
 from cdcf import features as decl
+from cdcf import pg_clients
 from cdcf.redis_clients import Role, credentials
 from cdcf.settings import PROJECT_ROOT, Settings, default_home, write_private
 

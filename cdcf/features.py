@@ -180,7 +180,10 @@ def fraud_request_features(amount: float | None, stored: dict[str, float | None]
         result[name] = None if amount is None or base is None or base != base or base == 0 else amount / base
     return result
 
+# Each declared dtype's type in the offline store (SQL) and in Feast (the name in ``feast.types``); the dtypes are
+# also Arrow's type aliases (``pyarrow.type_for_alias``), and cdcf.layout encodes each as Feast's ValueProto does.
 SQL_TYPES: dict[Dtype, str] = {"int64": "BIGINT", "float64": "DOUBLE PRECISION", "string": "TEXT"}
+FEAST_TYPES: dict[Dtype, str] = {"int64": "Int64", "float64": "Float64", "string": "String"}
 
 
 def offline_table_ddl(view: FeatureView) -> str:

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from functools import cache
 
 from cdcf import features as decl
-from cdcf.features import ColumnFeature, Entity, FeatureView, Table, WindowFeature
 from cdcf.contracts import Column, row_contracts
+from cdcf.features import ColumnFeature, Entity, FeatureView, Table, WindowFeature
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ from urllib.parse import urlparse
 from pyspark.sql import SparkSession
 
 from cdcf.engine import engine_jar
-from cdcf.settings import Settings
 from cdcf.jars import jar_files
+from cdcf.settings import Settings
 
 LOOPBACK = "127.0.0.1"
 

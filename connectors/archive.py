@@ -31,12 +31,12 @@ from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 from prometheus_client import Counter, Gauge, Histogram
 
 from cdcf import pg_clients
-from cdcf.kafka_clients import consumer, durable_producer
 from cdcf.changelog import COLUMNS, DDL, TABLE
+from cdcf.contracts import HEARTBEAT, change_topic_pattern
+from cdcf.decoder import Change, DeadLetter, Position, decode
+from cdcf.kafka_clients import consumer, durable_producer
 from cdcf.settings import Settings
 from cdcf.status import growing_since, report
-from cdcf.contracts import HEARTBEAT
-from cdcf.decoder import Change, DeadLetter, Position, decode
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ class Archiver:
             # a killed archiver's partitions go to its successor once the broker gives up on it: 6 s, not 45
             "session.timeout.ms": 6000, "heartbeat.interval.ms": 2000,
         })
-        self.consumer.subscribe([f"^{s.topic_prefix.replace('.', '[.]')}[.]public[.].+"],
+        self.consumer.subscribe([change_topic_pattern(s.topic_prefix)],
                                 on_revoke=lambda _consumer, _partitions: self._drain())
         self.producer = durable_producer(s, "reader")  # the dead-letter topic only (ACLs)
 

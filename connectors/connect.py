@@ -11,9 +11,9 @@ from typing import Any
 import httpx
 
 from cdcf import features
+from cdcf.contracts import HEARTBEAT, SCHEMA, change_topic
 from cdcf.errors import PipelineError
 from cdcf.settings import Settings
-from cdcf.contracts import HEARTBEAT
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def connector_config(settings: Settings, **overrides: str) -> tuple[str, dict[st
         "publication.name": settings.publication,
         "slot.name": settings.replication_slot,
         "topic.prefix": settings.topic_prefix,
-        "table.include.list": ",".join(f"public.{t}" for t in captured_tables()),
+        "table.include.list": ",".join(f"{SCHEMA}.{t}" for t in captured_tables()),
         **overrides,
     }
     return overrides.get("name", spec["name"]), config
@@ -57,7 +57,7 @@ def captured_tables() -> list[str]:
 
 
 def change_topics(settings: Settings) -> list[str]:
-    return [f"{settings.topic_prefix}.public.{t}" for t in captured_tables()]
+    return [change_topic(settings.topic_prefix, t) for t in captured_tables()]
 
 
 def connect_auth(settings: Settings) -> httpx.BasicAuth:

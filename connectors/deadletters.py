@@ -15,14 +15,13 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-import psycopg2
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from cdcf import pg_clients
-from cdcf.kafka_clients import durable_producer, reader
-from cdcf.settings import Settings
 from cdcf.changelog import TABLE as CHANGELOG
 from cdcf.decoder import Change, DeadLetter, Position, decode
+from cdcf.kafka_clients import durable_producer, reader
+from cdcf.settings import Settings
 
 READ_TIMEOUT_S = 10.0
 

@@ -32,18 +32,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 
-import psycopg2
 from confluent_kafka import KafkaError, TopicPartition
 
 from cdcf import pg_clients
+from cdcf.changelog import TABLE as CHANGELOG
+from cdcf.contracts import HEARTBEAT, change_topic, row_contracts
 from cdcf.errors import PipelineError
 from cdcf.kafka_clients import consumer as kafka_consumer
 from cdcf.kafka_clients import durable_producer, reader
 from cdcf.settings import Settings
 from cdcf.sources import sources
-from cdcf.changelog import TABLE as CHANGELOG
 from connectors.connect import ConnectClient, captured_tables, change_topics, connector_config
-from cdcf.contracts import HEARTBEAT, row_contracts
 
 log = logging.getLogger(__name__)
 SNAPSHOT_TIMEOUT_S = 1800.0
@@ -252,7 +251,7 @@ def _send_gap_deletes(settings: Settings, progress, snapshot: Snapshot) -> dict[
                 for key, image in cur:
                     if present.get(key) == tuple(image.get(c) for c in columns):
                         continue
-                    producer.produce(f"{settings.topic_prefix}.public.{table}",
+                    producer.produce(change_topic(settings.topic_prefix, table),
                                      key=json.dumps({contract.key: key}).encode(),
                                      value=json.dumps(_delete_event(settings, contract, image, lsn, micros)).encode())
                     deleted[table] = deleted.get(table, 0) + 1

@@ -8,14 +8,12 @@ training and its scoring service run too). `feast apply` in this folder register
 
 from datetime import timedelta
 
-from feast import Entity, FeatureService, FeatureView, Field, PushSource, RequestSource, ValueType
+from feast import Entity, FeatureService, FeatureView, Field, PushSource, RequestSource, ValueType, types
 from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import PostgreSQLSource
 from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Float64, Int64, String
 
 from cdcf import features as decl
-
-FEAST_TYPES = {"int64": Int64, "float64": Float64, "string": String}
 
 entities = {
     e.name: Entity(name=e.name, join_keys=[e.join_key], value_type=ValueType.INT64) for e in decl.ENTITIES
@@ -31,7 +29,7 @@ def _feature_view(view: decl.FeatureView) -> FeatureView:
         entities=[entities[view.entity.name]],
         ttl=timedelta(0),  # every value carries its own as-of time; windows decay by new rows, not by TTL
         schema=[Field(name=view.entity.join_key, dtype=Int64)]
-        + [Field(name=f.name, dtype=FEAST_TYPES[f.dtype]) for f in view.features],
+        + [Field(name=f.name, dtype=getattr(types, decl.FEAST_TYPES[f.dtype])) for f in view.features],
         online=True,
         source=push,
     )

@@ -12,11 +12,10 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 
-import psycopg2
 from psycopg2.extras import execute_values
 
-from cdcf import pg_clients
 from cdcf import features as decl
+from cdcf import pg_clients
 from cdcf.features import EVENT_TIMESTAMP, FeatureView
 from cdcf.settings import Settings
 from online.client import FeatureClient

@@ -19,13 +19,13 @@ import numpy as np
 import pandas as pd
 import xgboost as xgb
 
-from offline.training import CHARGEBACK_HORIZON, TrainingSetError, labelled_transactions, resolve, training_set
 from cdcf import features as decl
 from cdcf.features import EVENT_TIMESTAMP
 from cdcf.settings import Settings
 from inference import registry
 from inference.model import auc, device
 from inference.registry import ModelCard
+from offline.training import CHARGEBACK_HORIZON, TrainingSetError, labelled_transactions, resolve, training_set
 
 log = logging.getLogger(__name__)
 NAME = SERVICE = "fraud_detection_v1"

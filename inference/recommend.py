@@ -27,14 +27,14 @@ import psycopg2
 import torch
 from torch import nn
 
-from offline.training import TrainingSetError, labelled_transactions, resolve, training_set
-from cdcf import pg_clients
 from cdcf import features as decl
+from cdcf import pg_clients
 from cdcf.features import EVENT_TIMESTAMP
 from cdcf.settings import Settings
 from inference import registry
 from inference.model import device
 from inference.registry import ModelCard
+from offline.training import TrainingSetError, labelled_transactions, resolve, training_set
 
 log = logging.getLogger(__name__)
 NAME = SERVICE = "recommendation_v1"

@@ -17,16 +17,15 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
-import psycopg2
 from psycopg2.extras import execute_values
 
-from cdcf import pg_clients
-from offline.training import TrainingSetError, resolve, training_set
 from cdcf import features as decl
+from cdcf import pg_clients
 from cdcf.features import EVENT_TIMESTAMP
 from cdcf.settings import Settings
 from inference import registry
 from inference.registry import ModelCard
+from offline.training import TrainingSetError, resolve, training_set
 
 log = logging.getLogger(__name__)
 NAME = SERVICE = "customer_segmentation_v1"

@@ -39,12 +39,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram,
 from starlette.concurrency import run_in_threadpool
 
 from cdcf import features as decl
-from online.client import FeatureClient, Fetched
 from inference.fraud import FraudModel
 from inference.model import TrainedModel
 from inference.recommend import Candidates, RecommendModel
 from inference.registry import ModelNotFound
 from inference.segments import scored_by
+from online.client import FeatureClient, Fetched
 
 log = logging.getLogger(__name__)
 OPEN = ("/health", "/metrics")  # no token: liveness and Prometheus's scrape (latencies and counts, no data)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import psycopg2
 
 from cdcf import pg_clients
-from offline.training import LABELS, resolve, training_set
 from cdcf.features import EVENT_TIMESTAMP
 from inference.model import TrainedModel, train
 from inference.service import model_path
+from offline.training import LABELS, resolve, training_set
 
 
 def entity_rows(settings, rows: int, join_key: str, view: str, seed: int = 0) -> pd.DataFrame:

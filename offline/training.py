@@ -20,21 +20,19 @@ from datetime import timedelta
 from pathlib import Path
 
 import pandas as pd
-import psycopg2
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from cdcf import pg_clients
 from cdcf import features as decl
+from cdcf import pg_clients
+from cdcf.changelog import TABLE as CHANGELOG
 from cdcf.errors import PipelineError
 from cdcf.features import EVENT_TIMESTAMP, Entity, FeatureView, Table
-from offline.writer import csv_buffer
 from cdcf.settings import Settings
-from cdcf.changelog import TABLE as CHANGELOG
+from offline.writer import csv_buffer
 
 ENTITY_ROWS = "training_entity_rows"
-ARROW = {"int64": pa.int64(), "float64": pa.float64(), "string": pa.string()}
 
 
 class TrainingSetError(PipelineError):
@@ -179,7 +177,7 @@ def _query(keys: list[Entity], wanted: list[tuple[FeatureView, list[str]]],
         joins.append(f"LEFT JOIN LATERAL (SELECT {', '.join(names)} FROM {view.offline_table} v WHERE "
                      f"v.{key} = e.{key} AND v.{ts} <= e.{ts} ORDER BY v.{ts} DESC LIMIT 1) f{n} ON true")
         columns += [f"f{n}.{name}" for name in names]
-        fields += [pa.field(name, ARROW[dtypes[name]]) for name in names]
+        fields += [pa.field(name, pa.type_for_alias(dtypes[name])) for name in names]
     for label in labels:
         horizon = int(label.horizon.total_seconds())
         columns.append(f"EXISTS (SELECT 1 FROM label_{label.name} l WHERE l.owner = e.{label.entity.join_key} AND "

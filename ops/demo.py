@@ -8,13 +8,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-import psycopg2
-
-from cdcf import pg_clients
 from cdcf import features as decl
-from ops import sample_data, stack
+from cdcf import pg_clients
 from cdcf.feast_config import feature_store
 from cdcf.settings import Settings
+from ops import sample_data, stack
 from ops.workload import Workload
 
 DEMO_USERS = (1, 2, 3)

@@ -15,7 +15,6 @@ from datetime import UTC, datetime, timedelta
 from functools import cache
 from itertools import accumulate
 
-import psycopg2
 from psycopg2.extras import execute_values
 
 from cdcf import pg_clients

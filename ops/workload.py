@@ -14,13 +14,12 @@ from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-import psycopg2
 from confluent_kafka import Message, TopicPartition
 
-from cdcf import pg_clients
-from cdcf import kafka_clients
-from ops.sample_data import MERCHANTS, fraud_burst, pick_product, report_delay
+from cdcf import kafka_clients, pg_clients
+from cdcf.contracts import change_topic
 from cdcf.settings import Settings
+from ops.sample_data import MERCHANTS, fraud_burst, pick_product, report_delay
 
 TICK_S = 0.1
 MIX = {  # relative weight of each kind of change
@@ -253,4 +252,4 @@ def redeliver(settings: Settings, table: str, pick: Callable[[Message], bool], s
 
 
 def _topic(settings: Settings, table: str) -> str:
-    return f"{settings.topic_prefix}.public.{table}"
+    return change_topic(settings.topic_prefix, table)

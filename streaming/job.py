@@ -25,11 +25,11 @@ from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
 
 from cdcf import engine, kafka_clients
+from cdcf.contracts import HEARTBEAT, change_topic
 from cdcf.settings import Settings
 from cdcf.sources import sources
 from cdcf.spark import spark_session
 from cdcf.status import growing_since, report
-from cdcf.contracts import HEARTBEAT
 from streaming import metrics
 from streaming.decode import routed
 from streaming.reseed import OnlineGuard
@@ -49,7 +49,7 @@ def tables() -> tuple[str, ...]:
 
 
 def topics(topic_prefix: str) -> list[str]:
-    return [f"{topic_prefix}.public.{t}" for t in tables()]
+    return [change_topic(topic_prefix, t) for t in tables()]
 
 
 def feature_rows(records: DataFrame, topic_prefix: str, settle_s: float, offsets_topic: str | None = None) -> DataFrame:

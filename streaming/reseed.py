@@ -15,13 +15,11 @@ import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-import psycopg2
-
-from cdcf import pg_clients
 from cdcf import features as decl
+from cdcf import pg_clients
 from cdcf.features import EVENT_TIMESTAMP
-from online.writer import OnlineWriter
 from cdcf.settings import Settings
+from online.writer import OnlineWriter
 
 log = logging.getLogger(__name__)
 CHUNK = 5_000

@@ -12,17 +12,15 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 
-import psycopg2
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cdcf import pg_clients
 from cdcf import features as decl
-from cdcf import quality
+from cdcf import pg_clients, quality
 from cdcf.features import EVENT_TIMESTAMP, FeatureView
-from online.writer import OnlineWriter
-from offline.writer import by_view, copy_view_rows
 from cdcf.settings import Settings
+from offline.writer import by_view, copy_view_rows
+from online.writer import OnlineWriter
 from streaming.metrics import FRESHNESS_BUCKETS_S
 
 log = logging.getLogger(__name__)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from ops import stack
 from cdcf.settings import PROJECT_ROOT, default_home, ensure_secrets, load_settings
+from ops import stack
 from ops.workload import Workload
 
 CDCF = str(Path(sys.executable).with_name("cdcf"))

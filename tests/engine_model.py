@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from cdcf import features as decl
-from cdcf.features import ColumnFeature, Entity, WindowFeature
-from cdcf.sources import event_tables, features_of, profile_table, sources
 from cdcf.contracts import row_contracts
 from cdcf.decoder import Change
+from cdcf.features import ColumnFeature, Entity, WindowFeature
+from cdcf.sources import event_tables, features_of, profile_table, sources
 
 HOUR = 3_600_000_000
 LOOKAHEAD_MS = 1000  # FeatureProcessor.LOOKAHEAD_MS

@@ -11,8 +11,6 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-import psycopg2
-
 from cdcf import pg_clients
 from cdcf.features import ColumnFeature, FeatureView, WindowFeature
 

@@ -22,10 +22,10 @@ import pyspark
 from pyspark.sql import DataFrame
 
 from cdcf import features as decl
+from cdcf.contracts import row_contracts
 from cdcf.errors import PrerequisiteError
 from cdcf.features import ColumnFeature, Table
 from cdcf.sources import event_tables, features_of, profile_table, sources
-from cdcf.contracts import row_contracts
 
 SOURCES = Path(__file__).with_name("src")
 TOMBSTONE_HORIZON_US = 24 * 3600 * 1_000_000  # how long a row taken away keeps its LSN (re-deliveries come sooner)

@@ -15,11 +15,9 @@ from pathlib import Path
 
 import psycopg2
 
-from cdcf import pg_clients
-from cdcf import feast_config, features
+from cdcf import feast_config, features, jars, pg_clients
 from cdcf.errors import PipelineError, PrerequisiteError, ServiceError
 from cdcf.settings import Settings
-from cdcf import jars
 from ops.stack import kafka, postgres, proc, redis_server, supervisor
 from ops.stack.background import ARCHIVER, STREAMING
 from ops.stack.monitoring import ALERTMANAGER, PROMETHEUS

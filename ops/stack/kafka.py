@@ -23,11 +23,11 @@ from confluent_kafka.admin import (
 )
 
 from cdcf.errors import ServiceError
+from cdcf.jars import jar_files
 from cdcf.kafka_clients import SCRAM, client_config, credentials, jaas, java_config
 from cdcf.settings import Settings, write_private
-from ops.stack import proc, supervisor
-from cdcf.jars import jar_files
 from connectors.connect import connect_auth, connector_secrets_dir
+from ops.stack import proc, supervisor
 
 CONF = Path(__file__).with_name("conf")
 KAFKA, CONNECT = "kafka", "connect"

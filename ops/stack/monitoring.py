@@ -10,6 +10,7 @@ import json
 import shutil
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,11 +45,16 @@ ALERTMANAGER_CONFIG = {  # alerts are kept and shown (its API, `amtool`); where 
 @dataclass(frozen=True)
 class Server:
     name: str
+    title: str
     binary: str  # Debian's executable
     package: str
+    port_field: str  # the setting that holds its port
+    storage: Callable[[Path], tuple[str, ...]]  # its flags for its data folder, and any other of its own
+    config: Callable[[Settings], dict]
+    line: Callable[[Settings, str], str]  # its status line, given its URL
 
     def port(self, settings: Settings) -> int:
-        return settings.prometheus_port if self.name == "prometheus" else settings.alertmanager_port
+        return getattr(settings, self.port_field)
 
     def url(self, settings: Settings) -> str:
         return f"http://127.0.0.1:{self.port(settings)}"
@@ -57,18 +63,12 @@ class Server:
         return settings.paths.conf / f"{self.name}.yml"
 
     def argv(self, settings: Settings) -> list[str]:
-        data = settings.paths.data / self.name
-        listen = f"--web.listen-address=127.0.0.1:{self.port(settings)}"
-        if self.name == "prometheus":
-            return [self.binary, f"--config.file={self.conf(settings)}", f"--storage.tsdb.path={data}",
-                    "--storage.tsdb.retention.time=7d", listen]
-        return [self.binary, f"--config.file={self.conf(settings)}", f"--storage.path={data}", listen,
-                "--cluster.listen-address="]  # one Alertmanager: no gossip port
+        return [self.binary, f"--config.file={self.conf(settings)}", *self.storage(settings.paths.data / self.name),
+                f"--web.listen-address=127.0.0.1:{self.port(settings)}"]
 
     def write_conf(self, settings: Settings) -> None:
-        config = prometheus_config(settings, targets_dir(settings)) if self.name == "prometheus" else ALERTMANAGER_CONFIG
         self.conf(settings).parent.mkdir(parents=True, exist_ok=True)
-        self.conf(settings).write_text(json.dumps(config, indent=2) + "\n")  # JSON is YAML
+        self.conf(settings).write_text(json.dumps(self.config(settings), indent=2) + "\n")  # JSON is YAML
         (settings.paths.data / self.name).mkdir(parents=True, exist_ok=True)
         targets_dir(settings).mkdir(parents=True, exist_ok=True)
 
@@ -78,8 +78,7 @@ class Server:
             return
         if shutil.which(self.binary) is None:
             raise ServiceError(f"{self.binary} is not installed; run `make install` (apt-get install {self.package}).")
-        proc.require_free_port("127.0.0.1", self.port(settings), self.name.capitalize(),
-                               f"CDCF_{self.name.upper()}_PORT")
+        proc.require_free_port("127.0.0.1", self.port(settings), self.title, f"CDCF_{self.port_field.upper()}")
         supervisor.start_service(settings.paths, self.name, self.argv(settings), lambda: self.ready(settings),
                                  timeout_s=settings.start_timeout_s)
 
@@ -100,20 +99,32 @@ class Server:
         try:
             self.ready(settings)
         except OSError as exc:
-            raise ServiceError(f"{self.name.capitalize()} at {self.url(settings)} does not answer ({exc}); see "
+            raise ServiceError(f"{self.title} at {self.url(settings)} does not answer ({exc}); see "
                                f"{settings.paths.log(self.name)}.") from exc
-        if self.name == "alertmanager":
-            return f"Alertmanager on {self.url(settings)}"
-        firing = [a["labels"]["alertname"] for a in api(settings, "alerts")["alerts"] if a["state"] == "firing"]
-        targets = api(settings, "targets")["activeTargets"]
-        down = sorted(t["labels"]["job"] for t in targets if t["health"] == "down")
-        return (f"Prometheus on {self.url(settings)}, {len(targets) - len(down)}/{len(targets)} targets up"
-                + (f" (down: {', '.join(down)})" if down else "")
-                + (f"; firing: {', '.join(sorted(set(firing)))}" if firing else "; no alert firing"))
+        return self.line(settings, self.url(settings))
 
 
-PROMETHEUS = Server("prometheus", "prometheus", "prometheus")
-ALERTMANAGER = Server("alertmanager", "prometheus-alertmanager", "prometheus-alertmanager")
+def _prometheus_line(settings: Settings, url: str) -> str:
+    firing = [a["labels"]["alertname"] for a in alerts(settings)]
+    targets = api(settings, "targets")["activeTargets"]
+    down = sorted(t["labels"]["job"] for t in targets if t["health"] == "down")
+    return (f"Prometheus on {url}, {len(targets) - len(down)}/{len(targets)} targets up"
+            + (f" (down: {', '.join(down)})" if down else "")
+            + (f"; firing: {', '.join(sorted(set(firing)))}" if firing else "; no alert firing"))
+
+
+PROMETHEUS = Server(
+    "prometheus", "Prometheus", "prometheus", "prometheus", "prometheus_port",
+    storage=lambda data: (f"--storage.tsdb.path={data}", "--storage.tsdb.retention.time=7d"),
+    config=lambda settings: prometheus_config(settings, targets_dir(settings)),
+    line=_prometheus_line,
+)
+ALERTMANAGER = Server(
+    "alertmanager", "Alertmanager", "prometheus-alertmanager", "prometheus-alertmanager", "alertmanager_port",
+    storage=lambda data: (f"--storage.path={data}", "--cluster.listen-address="),  # one Alertmanager: no gossip port
+    config=lambda _settings: ALERTMANAGER_CONFIG,
+    line=lambda _settings, url: f"Alertmanager on {url}",
+)
 
 
 def api(settings: Settings, path: str) -> dict:

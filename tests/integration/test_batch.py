@@ -12,17 +12,15 @@ import random
 from datetime import UTC, datetime, timedelta
 
 import pandas as pd
-import psycopg2
 import pytest
 
-from cdcf import pg_clients
 from batch.backfill import run_backfill
-from offline.training import TrainingSetError, training_set
 from cdcf import features as decl
-from cdcf import layout
+from cdcf import layout, pg_clients
 from cdcf.feast_config import feature_store
 from cdcf.redis_clients import redis_client
 from cdcf.spark import spark_session
+from offline.training import TrainingSetError, training_set
 from ops.stack.background import STREAMING
 from streaming.reseed import seed_online
 from tests import oracle

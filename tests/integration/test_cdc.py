@@ -16,16 +16,15 @@ import pytest
 from confluent_kafka import TopicPartition
 from psycopg2.extras import execute_values
 
-from cdcf import pg_clients
 from cdcf import features as decl
-from cdcf import kafka_clients
+from cdcf import kafka_clients, pg_clients
+from cdcf.decoder import DEAD_LETTER_PAYLOAD, DeadLetter, Position
 from cdcf.errors import ServiceError
 from cdcf.feast_config import feature_store
+from connectors.connect import ConnectClient, connector_config
 from ops.stack import kafka, proc
 from ops.stack.background import ARCHIVER, STREAMING
 from ops.workload import Workload
-from connectors.connect import ConnectClient, connector_config
-from cdcf.decoder import DEAD_LETTER_PAYLOAD, DeadLetter, Position
 from tests.cdc_cases import BAD_INPUTS
 from tests.conftest import run_cli, wait_for
 

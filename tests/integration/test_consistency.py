@@ -18,10 +18,10 @@ import yaml
 from bench.cdc_capture import await_stream
 from cdcf import features as decl
 from cdcf.feast_config import REPO_PATH, repo_config
-from online.writer import OnlineWriter
 from cdcf.redis_clients import acl_file, redis_client
-from online.client import FeatureClient
 from inference.consistency import validate
+from online.client import FeatureClient
+from online.writer import OnlineWriter
 from tests.conftest import fresh_workload, run_cli, wait_for
 
 pytestmark = pytest.mark.integration

@@ -10,20 +10,18 @@ import time
 from datetime import UTC, datetime
 
 import numpy as np
-import psycopg2
 import pytest
 from fastapi.testclient import TestClient
 
-from cdcf import pg_clients
 from cdcf import features as decl
-from cdcf import layout
+from cdcf import layout, pg_clients
 from cdcf.feast_config import feature_store
 from cdcf.redis_clients import redis_client
-from ops.workload import Workload
-from online.client import FeatureClient
 from inference.model import TrainedModel
 from inference.service import MAX_BATCH, MAX_BODY, ScoringError, ScoringService, create_app, model_path
 from inference.train import train_from_store
+from online.client import FeatureClient
+from ops.workload import Workload
 from tests.conftest import run_cli, wait_for
 
 pytestmark = pytest.mark.integration

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import shutil
 
-import psycopg2
 import pytest
 
-from cdcf import pg_clients
 from cdcf import features as decl
+from cdcf import jars, pg_clients
 from cdcf.errors import ServiceError
 from cdcf.settings import load_settings
-from cdcf import jars
 from ops.stack import kafka, postgres, proc, redis_server
 from ops.stack.background import ARCHIVER, STREAMING
 from ops.stack.monitoring import ALERTMANAGER, PROMETHEUS

@@ -9,20 +9,19 @@ import random
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
-import psycopg2
 import pytest
 from fastapi.testclient import TestClient
 
-from cdcf import pg_clients
-from offline.training import labelled_transactions
 from cdcf import features as decl
+from cdcf import pg_clients
 from cdcf.feast_config import feature_store
-from ops.sample_data import add_users
-from ops.workload import Workload
 from inference import fraud, recommend, registry, segments
-from online.client import ServiceClient
 from inference.registry import ModelNotFound
 from inference.service import MAX_BATCH, FraudScorer, Recommender, ScoringError, SegmentReader, create_app
+from offline.training import labelled_transactions
+from online.client import ServiceClient
+from ops.sample_data import add_users
+from ops.workload import Workload
 from tests.conftest import run_cli, wait_for
 
 pytestmark = pytest.mark.integration

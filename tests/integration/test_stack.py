@@ -18,16 +18,15 @@ import psycopg2
 import pytest
 import redis
 
-from cdcf import pg_clients
 from cdcf import features as decl
-from cdcf import kafka_clients
+from cdcf import kafka_clients, pg_clients
 from cdcf.feast_config import feature_store
 from cdcf.redis_clients import redis_client
 from cdcf.spark import spark_session
+from connectors.connect import connect_auth
 from ops.stack import kafka, postgres, proc, redis_server, status
 from ops.stack.background import ARCHIVER, STREAMING
 from ops.stack.monitoring import ALERTMANAGER, PROMETHEUS
-from connectors.connect import connect_auth
 from tests.conftest import CDCF, run_cli
 
 pytestmark = pytest.mark.integration

@@ -15,14 +15,12 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pandas as pd
-import psycopg2
 import pyarrow as pa
 import pytest
 from feast.data_source import PushMode
 
-from cdcf import pg_clients
 from cdcf import features as decl
-from cdcf import layout
+from cdcf import layout, pg_clients
 from cdcf.errors import ServiceError
 from cdcf.feast_config import feature_store
 from online.writer import OnlineWriter

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from cdcf import contracts
-from connectors.archive import archive_row, encode
 from cdcf.decoder import DEAD_LETTER_PAYLOAD, Change, DeadLetter, Position, decode
+from connectors.archive import archive_row, encode
 from tests.cdc_cases import BAD_INPUTS, PREFIX, TOPIC, encoded, envelope, good_update, row
 from tests.fuzz import messages
 

@@ -18,9 +18,9 @@ import pytest
 from pyspark.sql import functions as F
 
 from cdcf import features as decl
+from cdcf.decoder import Change, Position, decode
 from cdcf.engine import CAPTURED, replay, route_spec
 from cdcf.sources import features_of
-from cdcf.decoder import Change, Position, decode
 from streaming.decode import routed
 from streaming.job import checkpointed_partitions, feature_rows
 from tests.cdc_cases import PREFIX

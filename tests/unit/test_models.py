@@ -11,11 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ops import sample_data
 from cdcf.settings import SECRET_FIELDS, Settings
 from inference import fraud, recommend, registry
 from inference.registry import ModelNotFound
 from inference.segments import SegmentModel
+from ops import sample_data
 
 
 def test_takeovers_are_bursts_of_high_amounts_within_an_hour_mostly_at_risky_merchants():
