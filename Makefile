@@ -5,7 +5,7 @@ VENV := .venv
 CDCF := $(VENV)/bin/cdcf
 STAMP := $(VENV)/.installed
 
-.PHONY: install up down status test demo bench
+.PHONY: install up down status lint test demo bench
 
 install: $(STAMP)
 
@@ -24,7 +24,13 @@ down:
 status: install
 	$(CDCF) status
 
-test: install
+# style (ruff) and the layers (import-linter: pyproject.toml's [tool.importlinter], README "Layout")
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
+
+test: lint
 	$(VENV)/bin/pytest
 
 demo: install

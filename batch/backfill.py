@@ -77,14 +77,22 @@ class BackfillResult:
     seconds: float = 0.0
 
 
-def run_backfill(spark: SparkSession, settings: Settings, start: datetime | None = None, end: datetime | None = None,
-                 *, incremental: bool = False, progress: Callable[[str], None] = log.info) -> BackfillResult:
+def run_backfill(
+    spark: SparkSession,
+    settings: Settings,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    *,
+    incremental: bool = False,
+    progress: Callable[[str], None] = log.info,
+) -> BackfillResult:
     began, started_at = time.monotonic(), datetime.now(UTC)
     db = pg_clients.connect_offline(settings)
     try:
         with db, db.cursor() as cur:
-            for statement in DDL + [f"CREATE UNLOGGED TABLE IF NOT EXISTS {_stage(v)} (LIKE {v.name})"
-                                    for v in decl.FEATURE_VIEWS]:
+            for statement in DDL + [
+                f"CREATE UNLOGGED TABLE IF NOT EXISTS {_stage(v)} (LIKE {v.name})" for v in decl.FEATURE_VIEWS
+            ]:
                 cur.execute(statement)
             cur.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,))
             if not cur.fetchone()[0]:
@@ -98,8 +106,10 @@ def run_backfill(spark: SparkSession, settings: Settings, start: datetime | None
         result = BackfillResult(start, end, incremental=last is not None)
         if last is not None:
             result.start = last[0]
-        progress(f"backfill of as-of times [{result.start or 'the beginning'}, {end})"
-                 + (f", and entities with changes archived after {last[1]}" if last else ""))
+        progress(
+            f"backfill of as-of times [{result.start or 'the beginning'}, {end})"
+            + (f", and entities with changes archived after {last[1]}" if last else "")
+        )
         versions = _versions(spark, settings, db, end, result, progress)
         values = json.loads(engine.route_spec())["values"]
         changes = reduce(DataFrame.unionByName, [routed(versions[m.table.name], m, values) for m in sources()])
@@ -111,8 +121,10 @@ def run_backfill(spark: SparkSession, settings: Settings, start: datetime | None
         for frame in versions.values():
             frame.unpersist()
         result.seconds = time.monotonic() - began
-        progress(f"done in {result.seconds:.1f} s: {result.changes} changes, {len(result.rejects)} rejected, "
-                 f"{sum(result.rows.values())} rows")
+        progress(
+            f"done in {result.seconds:.1f} s: {result.changes} changes, {len(result.rejects)} rejected, "
+            f"{sum(result.rows.values())} rows"
+        )
         return result
     finally:
         db.close()  # also releases the advisory lock
@@ -142,8 +154,12 @@ def _versions(spark, settings, db, end: datetime, result: BackfillResult, progre
 def _touched(changes: DataFrame, since_us: int) -> dict[str, list[tuple[int, int]]]:
     """Per entity kind, (id, first commit in µs) of every entity a change archived since ``since_us`` reached (the
     engine's input rows: the owner before and the owner after)."""
-    found = changes.where(F.col("archived_us") >= since_us).groupBy("entity", "id") \
-        .agg(F.min("commit_us").alias("start_us")).collect()
+    found = (
+        changes.where(F.col("archived_us") >= since_us)
+        .groupBy("entity", "id")
+        .agg(F.min("commit_us").alias("start_us"))
+        .collect()
+    )
     result: dict[str, list[tuple[int, int]]] = {}
     for r in found:
         result.setdefault(r.entity, []).append((r.id, r.start_us))
@@ -161,8 +177,9 @@ def _write_stages(spark, settings, db, changes, result: BackfillResult, touched,
             else:
                 cur.execute(f"TRUNCATE {_stage(view)}")
     rows = _in_scope(engine.replay(changes, _micros(result.end)), result, touched, spark)
-    written = _copy(rows, settings.pg_dsn(settings.offline_db, user=settings.feast_user),
-                    _rebuilt if rebuild else _stage)
+    written = _copy(
+        rows, settings.pg_dsn(settings.offline_db, user=settings.feast_user), _rebuilt if rebuild else _stage
+    )
     for view in decl.FEATURE_VIEWS:
         result.rows[view.name] = written.get(view.name, 0)
         progress(f"{view.name}: {result.rows[view.name]} rows computed")
@@ -178,8 +195,9 @@ def _in_scope(rows: DataFrame, result: BackfillResult, touched, spark) -> DataFr
     start = None if result.start is None else _micros(result.start)
     if not any(touched.values()):
         return rows if start is None else rows.where(F.col("as_of_us") >= start)
-    ids = spark.createDataFrame([(name, i, us) for name, found in touched.items() for i, us in found],
-                                "entity string, id long, start_us long")
+    ids = spark.createDataFrame(
+        [(name, i, us) for name, found in touched.items() for i, us in found], "entity string, id long, start_us long"
+    )
     since = F.coalesce("start_us", F.lit(NEVER if start is None else start))
     return rows.join(F.broadcast(ids), ["entity", "id"], "left").where(F.col("as_of_us") >= since).drop("start_us")
 
@@ -189,7 +207,10 @@ def _copy(rows: DataFrame, dsn: str, target: Callable[[decl.FeatureView], str]) 
     transaction (a failed task leaves nothing; its retry copies the whole partition again); the rows per view."""
 
     def copy(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        conn, counts = psycopg2.connect(dsn, connect_timeout=pg_clients.CONNECT_TIMEOUT_S), dict.fromkeys((v.name for v in decl.FEATURE_VIEWS), 0)
+        conn, counts = (
+            psycopg2.connect(dsn, connect_timeout=pg_clients.CONNECT_TIMEOUT_S),
+            dict.fromkeys((v.name for v in decl.FEATURE_VIEWS), 0),
+        )
         try:
             with conn, conn.cursor() as cur:
                 for batch in batches:
@@ -212,11 +233,22 @@ def _swap(db, result: BackfillResult, touched, started_at: datetime, archived_un
             _swap_tables(cur, result.end)
         else:
             _replace_scope(cur, result, touched)
-        cur.execute(f"INSERT INTO {RUNS} (started_at, finished_at, start_ts, end_ts, archived_until, incremental, "
-                    "changes, rejects, touched, rows) VALUES (%s, now(), %s, %s, %s, %s, %s, %s, %s, %s) "
-                    "RETURNING run_id", (started_at, result.start, result.end, archived_until, result.incremental,
-                                         result.changes, len(result.rejects), result.touched,
-                                         sum(result.rows.values())))
+        cur.execute(
+            f"INSERT INTO {RUNS} (started_at, finished_at, start_ts, end_ts, archived_until, incremental, "
+            "changes, rejects, touched, rows) VALUES (%s, now(), %s, %s, %s, %s, %s, %s, %s, %s) "
+            "RETURNING run_id",
+            (
+                started_at,
+                result.start,
+                result.end,
+                archived_until,
+                result.incremental,
+                result.changes,
+                len(result.rejects),
+                result.touched,
+                sum(result.rows.values()),
+            ),
+        )
         run_id = cur.fetchone()[0]
         execute_values(cur, f"INSERT INTO {REJECTS} VALUES %s", [(run_id, *r) for r in result.rejects])
 
@@ -232,14 +264,17 @@ def _lock_tables(db, cur) -> None:
             return
         except psycopg2.errors.LockNotAvailable:
             db.rollback()
-            cur.execute("SELECT pid, state, left(query, 80) FROM pg_stat_activity WHERE datname = current_database() "
-                        "AND state <> 'idle' AND pid <> pg_backend_pid()")
+            cur.execute(
+                "SELECT pid, state, left(query, 80) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND state <> 'idle' AND pid <> pg_backend_pid()"
+            )
             holders = cur.fetchall()
             db.rollback()
             if time.monotonic() > deadline:
-                raise BackfillError(f"the offline tables stayed in use for {LOCK_WAIT_S} s, so the rebuilt ones "
-                                    f"were not swapped in (sessions using them: {holders}); run the backfill again"
-                                    ) from None
+                raise BackfillError(
+                    f"the offline tables stayed in use for {LOCK_WAIT_S} s, so the rebuilt ones "
+                    f"were not swapped in (sessions using them: {holders}); run the backfill again"
+                ) from None
             log.warning("the offline tables are in use (%s); trying the swap again", holders)
             time.sleep(LOCK_TRY_S)
 
@@ -257,20 +292,27 @@ def _swap_tables(cur, end: datetime) -> None:
 def _replace_scope(cur, result: BackfillResult, touched) -> None:
     """Delete each view's rows in scope (as-of times in [start, end), and a touched entity's from its own start)
     and insert its stage."""
-    cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {TOUCHED} (entity TEXT, id BIGINT, start_ts TIMESTAMPTZ) "
-                "ON COMMIT DROP")
-    execute_values(cur, f"INSERT INTO {TOUCHED} VALUES %s",
-                   [(name, i, _from_micros(us)) for name, ids in touched.items() for i, us in ids])
+    cur.execute(
+        f"CREATE TEMP TABLE IF NOT EXISTS {TOUCHED} (entity TEXT, id BIGINT, start_ts TIMESTAMPTZ) ON COMMIT DROP"
+    )
+    execute_values(
+        cur,
+        f"INSERT INTO {TOUCHED} VALUES %s",
+        [(name, i, _from_micros(us)) for name, ids in touched.items() for i, us in ids],
+    )
     for view in decl.FEATURE_VIEWS:
         key, names, ts = view.entity.join_key, [f.name for f in view.features], EVENT_TIMESTAMP
         lower = "" if result.start is None else f" AND {ts} >= %(start)s"
-        cur.execute(f"DELETE FROM {view.name} WHERE {ts} < %(end)s{lower}", {"start": result.start,
-                                                                            "end": result.end})
-        cur.execute(f"DELETE FROM {view.name} v USING {TOUCHED} s WHERE s.entity = %(entity)s AND v.{key} = s.id "
-                    f"AND v.{ts} >= s.start_ts AND v.{ts} < %(end)s", {"entity": view.entity.name,
-                                                                        "end": result.end})
-        cur.execute(f"INSERT INTO {view.name} SELECT * FROM {_stage(view)} ON CONFLICT ({key}, {ts}) DO UPDATE "
-                    f"SET {', '.join(f'{n} = excluded.{n}' for n in names)}")
+        cur.execute(f"DELETE FROM {view.name} WHERE {ts} < %(end)s{lower}", {"start": result.start, "end": result.end})
+        cur.execute(
+            f"DELETE FROM {view.name} v USING {TOUCHED} s WHERE s.entity = %(entity)s AND v.{key} = s.id "
+            f"AND v.{ts} >= s.start_ts AND v.{ts} < %(end)s",
+            {"entity": view.entity.name, "end": result.end},
+        )
+        cur.execute(
+            f"INSERT INTO {view.name} SELECT * FROM {_stage(view)} ON CONFLICT ({key}, {ts}) DO UPDATE "
+            f"SET {', '.join(f'{n} = excluded.{n}' for n in names)}"
+        )
         cur.execute(f"TRUNCATE {_stage(view)}")
 
 

@@ -31,8 +31,9 @@ OUT = Path(__file__).parent / "results" / "cdc_capture.json"
 def latency_run(settings, rate: float, seconds: float) -> dict:
     """One INSERT transaction every 1/rate s; each commit's wall time against the time its event is consumed."""
     topic = change_topic(settings.topic_prefix, "transactions")
-    consumer = kafka_clients.consumer(settings, "admin", f"bench-{time.time()}",
-                                      **{"enable.auto.commit": False, "fetch.wait.max.ms": 5})
+    consumer = kafka_clients.consumer(
+        settings, "admin", f"bench-{time.time()}", **{"enable.auto.commit": False, "fetch.wait.max.ms": 5}
+    )
     _, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
     consumer.assign([TopicPartition(topic, 0, high)])
     base = random.randrange(10**13, 10**14)
@@ -63,17 +64,23 @@ def latency_run(settings, rate: float, seconds: float) -> dict:
     writer.join()
     consumer.close()
     lat = sorted(received[k] - committed[k] for k in received if k in committed)
-    return {"rate": rate, "changes": n, "received": len(lat),
-            "commit_to_kafka_p50_ms": 1000 * statistics.median(lat),
-            "commit_to_kafka_p99_ms": 1000 * lat[int(0.99 * (len(lat) - 1))],
-            "commit_to_archive": archive_latency(settings, base, base + n - 1)}
+    return {
+        "rate": rate,
+        "changes": n,
+        "received": len(lat),
+        "commit_to_kafka_p50_ms": 1000 * statistics.median(lat),
+        "commit_to_kafka_p99_ms": 1000 * lat[int(0.99 * (len(lat) - 1))],
+        "commit_to_archive": archive_latency(settings, base, base + n - 1),
+    }
 
 
 def archive_latency(settings, low: int, high: int) -> dict:
     """COMMIT (source commit time) -> row durable in the archive (its insert time), both on Postgres's clock."""
-    sql = ("SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms), percentile_cont(0.99) WITHIN GROUP "
-           "(ORDER BY ms), count(*) FROM (SELECT extract(epoch FROM archived_at - commit_ts) * 1000 AS ms "
-           "FROM cdc_changelog WHERE source_table = 'transactions' AND row_key BETWEEN %s AND %s) t")
+    sql = (
+        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms), percentile_cont(0.99) WITHIN GROUP "
+        "(ORDER BY ms), count(*) FROM (SELECT extract(epoch FROM archived_at - commit_ts) * 1000 AS ms "
+        "FROM cdc_changelog WHERE source_table = 'transactions' AND row_key BETWEEN %s AND %s) t"
+    )
     deadline = time.monotonic() + 60
     while True:
         with pg_clients.offline_session(settings) as conn:
@@ -96,9 +103,15 @@ def _capture(settings, changes: int) -> tuple[int, float, float]:
     started = time.monotonic()
     with conn.cursor() as cur:
         for chunk in range(0, changes, 5000):
-            execute_values(cur, "INSERT INTO transactions VALUES %s", [
-                (base + i, base + i % 2000, base + i % 50, Decimal("9.99"), "bench", "2026-11-20T00:00:00Z", None)
-                for i in range(chunk, min(changes, chunk + 5000))], page_size=5000)
+            execute_values(
+                cur,
+                "INSERT INTO transactions VALUES %s",
+                [
+                    (base + i, base + i % 2000, base + i % 50, Decimal("9.99"), "bench", "2026-11-20T00:00:00Z", None)
+                    for i in range(chunk, min(changes, chunk + 5000))
+                ],
+                page_size=5000,
+            )
             conn.commit()
     committed_s = time.monotonic() - started
     conn.close()
@@ -115,9 +128,11 @@ def _await_archive(settings, base: int, changes: int) -> float:
     try:
         while True:
             with offline, offline.cursor() as cur:
-                cur.execute("SELECT count(*), extract(epoch FROM clock_timestamp() - min(archived_at)) FROM "
-                            "cdc_changelog WHERE source_table = 'transactions' AND row_key BETWEEN %s AND %s",
-                            (base, base + changes - 1))
+                cur.execute(
+                    "SELECT count(*), extract(epoch FROM clock_timestamp() - min(archived_at)) FROM "
+                    "cdc_changelog WHERE source_table = 'transactions' AND row_key BETWEEN %s AND %s",
+                    (base, base + changes - 1),
+                )
                 count, since_first = cur.fetchone()
                 if count >= changes:
                     return float(since_first)
@@ -132,9 +147,14 @@ def throughput_run(settings, changes: int) -> dict:
     base, committed_s, kafka_s = _capture(settings, changes)
     _await_archive(settings, base, changes)
     archive_s = time.monotonic() - started
-    return {"changes": changes, "postgres_commit_s": committed_s, "into_kafka_s": kafka_s,
-            "into_archive_s": archive_s, "kafka_changes_per_s": changes / kafka_s,
-            "archive_changes_per_s": changes / archive_s}
+    return {
+        "changes": changes,
+        "postgres_commit_s": committed_s,
+        "into_kafka_s": kafka_s,
+        "into_archive_s": archive_s,
+        "kafka_changes_per_s": changes / kafka_s,
+        "archive_changes_per_s": changes / archive_s,
+    }
 
 
 def await_stream(settings, timeout_s: float = 300) -> None:
@@ -160,8 +180,13 @@ def backlog_run(settings, changes: int) -> dict:
         started = time.monotonic()
         ARCHIVER.start(settings)
     writing_s = _await_archive(settings, base, changes)
-    return {"changes": changes, "into_kafka_s": kafka_s, "start_s": time.monotonic() - started - writing_s,
-            "writing_s": writing_s, "archive_changes_per_s": changes / writing_s}
+    return {
+        "changes": changes,
+        "into_kafka_s": kafka_s,
+        "start_s": time.monotonic() - started - writing_s,
+        "writing_s": writing_s,
+        "archive_changes_per_s": changes / writing_s,
+    }
 
 
 def main() -> None:
@@ -173,7 +198,7 @@ def main() -> None:
     settings = load_settings()
     result = {
         "machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
-                   f"{__import__('os').cpu_count()} cores",
+        f"{__import__('os').cpu_count()} cores",
         "latency": latency_run(settings, args.rate, args.seconds),
         "throughput": throughput_run(settings, args.bulk),
     }

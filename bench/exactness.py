@@ -1,5 +1,5 @@
-"""A brute-force SQL oracle: every feature of docs/semantics.md#windows recomputed in one Postgres query per view and table,
-straight from the change history (cdc_changelog), sharing no code with the pipeline's computation.
+"""A brute-force SQL oracle: every feature of docs/semantics.md#windows recomputed in one Postgres query per view and
+table, straight from the change history (cdc_changelog), sharing no code with the pipeline's computation.
 
 For an entity and an as-of time T: take, for every row the entity ever owned, the version current at T (its latest
 change committed at or before T); keep the versions the entity owns whose event time t satisfies T - W < t <= T;
@@ -33,15 +33,24 @@ class Verdict:
     def match(self) -> float:
         return 1.0 if self.compared == 0 else 1 - len(self.mismatches) / self.compared
 
-    def add(self, view: FeatureView, entity_id: int, as_of: datetime | None, served: dict, wanted: dict,
-            where: str) -> None:
+    def add(
+        self, view: FeatureView, entity_id: int, as_of: datetime | None, served: dict, wanted: dict, where: str
+    ) -> None:
         for f in view.features:
             self.compared += 1
             got, want = served.get(f.name), wanted.get(f.name)
             if not (got == want and type(got) is type(want)):
-                self.mismatches.append({"where": where, "view": view.name, "entity": entity_id,
-                                        "as_of": None if as_of is None else as_of.isoformat(),
-                                        "feature": f.name, "served": got, "oracle": want})
+                self.mismatches.append(
+                    {
+                        "where": where,
+                        "view": view.name,
+                        "entity": entity_id,
+                        "as_of": None if as_of is None else as_of.isoformat(),
+                        "feature": f.name,
+                        "served": got,
+                        "oracle": want,
+                    }
+                )
 
     def merge(self, other: Verdict) -> Verdict:
         return Verdict(self.compared + other.compared, self.mismatches + other.mismatches)
@@ -71,7 +80,7 @@ def _table_query(table: str, owner: str, features: list[WindowFeature]) -> str:
                 SELECT after FROM cdc_changelog c WHERE c.source_table = '{table}' AND c.row_key = o.row_key
                 AND c.commit_ts <= o.t ORDER BY c.lsn DESC LIMIT 1) v
             WHERE v.after->>'{owner}' = o.id::text)
-        SELECT p.id, p.t, {', '.join(_window_sql(f, owner) for f in features)}
+        SELECT p.id, p.t, {", ".join(_window_sql(f, owner) for f in features)}
         FROM probe p LEFT JOIN current ON current.id = p.id AND current.t = p.t GROUP BY p.id, p.t"""
 
 
@@ -92,8 +101,11 @@ def expected(conn, view: FeatureView, probes: list[tuple[int, datetime]]) -> dic
         groups = [(_profile_query(view), list(view.features))]
     else:
         tables = dict.fromkeys(f.table.name for f in view.features)
-        groups = [(_table_query(t, view.entity.join_key, fs), fs) for t in tables
-                  if (fs := [f for f in view.features if f.table.name == t])]
+        groups = [
+            (_table_query(t, view.entity.join_key, fs), fs)
+            for t in tables
+            if (fs := [f for f in view.features if f.table.name == t])
+        ]
     with conn.cursor() as cur:
         for sql, features in groups:
             cur.execute(sql, params)
@@ -107,13 +119,17 @@ def owners(conn, view: FeatureView, low: int, high: int) -> list[int]:
     tables = sorted({f.table.name for f in view.features if isinstance(f, WindowFeature)})
     with conn.cursor() as cur:
         if not tables:
-            cur.execute("SELECT DISTINCT row_key FROM cdc_changelog WHERE source_table = %s AND row_key BETWEEN %s "
-                        "AND %s", (view.table.name, low, high))
+            cur.execute(
+                "SELECT DISTINCT row_key FROM cdc_changelog WHERE source_table = %s AND row_key BETWEEN %s AND %s",
+                (view.table.name, low, high),
+            )
         else:
             key = view.entity.join_key
-            cur.execute(f"SELECT DISTINCT (after->>'{key}')::bigint FROM cdc_changelog WHERE source_table = ANY(%s) "
-                        f"AND after->>'{key}' ~ '^[0-9]+$' AND (after->>'{key}')::bigint BETWEEN %s AND %s",
-                        (tables, low, high))
+            cur.execute(
+                f"SELECT DISTINCT (after->>'{key}')::bigint FROM cdc_changelog WHERE source_table = ANY(%s) "
+                f"AND after->>'{key}' ~ '^[0-9]+$' AND (after->>'{key}')::bigint BETWEEN %s AND %s",
+                (tables, low, high),
+            )
         return sorted(r[0] for r in cur.fetchall())
 
 
@@ -133,15 +149,15 @@ def compare_online(settings, conn, entity_ranges: dict[str, tuple[int, int]]) ->
         for n, entity_id in enumerate(ids):
             served = dict(zip([f.name for f in view.features], fetched.row(n), strict=True))
             if as_of[n] is None:
-                verdict.add(view, entity_id, None, served, {f.name: "(never served)" for f in view.features},
-                            "online")
+                verdict.add(view, entity_id, None, served, {f.name: "(never served)" for f in view.features}, "online")
             else:
                 verdict.add(view, entity_id, as_of[n], served, wanted[(entity_id, as_of[n])], "online")
     return verdict
 
 
-def compare_offline(conn, per_view: int, entity_ranges: dict[str, tuple[int, int]] | None = None,
-                    seed: float = 0.5) -> Verdict:
+def compare_offline(
+    conn, per_view: int, entity_ranges: dict[str, tuple[int, int]] | None = None, seed: float = 0.5
+) -> Verdict:
     """A random sample of ``per_view`` rows of each offline table (within the ranges, if given) against the
     oracle at each row's event timestamp."""
     verdict = Verdict()
@@ -151,8 +167,10 @@ def compare_offline(conn, per_view: int, entity_ranges: dict[str, tuple[int, int
             key = view.entity.join_key
             where = "" if entity_ranges is None else f"WHERE {key} BETWEEN %s AND %s"
             columns = ", ".join(f.name for f in view.features)
-            cur.execute(f"SELECT {key}, {decl.EVENT_TIMESTAMP}, {columns} FROM {view.name} {where} "
-                        f"ORDER BY random() LIMIT %s", (*(entity_ranges or {}).get(key, ()), per_view))
+            cur.execute(
+                f"SELECT {key}, {decl.EVENT_TIMESTAMP}, {columns} FROM {view.name} {where} ORDER BY random() LIMIT %s",
+                (*(entity_ranges or {}).get(key, ()), per_view),
+            )
             rows = cur.fetchall()
             wanted = expected(conn, view, [(r[0], r[1]) for r in rows])
             for entity_id, t, *values in rows:
@@ -163,4 +181,3 @@ def compare_offline(conn, per_view: int, entity_ranges: dict[str, tuple[int, int
 
 def connect(settings, database: str | None = None):
     return pg_clients.connect(settings, database or settings.offline_db, user=settings.feast_user)
-

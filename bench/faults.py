@@ -51,9 +51,16 @@ from ops.stack.background import ARCHIVER, STREAMING
 from ops.workload import Workload
 
 # below Linux's ephemeral range (32768-60999), where a client's outgoing connection can hold a port a moment
-SIDE = {"CDCF_PG_PORT": "21432", "CDCF_REDIS_PORT": "21379", "CDCF_KAFKA_PORT": "21092",
-        "CDCF_KAFKA_CONTROLLER_PORT": "21093", "CDCF_CONNECT_PORT": "21083", "CDCF_PROMETHEUS_PORT": "21090",
-        "CDCF_ALERTMANAGER_PORT": "21095", "CDCF_PG_CLUSTER": "cdcf_faults"}
+SIDE = {
+    "CDCF_PG_PORT": "21432",
+    "CDCF_REDIS_PORT": "21379",
+    "CDCF_KAFKA_PORT": "21092",
+    "CDCF_KAFKA_CONTROLLER_PORT": "21093",
+    "CDCF_CONNECT_PORT": "21083",
+    "CDCF_PROMETHEUS_PORT": "21090",
+    "CDCF_ALERTMANAGER_PORT": "21095",
+    "CDCF_PG_CLUSTER": "cdcf_faults",
+}
 SPARK_PORT, SPARK_UI = 21077, 21180  # the workers' UIs take the next ports
 LOGS = Path(tempfile.gettempdir()) / "cdcf-faults-logs"
 
@@ -116,13 +123,15 @@ def _lose_the_slot(settings: Settings, _cluster) -> dict:
     try:
         postgres.admin_sql(settings, "CREATE TABLE IF NOT EXISTS wal_filler (x text)")
         for _ in range(30):
-            postgres.admin_sql(settings, "INSERT INTO wal_filler SELECT repeat(md5(i::text), 20) "
-                                         "FROM generate_series(1, 100000) i")
+            postgres.admin_sql(
+                settings, "INSERT INTO wal_filler SELECT repeat(md5(i::text), 20) FROM generate_series(1, 100000) i"
+            )
             postgres.admin_sql(settings, "TRUNCATE wal_filler")
             postgres.admin_sql(settings, "SELECT pg_switch_wal()")
             postgres.admin_sql(settings, "CHECKPOINT")
-            state = postgres.admin_sql(settings, "SELECT wal_status FROM pg_replication_slots WHERE slot_name = "
-                                                 f"'{settings.replication_slot}'")
+            state = postgres.admin_sql(
+                settings, f"SELECT wal_status FROM pg_replication_slots WHERE slot_name = '{settings.replication_slot}'"
+            )
             if state == "lost":
                 break
         status = next(h for h in stack.status(settings) if h.component == "postgres")
@@ -130,9 +139,14 @@ def _lose_the_slot(settings: Settings, _cluster) -> dict:
         postgres.admin_sql(settings, "ALTER SYSTEM RESET max_slot_wal_keep_size")
         postgres.admin_sql(settings, "SELECT pg_reload_conf()")
     done = resnapshot(settings)
-    return {"slot_state": state, "status_said": status.detail[:200], "status_failed": not status.healthy,
-            "resnapshot_rows": done.snapshot_rows, "resnapshot_deletes": sum(done.deleted.values()),
-            "resnapshot_s": round(done.seconds, 1)}
+    return {
+        "slot_state": state,
+        "status_said": status.detail[:200],
+        "status_failed": not status.healthy,
+        "resnapshot_rows": done.snapshot_rows,
+        "resnapshot_deletes": sum(done.deleted.values()),
+        "resnapshot_s": round(done.seconds, 1),
+    }
 
 
 def _hostile_burst(settings: Settings, _cluster) -> dict:
@@ -153,8 +167,12 @@ def _hostile_burst(settings: Settings, _cluster) -> dict:
         if letters >= len(messages):
             break
         time.sleep(1)
-    return {"bad_inputs_tried": len(messages), "dead_lettered": letters,
-            "archiver_pid_unchanged": ARCHIVER.pid(settings) == archiver, "job_pid_unchanged": STREAMING.pid(settings) == job}
+    return {
+        "bad_inputs_tried": len(messages),
+        "dead_lettered": letters,
+        "archiver_pid_unchanged": ARCHIVER.pid(settings) == archiver,
+        "job_pid_unchanged": STREAMING.pid(settings) == job,
+    }
 
 
 SCENARIOS = [
@@ -190,6 +208,7 @@ class Load:
                 except psycopg2.Error:
                     self.failed_commits += 1
                     time.sleep(0.5)
+
         self.thread = threading.Thread(target=run, daemon=True)
         self.thread.start()
 
@@ -209,17 +228,21 @@ def _state_diff(settings: Settings, ranges: dict[str, tuple[int, int]]) -> int:
             key, owner, value = row_contracts()[table].key, OWNER[table], VALUE[table]
             low, high = ranges["product_id" if owner == "product_id" else "user_id"]
             with source.cursor() as cur:
-                cur.execute(f"SELECT {key}, {owner}, {value}::numeric FROM {table} WHERE {owner} BETWEEN %s AND %s",
-                            (low, high))
+                cur.execute(
+                    f"SELECT {key}, {owner}, {value}::numeric FROM {table} WHERE {owner} BETWEEN %s AND %s", (low, high)
+                )
                 truth = {k: (o, v) for k, o, v in cur.fetchall()}
             with archive.cursor() as cur:
-                cur.execute(f"""
+                cur.execute(
+                    f"""
                     SELECT DISTINCT ON (row_key) row_key, op, (after->>'{owner}')::bigint, (after->>'{value}')::numeric
                     FROM cdc_changelog WHERE source_table = %s AND row_key IN (
                         SELECT row_key FROM cdc_changelog WHERE source_table = %s AND coalesce(
                             after->>'{owner}', before->>'{owner}') ~ '^[0-9]+$' AND coalesce(after->>'{owner}',
                             before->>'{owner}')::bigint BETWEEN %s AND %s)
-                    ORDER BY row_key, lsn DESC, op = 'd' DESC""", (table, table, low, high))
+                    ORDER BY row_key, lsn DESC, op = 'd' DESC""",
+                    (table, table, low, high),
+                )
                 archived = {k: (o, v) for k, op, o, v in cur.fetchall() if op != "d" and low <= o <= high}
             diffs += sum(1 for k in truth.keys() | archived.keys() if truth.get(k) != archived.get(k))
     finally:
@@ -234,23 +257,34 @@ def _archived_changes(settings: Settings, since, ranges: dict[str, tuple[int, in
     (ulo, uhi), (plo, phi) = ranges["user_id"], ranges["product_id"]
     owner = "coalesce(after->>'{0}', before->>'{0}')"
     with exactness.connect(settings) as conn, conn.cursor() as cur:
-        cur.execute(f"""SELECT count(*) FROM cdc_changelog WHERE commit_ts >= %s AND op IN ('c', 'u', 'd') AND (
-            (source_table IN ('transactions', 'sessions') AND {owner.format('user_id')} ~ '^[0-9]+$'
-             AND {owner.format('user_id')}::bigint BETWEEN %s AND %s)
-            OR (source_table = 'reviews' AND {owner.format('product_id')} ~ '^[0-9]+$'
-             AND {owner.format('product_id')}::bigint BETWEEN %s AND %s)
+        cur.execute(
+            f"""SELECT count(*) FROM cdc_changelog WHERE commit_ts >= %s AND op IN ('c', 'u', 'd') AND (
+            (source_table IN ('transactions', 'sessions') AND {owner.format("user_id")} ~ '^[0-9]+$'
+             AND {owner.format("user_id")}::bigint BETWEEN %s AND %s)
+            OR (source_table = 'reviews' AND {owner.format("product_id")} ~ '^[0-9]+$'
+             AND {owner.format("product_id")}::bigint BETWEEN %s AND %s)
             OR (source_table = 'users' AND row_key BETWEEN %s AND %s)
             OR (source_table = 'chargebacks' AND row_key IN (SELECT row_key FROM cdc_changelog WHERE
-                source_table = 'transactions' AND {owner.format('user_id')} ~ '^[0-9]+$'
-                AND {owner.format('user_id')}::bigint BETWEEN %s AND %s)))""",
-                    (since, ulo, uhi, plo, phi, ulo, uhi, ulo, uhi))
+                source_table = 'transactions' AND {owner.format("user_id")} ~ '^[0-9]+$'
+                AND {owner.format("user_id")}::bigint BETWEEN %s AND %s)))""",
+            (since, ulo, uhi, plo, phi, ulo, uhi, ulo, uhi),
+        )
         count = cur.fetchone()[0]
     conn.close()
     return count
 
 
-def run_scenario(settings: Settings, store, cluster: spark_cluster.Cluster, scenario: Scenario, n: int,
-                 rate: float, before_s: float, after_s: float, timeout_s: float) -> dict:
+def run_scenario(
+    settings: Settings,
+    store,
+    cluster: spark_cluster.Cluster,
+    scenario: Scenario,
+    n: int,
+    rate: float,
+    before_s: float,
+    after_s: float,
+    timeout_s: float,
+) -> dict:
     base = (n + 1) * 10**10
     users, products = 400, 60
     ranges = {"user_id": (base + 1, base + users), "product_id": (base + 1, base + products)}
@@ -262,8 +296,10 @@ def run_scenario(settings: Settings, store, cluster: spark_cluster.Cluster, scen
     prober = Prober(settings, store)
     load.start(rate, before_s + scenario.fault_s + after_s)
     probes: list = []
-    probing = threading.Thread(target=lambda: probes.append(prober.run(
-        before_s + scenario.fault_s + after_s, 0.5, timeout_s=timeout_s)), daemon=True)
+    probing = threading.Thread(
+        target=lambda: probes.append(prober.run(before_s + scenario.fault_s + after_s, 0.5, timeout_s=timeout_s)),
+        daemon=True,
+    )
     probing.start()
     time.sleep(before_s)
     faulted = time.monotonic()
@@ -273,8 +309,9 @@ def run_scenario(settings: Settings, store, cluster: spark_cluster.Cluster, scen
     load_ended = time.monotonic()
     probing.join()
     # the longest any probe waited after the fault: those outstanding when it struck count from then
-    downtime = max((c + s - max(c, faulted) for c, s in probes[0].served + probes[0].unserved if c + s >= faulted),
-                   default=0.0)
+    downtime = max(
+        (c + s - max(c, faulted) for c, s in probes[0].served + probes[0].unserved if c + s >= faulted), default=0.0
+    )
     verdict, lost_rows, deadline = None, None, time.monotonic() + timeout_s
     while time.monotonic() < deadline:  # a probe after the last change served, then the range must be exact
         if prober.run(1, 1, timeout_s=max(1.0, deadline - time.monotonic())).served:
@@ -296,21 +333,40 @@ def run_scenario(settings: Settings, store, cluster: spark_cluster.Cluster, scen
     doubled = 0 if scenario.by_state_only else max(0, archived - committed - load.failed_commits)
     online_match = verdict.match if verdict else 0.0
     result = {
-        "scenario": scenario.name, "load_changes_per_s": rate, "entity_base": base, **detail,
-        "downtime_s": round(downtime, 2), "back_to_exact_s": round(exact_at - load_ended, 2),
-        "changes_committed": committed, "changes_archived": archived, "failed_commits": load.failed_commits,
-        "lost": (lost_rows if lost_rows is not None else -1) + missing, "doubled": doubled,
-        "oracle_online_match": online_match, "oracle_online_compared": verdict.compared if verdict else 0,
-        "oracle_offline_match": offline.match, "oracle_offline_compared": offline.compared,
+        "scenario": scenario.name,
+        "load_changes_per_s": rate,
+        "entity_base": base,
+        **detail,
+        "downtime_s": round(downtime, 2),
+        "back_to_exact_s": round(exact_at - load_ended, 2),
+        "changes_committed": committed,
+        "changes_archived": archived,
+        "failed_commits": load.failed_commits,
+        "lost": (lost_rows if lost_rows is not None else -1) + missing,
+        "doubled": doubled,
+        "oracle_online_match": online_match,
+        "oracle_online_compared": verdict.compared if verdict else 0,
+        "oracle_offline_match": offline.match,
+        "oracle_offline_compared": offline.compared,
         "mismatches": ((verdict.mismatches if verdict else []) + offline.mismatches)[:10],
     }
-    result["survived"] = (result["lost"] == 0 and doubled == 0 and online_match == 1.0 and offline.match == 1.0
-                          and detail.get("archiver_pid_unchanged", True) and detail.get("job_pid_unchanged", True)
-                          and detail.get("dead_lettered") == detail.get("bad_inputs_tried")
-                          and detail.get("status_failed", True) and not detail.get("archiver_children_left"))
-    print(f"faults: {scenario.name}: survived={result['survived']} downtime {result['downtime_s']} s, exact "
-          f"{result['back_to_exact_s']} s after the load, lost {result['lost']}, doubled {doubled}, oracle "
-          f"{online_match:.4f}/{offline.match:.4f}", flush=True)
+    result["survived"] = (
+        result["lost"] == 0
+        and doubled == 0
+        and online_match == 1.0
+        and offline.match == 1.0
+        and detail.get("archiver_pid_unchanged", True)
+        and detail.get("job_pid_unchanged", True)
+        and detail.get("dead_lettered") == detail.get("bad_inputs_tried")
+        and detail.get("status_failed", True)
+        and not detail.get("archiver_children_left")
+    )
+    print(
+        f"faults: {scenario.name}: survived={result['survived']} downtime {result['downtime_s']} s, exact "
+        f"{result['back_to_exact_s']} s after the load, lost {result['lost']}, doubled {doubled}, oracle "
+        f"{online_match:.4f}/{offline.match:.4f}",
+        flush=True,
+    )
     return result
 
 
@@ -339,24 +395,32 @@ def side_stack(main: Settings, folder: Path, spark_master: str) -> Iterator[Sett
             os.environ.update(saved)
 
 
-def run(main: Settings, rate: float, before_s: float, after_s: float, timeout_s: float,
-        only: list[str] | None = None) -> dict:
+def run(
+    main: Settings, rate: float, before_s: float, after_s: float, timeout_s: float, only: list[str] | None = None
+) -> dict:
     """Every scenario (or those named in ``only``) on a side stack; the matrix and its totals."""
     scenarios = [s for s in SCENARIOS if only is None or s.name in only]
     results = []
     with tempfile.TemporaryDirectory(prefix="cdcf-faults-") as tmp:
         folder = Path(tmp)
-        with spark_cluster.standalone(main, folder / "spark", SPARK_PORT, SPARK_UI) as cluster, \
-                side_stack(main, folder, cluster.url) as settings:
+        with (
+            spark_cluster.standalone(main, folder / "spark", SPARK_PORT, SPARK_UI) as cluster,
+            side_stack(main, folder, cluster.url) as settings,
+        ):
             store = feature_store(settings)
             Prober(settings, store).run(1, 1, timeout_s=300)  # the job is up and serving before the first fault
             for n, scenario in enumerate(scenarios):
                 try:
-                    results.append(run_scenario(settings, store, cluster, scenario, n, rate, before_s, after_s,
-                                                timeout_s))
+                    results.append(
+                        run_scenario(settings, store, cluster, scenario, n, rate, before_s, after_s, timeout_s)
+                    )
                 except Exception as exc:  # noqa: BLE001 - a scenario that breaks the harness is a failed one
                     print(f"faults: {scenario.name} failed: {exc!r}", flush=True)
                     results.append({"scenario": scenario.name, "survived": False, "error": repr(exc)[:500]})
         shutil.copytree(folder / "spark", LOGS / "spark", dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.jar"))
-    return {"faults_tried": len(results), "faults_survived": sum(1 for r in results if r["survived"]),
-            "bad_inputs_tried": sum(r.get("bad_inputs_tried", 0) for r in results), "faults": results}
+    return {
+        "faults_tried": len(results),
+        "faults_survived": sum(1 for r in results if r["survived"]),
+        "bad_inputs_tried": sum(r.get("bad_inputs_tried", 0) for r in results),
+        "faults": results,
+    }

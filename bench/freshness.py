@@ -76,8 +76,10 @@ class Prober:
         self.amount += 1
         try:
             with self.conn.cursor() as cur:
-                cur.execute("UPDATE transactions SET amount = %s, created_at = now() WHERE txn_id = %s",
-                            (self.amount, self.txn[user]))
+                cur.execute(
+                    "UPDATE transactions SET amount = %s, created_at = now() WHERE txn_id = %s",
+                    (self.amount, self.txn[user]),
+                )
             self.conn.commit()
         except (psycopg2.OperationalError, psycopg2.InterfaceError):  # the source restarted: no probe this time
             self.conn = self._reconnect()
@@ -101,8 +103,9 @@ class Prober:
                 users = list(self.pending)
             if users:
                 try:
-                    values = self.store.get_online_features(features=[FEATURE], entity_rows=[
-                        {"user_id": u} for u in users]).to_dict()["txn_amount_sum_1h"]
+                    values = self.store.get_online_features(
+                        features=[FEATURE], entity_rows=[{"user_id": u} for u in users]
+                    ).to_dict()["txn_amount_sum_1h"]
                 except Exception:  # noqa: BLE001 - a store (or Feast's registry database) restarting: read again
                     time.sleep(0.1)
                     continue
@@ -133,8 +136,9 @@ def freshness(settings, store, rate: float, seconds: float, runs: int, populatio
     per_run, achieved = [], []
     for n in range(runs):
         workload = Workload(settings, seed=seed + n, **population)
-        load = threading.Thread(target=lambda w=workload: w.run(rate, seconds, burst_every_s=0,
-                                                                per_commit=max(1, int(rate / 100))))
+        load = threading.Thread(
+            target=lambda w=workload: w.run(rate, seconds, burst_every_s=0, per_commit=max(1, int(rate / 100)))
+        )
         load.start()
         probes = prober.run(seconds, 0.25, timeout_s=30)
         load.join()
@@ -145,16 +149,23 @@ def freshness(settings, store, rate: float, seconds: float, runs: int, populatio
     return {
         "freshness_p50_s": round(statistics.median(quantile(p.latencies(), 50) for p in per_run), 3),
         "freshness_p99_s": round(statistics.median(quantile(p.latencies(), 99) for p in per_run), 3),
-        "freshness_runs": [{"probes": len(p.served) + len(p.unserved), "served": len(p.served),
-                            "p50_s": round(quantile(p.latencies(), 50), 3),
-                            "p99_s": round(quantile(p.latencies(), 99), 3), "achieved_changes_per_s": a}
-                           for p, a in zip(per_run, achieved, strict=True)],
+        "freshness_runs": [
+            {
+                "probes": len(p.served) + len(p.unserved),
+                "served": len(p.served),
+                "p50_s": round(quantile(p.latencies(), 50), 3),
+                "p99_s": round(quantile(p.latencies(), 99), 3),
+                "achieved_changes_per_s": a,
+            }
+            for p, a in zip(per_run, achieved, strict=True)
+        ],
         "freshness_samples_s": [round(s, 4) for s in sorted(samples)],
     }
 
 
-def capacity(settings, store, rates: list[float], hold_s: float, bound_s: float, population: dict,
-             seed: int = 11) -> dict:
+def capacity(
+    settings, store, rates: list[float], hold_s: float, bound_s: float, population: dict, seed: int = 11
+) -> dict:
     """Hold each rate for ``hold_s`` while probing once a second. A rate is held when the generator reached 95% of
     it and every probe of the second half was served within ``bound_s`` (a lag that grows without bound fails
     this); the sweep stops at the first rate not held. Before each step the job must have drained."""
@@ -165,8 +176,9 @@ def capacity(settings, store, rates: list[float], hold_s: float, bound_s: float,
         if not drained.served:
             break
         workload = Workload(settings, seed=seed + n, **population)
-        load = threading.Thread(target=lambda w=workload, r=rate: w.run(
-            r, hold_s, burst_every_s=0, per_commit=max(1, int(r * TICK_S))))
+        load = threading.Thread(
+            target=lambda w=workload, r=rate: w.run(r, hold_s, burst_every_s=0, per_commit=max(1, int(r * TICK_S)))
+        )
         started = time.monotonic()
         load.start()
         probes = prober.run(hold_s, 1.0, timeout_s=0)
@@ -174,15 +186,25 @@ def capacity(settings, store, rates: list[float], hold_s: float, bound_s: float,
         achieved = sum(workload.counts.values()) / hold_s
         late = [(c - started, s) for c, s in probes.served + probes.unserved if c - started >= hold_s / 2]
         ok = bool(late) and all(s <= bound_s for _, s in late) and achieved >= 0.95 * rate
-        steps.append({"target_changes_per_s": rate, "achieved_changes_per_s": round(achieved),
-                      "held": ok, "second_half_max_lag_s": round(max((s for _, s in late), default=0.0), 2),
-                      "probes": [(round(c - started, 2), round(s, 3)) for c, s in probes.served],
-                      "unserved": [(round(c - started, 2), round(s, 3)) for c, s in probes.unserved],
-                      "generator_limited": achieved < 0.95 * rate})
+        steps.append(
+            {
+                "target_changes_per_s": rate,
+                "achieved_changes_per_s": round(achieved),
+                "held": ok,
+                "second_half_max_lag_s": round(max((s for _, s in late), default=0.0), 2),
+                "probes": [(round(c - started, 2), round(s, 3)) for c, s in probes.served],
+                "unserved": [(round(c - started, 2), round(s, 3)) for c, s in probes.unserved],
+                "generator_limited": achieved < 0.95 * rate,
+            }
+        )
         if not ok:
             break
         held = achieved
     prober.run(1, 1, timeout_s=900)  # what follows must not share the machine with a backlog
     prober.close()
-    return {"capacity_changes_per_s": round(held), "capacity_hold_s": hold_s, "capacity_bound_s": bound_s,
-            "capacity_steps": steps}
+    return {
+        "capacity_changes_per_s": round(held),
+        "capacity_hold_s": hold_s,
+        "capacity_bound_s": bound_s,
+        "capacity_steps": steps,
+    }

@@ -31,15 +31,26 @@ def hostile_messages(settings: Settings, count: int) -> list[tuple[str, bytes]]:
         doc = json.loads(json.dumps(doc))
         after, source = doc.get("after") or {}, doc["source"]
         value = VALUE[table]
-        [lambda: after.update({value: "1e30"}), lambda: after.update({value: 10**40}),
-         lambda: after.update({WHEN[table]: "0001-01-01T00:00:00+05:00"}), lambda: source.update(ts_us=10**20, ts_ms=10**17),
-         lambda: source.update(lsn=2**63), lambda: after.update({TEXT[table]: "a\x00b"}), lambda: doc.update(op="x"),
-         lambda: doc.update(after=[1, 2]), lambda: after.pop(OWNER[table], None),
-         lambda: source.update(ts_us=None, ts_ms="yesterday")][n % 10]()
+        [
+            lambda: after.update({value: "1e30"}),
+            lambda: after.update({value: 10**40}),
+            lambda: after.update({WHEN[table]: "0001-01-01T00:00:00+05:00"}),
+            lambda: source.update(ts_us=10**20, ts_ms=10**17),
+            lambda: source.update(lsn=2**63),
+            lambda: after.update({TEXT[table]: "a\x00b"}),
+            lambda: doc.update(op="x"),
+            lambda: doc.update(after=[1, 2]),
+            lambda: after.pop(OWNER[table], None),
+            lambda: source.update(ts_us=None, ts_ms="yesterday"),
+        ][n % 10]()
         return json.dumps(doc).encode()
 
-    shapes = [lambda t, n: b"[" * 200_000, lambda t, n: b"\xff\xfe" * 250_000,
-              lambda t, n: b'{"before": null, "after": {', lambda t, n: rng.randbytes(rng.randint(1, 2000))]
+    shapes = [
+        lambda t, n: b"[" * 200_000,
+        lambda t, n: b"\xff\xfe" * 250_000,
+        lambda t, n: b'{"before": null, "after": {',
+        lambda t, n: rng.randbytes(rng.randint(1, 2000)),
+    ]
     out = []
     for n in range(count):
         table = TABLES[n % len(TABLES)]

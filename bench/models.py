@@ -29,8 +29,18 @@ from ops.sample_data import add_users
 from ops.workload import Workload
 
 
-def run(settings, out: Path, seed: int, rate: float, seconds: float, users: int, products: int,
-        repeats: int, train_rows: int, held_out: int) -> dict:
+def run(
+    settings,
+    out: Path,
+    seed: int,
+    rate: float,
+    seconds: float,
+    users: int,
+    products: int,
+    repeats: int,
+    train_rows: int,
+    held_out: int,
+) -> dict:
     base = random.Random(seed + 16).randrange(1, 9000) * 10**11 + 2 * 10**10
     add_users(settings, range(base + 1, base + users + 1), seed)
     Workload(settings, seed=seed, users=users, products=products, entity_base=base).run(rate, seconds)
@@ -46,8 +56,18 @@ def run(settings, out: Path, seed: int, rate: float, seconds: float, users: int,
     scorer = FraudScorer.from_settings(settings)
     rng = random.Random(seed)
     ids = list(range(base + 1, base + users + 1))
-    fraud_ms = _timed(lambda: scorer.score([{"user_id": rng.choice(ids), "amount": round(rng.uniform(1, 2500), 2),
-                                             "merchant": rng.choice(("acme", "quickcash"))}]), repeats)
+    fraud_ms = _timed(
+        lambda: scorer.score(
+            [
+                {
+                    "user_id": rng.choice(ids),
+                    "amount": round(rng.uniform(1, 2500), 2),
+                    "merchant": rng.choice(("acme", "quickcash")),
+                }
+            ]
+        ),
+        repeats,
+    )
     ranker = Recommender.from_settings(settings)
     candidates = Candidates(settings, CANDIDATES).get()
     recommend_ms = _timed(lambda: ranker.recommend(rng.choice(ids), 10, candidates), repeats)
@@ -58,15 +78,25 @@ def run(settings, out: Path, seed: int, rate: float, seconds: float, users: int,
         "recommend_popularity_hit_rate_at_10": recommender.card.metrics["popularity_hit_rate_at_10"],
         "segmentation_silhouette": segmenter.card.metrics["silhouette"],
         "batch_score_users_per_s": scored["users_per_s"],
-        "infer_fraud_1_p50_ms": fraud_ms[0], "infer_fraud_1_p99_ms": fraud_ms[1],
-        "infer_recommend_p50_ms": recommend_ms[0], "infer_recommend_p99_ms": recommend_ms[1],
+        "infer_fraud_1_p50_ms": fraud_ms[0],
+        "infer_fraud_1_p99_ms": fraud_ms[1],
+        "infer_recommend_p50_ms": recommend_ms[0],
+        "infer_recommend_p99_ms": recommend_ms[1],
         "models": {
-            "device": device().type, "workload": {"rate": rate, "seconds": seconds, "users": users,
-                                                  "products": products, "entity_base": base},
-            "recommend_candidates": len(candidates), "batch_score": scored,
-            "cards": {m.card.name: {"version": m.card.version, "rows": m.card.rows, "metrics": m.card.metrics,
-                                    "trained_from": m.card.trained_from, "trained_to": m.card.trained_to}
-                      for m in (fraud_model, recommender, segmenter)},
+            "device": device().type,
+            "workload": {"rate": rate, "seconds": seconds, "users": users, "products": products, "entity_base": base},
+            "recommend_candidates": len(candidates),
+            "batch_score": scored,
+            "cards": {
+                m.card.name: {
+                    "version": m.card.version,
+                    "rows": m.card.rows,
+                    "metrics": m.card.metrics,
+                    "trained_from": m.card.trained_from,
+                    "trained_to": m.card.trained_to,
+                }
+                for m in (fraud_model, recommender, segmenter)
+            },
         },
     }
 

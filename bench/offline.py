@@ -64,8 +64,16 @@ def copy_limit(settings) -> float:
     return seconds
 
 
-def run(base, changes: int, users: int, products: int, pit_rows: int, feast_rows: int, oracle_rows: int,
-        database: str = "cdcf_bench") -> dict:
+def run(
+    base,
+    changes: int,
+    users: int,
+    products: int,
+    pit_rows: int,
+    feast_rows: int,
+    oracle_rows: int,
+    database: str = "cdcf_bench",
+) -> dict:
     """Backfill a synthetic history of ``changes`` in the scratch ``database``, check ``oracle_rows`` random rows
     per view against the SQL oracle, and time point-in-time sets of ``pit_rows`` (ours) and ``feast_rows`` (Feast's
     and ours on the same rows)."""
@@ -101,14 +109,26 @@ def run(base, changes: int, users: int, products: int, pit_rows: int, feast_rows
     training_set(settings, sample, SERVICE)
     pit_same_rows_s = time.monotonic() - started
     return {
-        "offline_workload": {"changes": written, "days": 30, "users": users, "products": products,
-                             "history_generated_s": round(generated_s, 1), "feature_service": SERVICE},
-        "backfill_changes": written, "backfill_s": round(backfill.seconds, 1),
-        "backfill_rows": sum(backfill.rows.values()), "backfill_rows_written": sum(backfill.rows.values()),
+        "offline_workload": {
+            "changes": written,
+            "days": 30,
+            "users": users,
+            "products": products,
+            "history_generated_s": round(generated_s, 1),
+            "feature_service": SERVICE,
+        },
+        "backfill_changes": written,
+        "backfill_s": round(backfill.seconds, 1),
+        "backfill_rows": sum(backfill.rows.values()),
+        "backfill_rows_written": sum(backfill.rows.values()),
         "backfill_rejects": len(backfill.rejects),
-        "backfill_copy_s": round(copy_s, 1), "backfill_vs_copy": round(backfill.seconds / copy_s, 2),
-        "pit_rows": len(entities), "pit_s": round(pit_s, 2),
-        "pit_feast_rows": len(sample), "pit_feast_s": round(feast_s, 2), "pit_same_rows_s": round(pit_same_rows_s, 2),
+        "backfill_copy_s": round(copy_s, 1),
+        "backfill_vs_copy": round(backfill.seconds / copy_s, 2),
+        "pit_rows": len(entities),
+        "pit_s": round(pit_s, 2),
+        "pit_feast_rows": len(sample),
+        "pit_feast_s": round(feast_s, 2),
+        "pit_same_rows_s": round(pit_same_rows_s, 2),
         "backfill_oracle": verdict,
     }
 
@@ -123,8 +143,16 @@ def main() -> None:
     parser.add_argument("--oracle-rows", type=int, default=200)
     parser.add_argument("--database", default="cdcf_bench")
     args = parser.parse_args()
-    result = run(load_settings(), args.changes, args.users, args.products, args.pit_rows, args.feast_rows,
-                 args.oracle_rows, args.database)
+    result = run(
+        load_settings(),
+        args.changes,
+        args.users,
+        args.products,
+        args.pit_rows,
+        args.feast_rows,
+        args.oracle_rows,
+        args.database,
+    )
     verdict = result.pop("backfill_oracle")
     result.update(oracle_offline_match=verdict.match, oracle_mismatches=verdict.mismatches)
     print(json.dumps(result, indent=2, default=str))

@@ -58,18 +58,28 @@ def reads(settings, store, ids: list[int], sizes=(1, 100), repeats: int = 300, r
                     times["feast"].append(feast)
             for path, samples in times.items():
                 per_run[path].append((_p(samples, 0.5), _p(samples, 0.99)))
-        out[size] = {path: {"p50_ms": round(statistics.median(r[0] for r in runs_), 3),
-                            "p99_ms": round(statistics.median(r[1] for r in runs_), 3)}
-                     for path, runs_ in per_run.items()}
+        out[size] = {
+            path: {
+                "p50_ms": round(statistics.median(r[0] for r in runs_), 3),
+                "p99_ms": round(statistics.median(r[1] for r in runs_), 3),
+            }
+            for path, runs_ in per_run.items()
+        }
     client.close()
     return {
-        "online_read_1_p50_ms": out[1]["ours"]["p50_ms"], "online_read_1_p99_ms": out[1]["ours"]["p99_ms"],
-        "online_read_1_raw_p50_ms": out[1]["raw"]["p50_ms"], "online_read_1_feast_p50_ms": out[1]["feast"]["p50_ms"],
-        "online_read_100_p50_ms": out[100]["ours"]["p50_ms"], "online_read_100_p99_ms": out[100]["ours"]["p99_ms"],
+        "online_read_1_p50_ms": out[1]["ours"]["p50_ms"],
+        "online_read_1_p99_ms": out[1]["ours"]["p99_ms"],
+        "online_read_1_raw_p50_ms": out[1]["raw"]["p50_ms"],
+        "online_read_1_feast_p50_ms": out[1]["feast"]["p50_ms"],
+        "online_read_100_p50_ms": out[100]["ours"]["p50_ms"],
+        "online_read_100_p99_ms": out[100]["ours"]["p99_ms"],
         "online_read_100_raw_p50_ms": out[100]["raw"]["p50_ms"],
         "online_read_100_feast_p50_ms": out[100]["feast"]["p50_ms"],
-        "online_reads": {str(k): v for k, v in out.items()}, "online_read_repeats": repeats,
-        "online_read_runs": runs, "online_read_entities": len(ids), "online_read_service": SERVICE,
+        "online_reads": {str(k): v for k, v in out.items()},
+        "online_read_repeats": repeats,
+        "online_read_runs": runs,
+        "online_read_entities": len(ids),
+        "online_read_service": SERVICE,
     }
 
 
@@ -80,8 +90,12 @@ def writes(settings, store, rows: int, feast_rows: int, runs: int = 3) -> dict:
     now = datetime.now(UTC)
 
     def values() -> tuple:  # an as-of time (each entity its own, as in a streaming batch) and the view's values
-        return (now - timedelta(microseconds=rng.randrange(60_000_000)), rng.randrange(50),
-                round(rng.random() * 900, 2), round(rng.random() * 500, 2))
+        return (
+            now - timedelta(microseconds=rng.randrange(60_000_000)),
+            rng.randrange(50),
+            round(rng.random() * 900, 2),
+            round(rng.random() * 500, 2),
+        )
 
     writer = OnlineWriter(settings)
     ours, feast = [], []
@@ -90,14 +104,21 @@ def writes(settings, store, rows: int, feast_rows: int, runs: int = 3) -> dict:
         started = time.perf_counter()
         writer.write(view, batch)
         ours.append(rows / (time.perf_counter() - started))
-        frame = pd.DataFrame([(SCRATCH_BASE + i, *values()) for i in range(feast_rows)],
-                             columns=[view.entity.join_key, decl.EVENT_TIMESTAMP, *(f.name for f in view.features)])
+        frame = pd.DataFrame(
+            [(SCRATCH_BASE + i, *values()) for i in range(feast_rows)],
+            columns=[view.entity.join_key, decl.EVENT_TIMESTAMP, *(f.name for f in view.features)],
+        )
         started = time.perf_counter()
         store.push(view.push_source, frame, to=PushMode.ONLINE)
         feast.append(feast_rows / (time.perf_counter() - started))
     prefix, project = layout.key_prefix(view.entity.join_key), settings.feast_project.encode()
     writer.client.delete(*[layout.entity_key(prefix, SCRATCH_BASE + i, project) for i in range(rows)])
     writer.close()
-    return {"write_rows_per_s": round(statistics.median(ours)),
-            "write_feast_push_rows_per_s": round(statistics.median(feast)),
-            "write_rows": rows, "write_feast_rows": feast_rows, "write_runs": runs, "write_view": view.name}
+    return {
+        "write_rows_per_s": round(statistics.median(ours)),
+        "write_feast_push_rows_per_s": round(statistics.median(feast)),
+        "write_rows": rows,
+        "write_feast_rows": feast_rows,
+        "write_runs": runs,
+        "write_view": view.name,
+    }

@@ -33,8 +33,13 @@ def scrape_phase(settings: Settings, rate: float, seconds: float, population: di
     urls = endpoints(settings)
     if not urls:
         raise RuntimeError(f"no metrics endpoint announced in {targets_dir(settings)}: is the stack up?")
-    workload = Workload(settings, seed=seed, users=population["users"], products=population["products"],
-                        entity_base=population["entity_base"])
+    workload = Workload(
+        settings,
+        seed=seed,
+        users=population["users"],
+        products=population["products"],
+        entity_base=population["entity_base"],
+    )
     load = threading.Thread(target=workload.run, args=(rate, seconds), kwargs={"burst_every_s": 0}, daemon=True)
     times: dict[str, list[float]] = {job: [] for job in urls}
     sizes: dict[str, int] = {}
@@ -47,11 +52,20 @@ def scrape_phase(settings: Settings, rate: float, seconds: float, population: di
             times[job].append((time.perf_counter() - started) * 1000)
         time.sleep(EVERY_S)
     load.join()
-    scrapes = {job: {"p50_ms": round(statistics.median(t), 2), "p99_ms": round(_p99(t), 2), "bytes": sizes[job],
-                     "scrapes": len(t)} for job, t in times.items()}
-    return {"metrics_scrape_ms": max(s["p99_ms"] for s in scrapes.values()), "metrics_scrapes": scrapes,
-            "metrics_scrape_load": {"changes_per_s": rate, "seconds": seconds,
-                                    "committed": sum(workload.counts.values())}}
+    scrapes = {
+        job: {
+            "p50_ms": round(statistics.median(t), 2),
+            "p99_ms": round(_p99(t), 2),
+            "bytes": sizes[job],
+            "scrapes": len(t),
+        }
+        for job, t in times.items()
+    }
+    return {
+        "metrics_scrape_ms": max(s["p99_ms"] for s in scrapes.values()),
+        "metrics_scrapes": scrapes,
+        "metrics_scrape_load": {"changes_per_s": rate, "seconds": seconds, "committed": sum(workload.counts.values())},
+    }
 
 
 def _p99(values: list[float]) -> float:

@@ -80,9 +80,15 @@ def _kafka_produce_anonymously(settings: Settings) -> str:
 def _connect_put_without_credentials(settings: Settings) -> str:
     ConnectClient(settings).list()  # the operator gets in
     name = f"intruder-{time.time_ns()}"
-    reply = httpx.put(f"{settings.connect_url}/connectors/{name}/config", timeout=10, json={
-        "connector.class": "org.apache.kafka.connect.file.FileStreamSourceConnector", "file": "/etc/passwd",
-        "topic": "stolen"})
+    reply = httpx.put(
+        f"{settings.connect_url}/connectors/{name}/config",
+        timeout=10,
+        json={
+            "connector.class": "org.apache.kafka.connect.file.FileStreamSourceConnector",
+            "file": "/etc/passwd",
+            "topic": "stolen",
+        },
+    )
     if reply.status_code != 401 or name in ConnectClient(settings).list():
         raise NotRefused(f"PUT of a connector without credentials: {reply.status_code} {reply.text[:200]}")
     return f"{reply.status_code} {reply.reason_phrase}"
@@ -117,13 +123,25 @@ def _feast_push_as_reader(settings: Settings) -> str:
 
     view = decl.TRANSACTION_RISK
     entity = 10**15 + time.time_ns() % 10**9  # an entity of its own: nothing else writes it
-    row = pd.DataFrame([{view.entity.join_key: entity, decl.EVENT_TIMESTAMP: pd.Timestamp.now(tz="UTC"),
-                         **{f.name: 1 if f.dtype == "int64" else 1.0 for f in view.features}}])
+    row = pd.DataFrame(
+        [
+            {
+                view.entity.join_key: entity,
+                decl.EVENT_TIMESTAMP: pd.Timestamp.now(tz="UTC"),
+                **{f.name: 1 if f.dtype == "int64" else 1.0 for f in view.features},
+            }
+        ]
+    )
     try:
         feature_store(settings).push(view.push_source, row, to=PushMode.ONLINE)
     except redis.exceptions.NoPermissionError as exc:
-        served = feature_store(settings).get_online_features(
-            features=[f"{view.name}:{view.features[0].name}"], entity_rows=[{view.entity.join_key: entity}]).to_dict()
+        served = (
+            feature_store(settings)
+            .get_online_features(
+                features=[f"{view.name}:{view.features[0].name}"], entity_rows=[{view.entity.join_key: entity}]
+            )
+            .to_dict()
+        )
         if served[view.features[0].name] != [None]:
             raise NotRefused(f"the refused push was served: {served}") from exc
         return str(exc).rsplit("error: ", 1)[-1]  # the pipeline's reason, not its (binary) command
@@ -153,8 +171,14 @@ def _scoring_without_token(settings: Settings) -> str:
 
     features = [(decl.TRANSACTION_RISK.name, f.name) for f in decl.TRANSACTION_RISK.features]
     rng = np.random.default_rng(0)
-    model = train(rng.random((64, len(features))), rng.integers(0, 2, 64).astype(float), service="intrusion",
-                  features=features, label="intrusion", epochs=1)
+    model = train(
+        rng.random((64, len(features))),
+        rng.integers(0, 2, 64).astype(float),
+        service="intrusion",
+        features=features,
+        label="intrusion",
+        epochs=1,
+    )
     service = ScoringService(model, FeatureClient.for_features(settings, features))
     token = settings.scoring_token.get_secret_value()
     app = create_app(token, scoring=service)
@@ -195,19 +219,37 @@ def _spark_job_without_secret(settings: Settings) -> str:
     """On a standalone master and worker holding the settings' secret: a driver with the secret runs its job; one
     without it is refused at the master (its log shows the refusal) and never registers."""
     env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable}
-    with tempfile.TemporaryDirectory(prefix="cdcf-spark-auth-") as tmp, \
-            spark_cluster.standalone(settings, Path(tmp), SPARK_PORT, SPARK_UI, workers=1) as cluster:
-        control = subprocess.run([sys.executable, "-c", DRIVER, cluster.url, "control"], env=env, text=True,
-                                 input=settings.spark_secret.get_secret_value(), capture_output=True, timeout=180)
+    with (
+        tempfile.TemporaryDirectory(prefix="cdcf-spark-auth-") as tmp,
+        spark_cluster.standalone(settings, Path(tmp), SPARK_PORT, SPARK_UI, workers=1) as cluster,
+    ):
+        control = subprocess.run(
+            [sys.executable, "-c", DRIVER, cluster.url, "control"],
+            env=env,
+            text=True,
+            input=settings.spark_secret.get_secret_value(),
+            capture_output=True,
+            timeout=180,
+        )
         if "counted 10" not in control.stdout:
             raise NotRefused(f"a driver with the secret could not run its job: {control.stderr[-500:]}")
-        intruder = subprocess.Popen([sys.executable, "-c", DRIVER, cluster.url, "intruder"], env=env, text=True,
-                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        intruder = subprocess.Popen(
+            [sys.executable, "-c", DRIVER, cluster.url, "intruder"],
+            env=env,
+            text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
         intruder.stdin.close()  # no secret
         master_log = Path(tmp) / "master.log"
         try:
-            proc.wait_until(lambda: SASL_REFUSAL in master_log.read_text(), timeout_s=120,
-                            what="the master to refuse a driver without the secret", log_file=master_log)
+            proc.wait_until(
+                lambda: SASL_REFUSAL in master_log.read_text(),
+                timeout_s=120,
+                what="the master to refuse a driver without the secret",
+                log_file=master_log,
+            )
         finally:
             intruder.kill()
             intruder.wait()
@@ -240,5 +282,8 @@ def run(settings: Settings) -> dict:
             outcomes[name] = {"refused": True, "how": attempt(settings)}
         except NotRefused as exc:
             outcomes[name] = {"refused": False, "how": str(exc)}
-    return {"intrusions_tried": len(outcomes), "intrusions_refused": sum(o["refused"] for o in outcomes.values()),
-            "attempts": outcomes}
+    return {
+        "intrusions_tried": len(outcomes),
+        "intrusions_refused": sum(o["refused"] for o in outcomes.values()),
+        "attempts": outcomes,
+    }

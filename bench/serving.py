@@ -43,11 +43,23 @@ def start_redis(binary: str, libs: str | None) -> tuple[subprocess.Popen, int]:
         port = s.getsockname()[1]
     work = tempfile.mkdtemp(prefix="cdcf-bench-redis-")
     # argv[0] must be redis-server: Debian's binary is shared with redis-check-rdb and picks its role by name
-    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-            "--dir", work]
+    argv = [
+        "redis-server",
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        work,
+    ]
     for env in [{}] + ([{"LD_LIBRARY_PATH": libs}] if libs else []):  # the host's libraries first, then ours
-        process = subprocess.Popen(argv, executable=binary, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.PIPE)
+        process = subprocess.Popen(
+            argv, executable=binary, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and process.poll() is None:
             try:
@@ -68,11 +80,15 @@ def fill(client: redis.Redis, features: list[tuple[str, str]], entities: int, se
     now = datetime.now(UTC)
     with client.pipeline(transaction=False) as pipe:
         for i in range(1, entities + 1):
-            mapping = {layout.ts_field(v): layout.encode_timestamp(now - timedelta(seconds=rng.random() * 60))
-                       for v in views}
+            mapping = {
+                layout.ts_field(v): layout.encode_timestamp(now - timedelta(seconds=rng.random() * 60)) for v in views
+            }
             for view, name in features:
-                value = None if rng.random() < 0.05 else (
-                    rng.randrange(0, 50) if kinds[name] == "int64" else round(rng.random() * 500, 2))
+                value = (
+                    None
+                    if rng.random() < 0.05
+                    else (rng.randrange(0, 50) if kinds[name] == "int64" else round(rng.random() * 500, 2))
+                )
                 mapping[layout.field(view, name)] = layout.encode_value(value)
             pipe.hset(layout.entity_key(prefix, i, project), mapping=mapping)
             if i % 5000 == 0:
@@ -85,8 +101,14 @@ def _quantiles(samples: list[float]) -> dict:
     return {"p50_ms": round(q[49] * 1000, 3), "p99_ms": round(q[98] * 1000, 3)}
 
 
-def measure(feature_client: FeatureClient, model: TrainedModel, entities: int, sizes=(1, 100, 1024),
-            repeats: int = 300, seed: int = 4) -> dict:
+def measure(
+    feature_client: FeatureClient,
+    model: TrainedModel,
+    entities: int,
+    sizes=(1, 100, 1024),
+    repeats: int = 300,
+    seed: int = 4,
+) -> dict:
     """p50/p99 of fetch + score per batch size, and of the raw pipeline baseline, on the model's device."""
     rng = random.Random(seed)
     raw = feature_client.client
@@ -110,35 +132,49 @@ def measure(feature_client: FeatureClient, model: TrainedModel, entities: int, s
                 total.append(done - started)
                 fetch_only.append(fetched_at - started)
                 baseline.append(raw_s)
-        out[size] = {"fetch_and_score": _quantiles(total), "fetch": _quantiles(fetch_only),
-                     "raw_redis_pipeline": _quantiles(baseline)}
+        out[size] = {
+            "fetch_and_score": _quantiles(total),
+            "fetch": _quantiles(fetch_only),
+            "raw_redis_pipeline": _quantiles(baseline),
+        }
     return out
 
 
-def run(redis_server: str = "redis-server", redis_libs: str | None = None, entities: int = 100_000,
-        repeats: int = 300) -> dict:
+def run(
+    redis_server: str = "redis-server", redis_libs: str | None = None, entities: int = 100_000, repeats: int = 300
+) -> dict:
     (service,) = [s for s in decl.FEATURE_SERVICES if s.name == SERVICE]
     features = [(v.name, f.name) for v in service.views for f in v.features]
     server, port = start_redis(redis_server, redis_libs)
     try:
         client = redis.Redis(port=port)
         fill(client, features, entities)
-        result = {"machine": f"{platform.node()}: {os.cpu_count()} cores, {platform.platform()}",
-                  "python": platform.python_version(), "torch": torch.__version__,
-                  "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-                  "entities_in_redis": entities, "feature_service": SERVICE, "features": len(features),
-                  "repeats": repeats}
+        result = {
+            "machine": f"{platform.node()}: {os.cpu_count()} cores, {platform.platform()}",
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "entities_in_redis": entities,
+            "feature_service": SERVICE,
+            "features": len(features),
+            "repeats": repeats,
+        }
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
         for name in devices:
             n = len(features)
-            model = TrainedModel(Scorer(n, np.zeros(n), np.ones(n)).to(name).eval(), SERVICE, features,
-                                 "txn_next_7d", {})
+            model = TrainedModel(
+                Scorer(n, np.zeros(n), np.ones(n)).to(name).eval(), SERVICE, features, "txn_next_7d", {}
+            )
             feature_client = FeatureClient(client, PROJECT, "user_id", features)
             with frozen_heap():  # as the scoring service serves
                 result[name] = measure(feature_client, model, entities, repeats=repeats)
         best = result[devices[-1]]
-        result.update({"infer_device": devices[-1],
-                       **{f"infer_{size}_p99_ms": best[size]["fetch_and_score"]["p99_ms"] for size in (1, 100, 1024)}})
+        result.update(
+            {
+                "infer_device": devices[-1],
+                **{f"infer_{size}_p99_ms": best[size]["fetch_and_score"]["p99_ms"] for size in (1, 100, 1024)},
+            }
+        )
     finally:
         server.kill()
     return result

@@ -6,8 +6,8 @@ own prefix) replayed by the job's pipeline from a fresh checkpoint, once with tw
 Keys: ``stream_drain_changes_per_s`` (two cores), ``stream_cpu_us_per_change`` (CPU of the job's processes, driver
 JVM and Python workers, per change), ``stream_scaling_ratio`` (the drain with two cores over the drain with one),
 ``stream_state_bytes_per_entity`` (the state store's files over the entities), ``metrics_overhead_pct`` (how much
-slower the drain runs with the metrics and feature checks than without them, in percent). The feature rows go to a scratch
-offline database and to Redis on a fresh id range, as a real replay would write them; the live streaming job is
+slower the drain runs with the metrics and feature checks than without them, in percent). The feature rows go to a
+scratch offline database and to Redis on a fresh id range, as a real replay would write them; the live streaming job is
 stopped meanwhile, so that the drain has the cores to itself.
 """
 
@@ -59,13 +59,26 @@ def envelopes(prefix: str, changes: int, users: int, products: int, base: int, s
                 before = live.get(key)
             if before is not None:
                 op = "d" if rnd.random() < 0.2 else "u"
-                after = None if op == "d" else {**before, "amount": f"{rnd.randrange(100, 99999) / 100:.2f}",
-                                                "user_id": user if rnd.random() < 0.3 else before["user_id"]}
+                after = (
+                    None
+                    if op == "d"
+                    else {
+                        **before,
+                        "amount": f"{rnd.randrange(100, 99999) / 100:.2f}",
+                        "user_id": user if rnd.random() < 0.3 else before["user_id"],
+                    }
+                )
             else:
                 key = base + n
-                after = {"txn_id": key, "user_id": user, "product_id": product,
-                         "amount": f"{rnd.randrange(100, 99999) / 100:.2f}", "merchant": "bench",
-                         "created_at": created, "updated_at": None}
+                after = {
+                    "txn_id": key,
+                    "user_id": user,
+                    "product_id": product,
+                    "amount": f"{rnd.randrange(100, 99999) / 100:.2f}",
+                    "merchant": "bench",
+                    "created_at": created,
+                    "updated_at": None,
+                }
             if after is None:
                 live.pop(key, None)
             else:
@@ -77,24 +90,55 @@ def envelopes(prefix: str, changes: int, users: int, products: int, base: int, s
             after = {"session_id": key, "user_id": user, "started_at": created, "duration_s": rnd.randrange(1, 3600)}
         elif pick < 0.95:
             table, op, before, key = "reviews", "c", None, base + n
-            after = {"review_id": key, "product_id": product, "user_id": user, "rating": rnd.randrange(1, 6),
-                     "created_at": created}
+            after = {
+                "review_id": key,
+                "product_id": product,
+                "user_id": user,
+                "rating": rnd.randrange(1, 6),
+                "created_at": created,
+            }
         else:
             table, op, before, key = "users", "r", None, user
-            after = {"user_id": user, "age": rnd.randrange(18, 90), "income": f"{rnd.randrange(10**6) / 100:.2f}",
-                     "account_status": "active", "signup_date": 19000, "updated_at": None}
-        source = {"version": "3.6.1.Final", "connector": "postgresql", "name": prefix, "db": "app",
-                  "ts_ms": int(commit.timestamp() * 1000), "ts_us": int(commit.timestamp() * 1e6),
-                  "schema": "public", "table": table, "txId": lsn // 8, "lsn": lsn}
-        yield (change_topic(prefix, table), json.dumps({f"{table}_key": key}).encode(),
-               json.dumps({"before": before, "after": after, "source": source, "op": op}).encode())
+            after = {
+                "user_id": user,
+                "age": rnd.randrange(18, 90),
+                "income": f"{rnd.randrange(10**6) / 100:.2f}",
+                "account_status": "active",
+                "signup_date": 19000,
+                "updated_at": None,
+            }
+        source = {
+            "version": "3.6.1.Final",
+            "connector": "postgresql",
+            "name": prefix,
+            "db": "app",
+            "ts_ms": int(commit.timestamp() * 1000),
+            "ts_us": int(commit.timestamp() * 1e6),
+            "schema": "public",
+            "table": table,
+            "txId": lsn // 8,
+            "lsn": lsn,
+        }
+        yield (
+            change_topic(prefix, table),
+            json.dumps({f"{table}_key": key}).encode(),
+            json.dumps({"before": before, "after": after, "source": source, "op": op}).encode(),
+        )
 
 
 def prefill(settings: Settings, prefix: str, changes: int, users: int, products: int, base: int, seed: int) -> dict:
     topics = [change_topic(prefix, t) for t in tables()]
     kafka.ensure_topics(settings, topics, partitions=PARTITIONS)
-    producer = kafka_clients.producer(settings, "admin", **{"linger.ms": 50, "batch.size": 1 << 20,
-                                      "compression.type": "lz4", "queue.buffering.max.messages": 1_000_000})
+    producer = kafka_clients.producer(
+        settings,
+        "admin",
+        **{
+            "linger.ms": 50,
+            "batch.size": 1 << 20,
+            "compression.type": "lz4",
+            "queue.buffering.max.messages": 1_000_000,
+        },
+    )
     started = time.monotonic()
     for topic, key, value in envelopes(prefix, changes, users, products, base, seed):
         while True:
@@ -112,11 +156,27 @@ def drain(settings: Settings, prefix: str, cores: int, workdir: Path, metrics: b
     off: without the per-row feature checks and freshness counts (their cost is the difference)."""
     name = f"{cores}{'' if metrics else '-no-metrics'}"
     out = workdir / f"drain-{name}.json"
-    env = {**os.environ, "CDCF_TOPIC_PREFIX": prefix, "CDCF_OFFLINE_DB": SCRATCH_DB,
-           "CDCF_SPARK_MASTER": f"local[{cores}]", "CDCF_METRICS_ENABLED": str(metrics).lower()}
-    subprocess.run([sys.executable, "-m", "bench.stream", "--drain-into", str(out),
-                    "--checkpoint", str(workdir / f"checkpoint-{name}"),
-                    *(["--state-bytes"] if cores == 2 and metrics else [])], env=env, check=True)
+    env = {
+        **os.environ,
+        "CDCF_TOPIC_PREFIX": prefix,
+        "CDCF_OFFLINE_DB": SCRATCH_DB,
+        "CDCF_SPARK_MASTER": f"local[{cores}]",
+        "CDCF_METRICS_ENABLED": str(metrics).lower(),
+    }
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.stream",
+            "--drain-into",
+            str(out),
+            "--checkpoint",
+            str(workdir / f"checkpoint-{name}"),
+            *(["--state-bytes"] if cores == 2 and metrics else []),
+        ],
+        env=env,
+        check=True,
+    )
     return json.loads(out.read_text())
 
 
@@ -154,25 +214,39 @@ def run_drain(out: Path, checkpoint: Path, state_bytes: bool) -> None:
     spark = stream_session(settings, "cdcf-bench-drain")
     spark.sparkContext.setLogLevel("ERROR")
     cpu_before, started = _process_tree_cpu_s(os.getpid()), time.monotonic()
-    query = build_stream(spark, settings, job.write_batch, checkpoint=checkpoint, available_now=True,
-                         kafka_role="admin")  # its scratch topics are no reader's
+    query = build_stream(
+        spark, settings, job.write_batch, checkpoint=checkpoint, available_now=True, kafka_role="admin"
+    )  # its scratch topics are no reader's
     query.awaitTermination()
     elapsed, cpu = time.monotonic() - started, _process_tree_cpu_s(os.getpid()) - cpu_before
     progress = query.recentProgress
     changes = sum(p["numInputRows"] for p in progress)
     state_bytes = _state_bytes(spark, checkpoint) if state_bytes else None
-    out.write_text(json.dumps({
-        "cores": int(settings.spark_master.strip("local[]")), "changes": changes, "seconds": elapsed,
-        "changes_per_s": changes / elapsed, "cpu_s": cpu, "batches": len(progress),
-        "emits": job.totals["emits"], "feature_rows": job.totals["rows_written"], "state_files_bytes": state_bytes,
-        "state_operator": progress[-1]["stateOperators"][0] if progress and progress[-1]["stateOperators"] else {},
-    }))
+    out.write_text(
+        json.dumps(
+            {
+                "cores": int(settings.spark_master.removeprefix("local[").removesuffix("]")),
+                "changes": changes,
+                "seconds": elapsed,
+                "changes_per_s": changes / elapsed,
+                "cpu_s": cpu,
+                "batches": len(progress),
+                "emits": job.totals["emits"],
+                "feature_rows": job.totals["rows_written"],
+                "state_files_bytes": state_bytes,
+                "state_operator": progress[-1]["stateOperators"][0]
+                if progress and progress[-1]["stateOperators"]
+                else {},
+            }
+        )
+    )
     spark.stop()
 
 
 def _state_bytes(spark, checkpoint: Path) -> int:
     """Bytes of the engine's state after the drain: every key and value of every state variable (not Spark's timer
-    index), read back with Spark's state data source (not the checkpoint's files, which also hold every batch's changelog)."""
+    index), read back with Spark's state data source (not the checkpoint's files, which also hold every batch's
+    changelog)."""
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
@@ -201,9 +275,16 @@ def stream_phase(settings: Settings, changes: int, users: int, products: int, se
     _create_scratch(settings)
     workdir = Path(tempfile.mkdtemp(prefix="cdcf-drain-"))
     try:
-        result = {"stream_workload": {"changes": changes, "users": users, "products": products, "entity_base": base,
-                                      "topic_partitions": PARTITIONS,
-                                      **prefill(settings, prefix, changes, users, products, base, seed)}}
+        result = {
+            "stream_workload": {
+                "changes": changes,
+                "users": users,
+                "products": products,
+                "entity_base": base,
+                "topic_partitions": PARTITIONS,
+                **prefill(settings, prefix, changes, users, products, base, seed),
+            }
+        }
         STREAMING.stop(settings)  # the live job would share the cores: the drain measures the job alone
         try:
             runs = {cores: drain(settings, prefix, cores, workdir) for cores in (2, 1)}
@@ -215,15 +296,19 @@ def stream_phase(settings: Settings, changes: int, users: int, products: int, se
         kafka.delete_topics(settings, [change_topic(prefix, t) for t in tables()])
     two, one = runs[2], runs[1]
     entities = users + products
-    result.update({
-        "stream_drain_changes_per_s": round(two["changes_per_s"], 1),
-        "stream_cpu_us_per_change": round(1e6 * two["cpu_s"] / two["changes"], 1),
-        "stream_scaling_ratio": round(two["changes_per_s"] / one["changes_per_s"], 3),
-        "stream_state_bytes_per_entity": round(two["state_files_bytes"] / entities, 1),
-        # what the metrics (feature checks, freshness counts) cost the drain: the goal is under 3 %
-        "metrics_overhead_pct": round(100 * (1 - two["changes_per_s"] / runs["2, metrics off"]["changes_per_s"]), 1),
-        "stream_drain_runs": runs,
-    })
+    result.update(
+        {
+            "stream_drain_changes_per_s": round(two["changes_per_s"], 1),
+            "stream_cpu_us_per_change": round(1e6 * two["cpu_s"] / two["changes"], 1),
+            "stream_scaling_ratio": round(two["changes_per_s"] / one["changes_per_s"], 3),
+            "stream_state_bytes_per_entity": round(two["state_files_bytes"] / entities, 1),
+            # what the metrics (feature checks, freshness counts) cost the drain: the goal is under 3 %
+            "metrics_overhead_pct": round(
+                100 * (1 - two["changes_per_s"] / runs["2, metrics off"]["changes_per_s"]), 1
+            ),
+            "stream_drain_runs": runs,
+        }
+    )
     return result
 
 

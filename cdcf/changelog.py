@@ -20,5 +20,16 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
 );
 CREATE INDEX IF NOT EXISTS {TABLE}_commit_ts ON {TABLE} (commit_ts);
 """
-COLUMNS = ("source_table", "row_key", "lsn", "op", "tx_id", "commit_ts", "before", "after", "kafka_topic",
-           "kafka_partition", "kafka_offset")
+COLUMNS = (
+    "source_table",
+    "row_key",
+    "lsn",
+    "op",
+    "tx_id",
+    "commit_ts",
+    "before",
+    "after",
+    "kafka_topic",
+    "kafka_partition",
+    "kafka_offset",
+)

@@ -116,7 +116,10 @@ def spark_schema(table: str):
 
     def spark_type(column: Column):
         return {
-            "long": T.LongType(), "int": T.IntegerType(), "string": T.StringType(), "date": T.DateType(),
+            "long": T.LongType(),
+            "int": T.IntegerType(),
+            "string": T.StringType(),
+            "date": T.DateType(),
             "timestamp": T.TimestampType(),
         }.get(column.kind) or T.DecimalType(column.precision, column.scale)
 

@@ -38,8 +38,10 @@ TIMESTAMP = r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1
 ZONE = r"(Z|[+-](0[0-9]|1[0-7]):[0-5][0-9]|[+-]18:00)"  # the offsets both Python and java.time take
 DECIMAL = r"[+-]?([0-9]+)(\.([0-9]+))?"
 # a \u escape of half a surrogate pair with no other half: no UTF-8 can carry it
-LONE_SURROGATE = re.compile(r"(?<!\\)\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
-                            r"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}")
+LONE_SURROGATE = re.compile(
+    r"(?<!\\)\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+    r"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+)
 TABLE_NAME = r"[A-Za-z0-9_]+"
 _TOPIC_TABLE = re.compile(TABLE_NAME)
 _TIMESTAMP_ZONED, _TIMESTAMP_NAIVE, _DECIMAL = re.compile(TIMESTAMP + ZONE), re.compile(TIMESTAMP), re.compile(DECIMAL)
@@ -83,8 +85,14 @@ class Reason:
     UPDATE_NO_BEFORE = "op 'u' without a 'before' image: is the table REPLICA IDENTITY FULL?"
 
 
-EXPECTED = {"long": "an integer", "int": "an integer", "string": "a string", "decimal": "a decimal string",
-            "timestamp": "an ISO-8601 timestamp string", "date": "days since epoch"}
+EXPECTED = {
+    "long": "an integer",
+    "int": "an integer",
+    "string": "a string",
+    "decimal": "a decimal string",
+    "timestamp": "an ISO-8601 timestamp string",
+    "date": "days since epoch",
+}
 
 
 @dataclass(frozen=True)
@@ -111,10 +119,19 @@ class Change:
 
     def record(self) -> dict[str, Any]:
         """The change as a record of its Avro contract (``contracts.change_schema(table)``)."""
-        return {"table": self.table, "op": self.op, "key": self.key, "before": self.before, "after": self.after,
-                "lsn": self.lsn, "tx_id": self.tx_id, "commit_ts": self.commit_ts,
-                "source_topic": self.position.topic, "source_partition": self.position.partition,
-                "source_offset": self.position.offset}
+        return {
+            "table": self.table,
+            "op": self.op,
+            "key": self.key,
+            "before": self.before,
+            "after": self.after,
+            "lsn": self.lsn,
+            "tx_id": self.tx_id,
+            "commit_ts": self.commit_ts,
+            "source_topic": self.position.topic,
+            "source_partition": self.position.partition,
+            "source_offset": self.position.offset,
+        }
 
 
 @dataclass(frozen=True)
@@ -127,10 +144,17 @@ class DeadLetter:
     def payload(self, failed_at: datetime) -> dict[str, Any]:
         """What goes to the dead-letter topic: the reason, where it came from, and the original bytes, each cut
         to ``DEAD_LETTER_PAYLOAD`` characters with its full length kept (a dead letter fits in a Kafka message)."""
-        return {"reason": self.reason, "topic": self.position.topic, "partition": self.position.partition,
-                "offset": self.position.offset, "key": _capped(self.key), "key_bytes": _length(self.key),
-                "value": _capped(self.value), "value_bytes": _length(self.value),
-                "failed_at": failed_at.isoformat()}
+        return {
+            "reason": self.reason,
+            "topic": self.position.topic,
+            "partition": self.position.partition,
+            "offset": self.position.offset,
+            "key": _capped(self.key),
+            "key_bytes": _length(self.key),
+            "value": _capped(self.value),
+            "value_bytes": _length(self.value),
+            "failed_at": failed_at.isoformat(),
+        }
 
 
 class Invalid(Exception):
@@ -151,7 +175,7 @@ def decode(topic_prefix: str, position: Position, key: bytes | None, value: byte
 
 def contract_for(topic_prefix: str, topic: str) -> RowContract:
     prefix = contracts.change_topic(topic_prefix, "")
-    table = topic[len(prefix):] if topic.startswith(prefix) else ""
+    table = topic[len(prefix) :] if topic.startswith(prefix) else ""
     if not _TOPIC_TABLE.fullmatch(table):
         raise Invalid(Reason.NOT_A_CHANGE_TOPIC.format(prefix=topic_prefix))
     contract = contracts.row_contracts().get(table)
@@ -175,8 +199,16 @@ def _decode(topic_prefix: str, position: Position, value: bytes) -> Change:
     source = _source(envelope["source"], topic_prefix, contract.table)
     before = _row(contract, envelope.get("before"), "before")
     after = _row(contract, envelope.get("after"), "after")
-    ignored = tuple(sorted({k for image in (envelope.get("before"), envelope.get("after")) if image
-                            for k in image.keys() - contract.names}))
+    ignored = tuple(
+        sorted(
+            {
+                k
+                for image in (envelope.get("before"), envelope.get("after"))
+                if image
+                for k in image.keys() - contract.names
+            }
+        )
+    )
     if op in "cr" and after is None:
         raise Invalid(Reason.NO_AFTER.format(op=op))
     if op == "r":  # a snapshot's rows sit just before its LSN: the change streamed at that LSN is newer than them
@@ -192,8 +224,18 @@ def _decode(topic_prefix: str, position: Position, value: bytes) -> Change:
     row = after if after is not None else before
     # The column rules above are derived from the Avro contract, so the result fits it (tests check that with
     # fastavro on every kind of change); fastavro's own validation costs 2/3 of decoding, so not here.
-    return Change(contract.table, op, row[contract.key], before, after, source["lsn"], source["tx_id"],
-                  source["commit_ts"], position, ignored)
+    return Change(
+        contract.table,
+        op,
+        row[contract.key],
+        before,
+        after,
+        source["lsn"],
+        source["tx_id"],
+        source["commit_ts"],
+        position,
+        ignored,
+    )
 
 
 def parse_json(value: bytes) -> Any:
@@ -203,8 +245,9 @@ def parse_json(value: bytes) -> Any:
         text = value.decode("utf-8")
         if "\\u" in text and LONE_SURROGATE.search(text):
             raise ValueError("lone surrogate")
-        return json.loads(text, parse_constant=_refuse, parse_int=_int, parse_float=_float,
-                          object_pairs_hook=_unique_keys)
+        return json.loads(
+            text, parse_constant=_refuse, parse_int=_int, parse_float=_float, object_pairs_hook=_unique_keys
+        )
     except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise Invalid(Reason.MALFORMED) from None
 
@@ -265,7 +308,6 @@ def _row(contract: RowContract, image: Any, which: str) -> dict[str, Any] | None
         missing = ", ".join(sorted(contract.names - image.keys()))
         raise Invalid(Reason.DRIFT.format(table=contract.table, which=which, missing=missing))
     return {name: _value(where, column, image[name]) for name, where, column in contract.places}
-
 
 
 def _value(where: str, column: Column, raw: Any) -> Any:
@@ -339,7 +381,9 @@ def json_type(value: Any) -> str:
 
 def _is_long(value: Any) -> bool:
     """An integer that fits a long (JSON numbers beyond it count as not integers, as the JVM sees them)."""
-    return isinstance(value, int) and not isinstance(value, bool) and INT_RANGE["long"][0] <= value <= INT_RANGE["long"][1]
+    return (
+        isinstance(value, int) and not isinstance(value, bool) and INT_RANGE["long"][0] <= value <= INT_RANGE["long"][1]
+    )
 
 
 def _capped(data: bytes | None) -> str | None:

@@ -22,19 +22,42 @@ def repo_config(settings: Settings, role: Role = "reader") -> dict:
     return {
         "project": settings.feast_project,
         "provider": "local",
-        "registry": {"registry_type": "sql", "path": settings.sqlalchemy_url(settings.registry_db), "cache_ttl_seconds": 60,
-                     "sqlalchemy_config_kwargs": {"pool_pre_ping": True}},
-        "online_store": {"type": "redis", "connection_string":
-                         f"{settings.redis_host}:{settings.redis_port},username={user},password={password}"},
-        "offline_store": {"type": "postgres", "host": settings.pg_host, "port": settings.pg_port,
-                          "database": settings.offline_db, "db_schema": "public", "user": settings.feast_user,
-                          "password": settings.feast_password.get_secret_value(), "sslmode": settings.pg_sslmode,
-                          "sslrootcert_path": settings.pg_tls["sslrootcert"]},
+        "registry": {
+            "registry_type": "sql",
+            "path": settings.sqlalchemy_url(settings.registry_db),
+            "cache_ttl_seconds": 60,
+            "sqlalchemy_config_kwargs": {"pool_pre_ping": True},
+        },
+        "online_store": {
+            "type": "redis",
+            "connection_string": f"{settings.redis_host}:{settings.redis_port},username={user},password={password}",
+        },
+        "offline_store": {
+            "type": "postgres",
+            "host": settings.pg_host,
+            "port": settings.pg_port,
+            "database": settings.offline_db,
+            "db_schema": "public",
+            "user": settings.feast_user,
+            "password": settings.feast_password.get_secret_value(),
+            "sslmode": settings.pg_sslmode,
+            "sslrootcert_path": settings.pg_tls["sslrootcert"],
+        },
         "entity_key_serialization_version": 3,
-        **({"batch_engine": {"type": "spark.engine", "spark_conf": {
-            "spark.master": settings.spark_master, "spark.pyspark.python": sys.executable,
-            "spark.sql.shuffle.partitions": str(settings.spark_shuffle_partitions)}}}
-           if settings.feast_batch_engine == "spark.engine" else {}),
+        **(
+            {
+                "batch_engine": {
+                    "type": "spark.engine",
+                    "spark_conf": {
+                        "spark.master": settings.spark_master,
+                        "spark.pyspark.python": sys.executable,
+                        "spark.sql.shuffle.partitions": str(settings.spark_shuffle_partitions),
+                    },
+                }
+            }
+            if settings.feast_batch_engine == "spark.engine"
+            else {}
+        ),
     }
 
 
@@ -43,8 +66,11 @@ def write_repo_config(settings: Settings, role: Role = "reader") -> Path:
     apply`). For the default home, ``feature_repo/`` links to the reader's, so `feast feature-views list` and `feast
     serve` work in that folder as they are."""
     path = settings.paths.conf / ("feature_store.yaml" if role == "reader" else f"feature_store.{role}.yaml")
-    write_private(path, "# Written by `cdcf up` from the settings; edit the settings, not this file.\n"
-                  + yaml.safe_dump(repo_config(settings, role), sort_keys=False))
+    write_private(
+        path,
+        "# Written by `cdcf up` from the settings; edit the settings, not this file.\n"
+        + yaml.safe_dump(repo_config(settings, role), sort_keys=False),
+    )
     link = REPO_PATH / "feature_store.yaml"
     if role == "reader" and settings.home.resolve() == default_home().resolve() and not link.exists():
         link.unlink(missing_ok=True)

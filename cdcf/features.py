@@ -111,37 +111,59 @@ CHARGEBACKS = Table("chargebacks", "reported_at")  # fraud labels: captured and 
 TABLES = (USERS, PRODUCTS, TRANSACTIONS, SESSIONS, REVIEWS, CHARGEBACKS)
 # (table, column) -> the (low, high) range its values keep (None: unbounded): what the feature checks of every
 # emitted row hold the features derived from it to (cdcf.quality)
-COLUMN_RANGES = {("users", "age"): (0, 150), ("users", "income"): (0, None), ("transactions", "amount"): (0, None),
-                 ("sessions", "duration_s"): (0, None), ("reviews", "rating"): (1, 5)}
+COLUMN_RANGES = {
+    ("users", "age"): (0, 150),
+    ("users", "income"): (0, None),
+    ("transactions", "amount"): (0, None),
+    ("sessions", "duration_s"): (0, None),
+    ("reviews", "rating"): (1, 5),
+}
 
-USER_PROFILE = FeatureView("user_profile_features", USER, (
-    ColumnFeature("age", "age", "int64"),
-    ColumnFeature("income", "income", "float64"),
-    ColumnFeature("account_status", "account_status", "string"),
-), table=USERS)
+USER_PROFILE = FeatureView(
+    "user_profile_features",
+    USER,
+    (
+        ColumnFeature("age", "age", "int64"),
+        ColumnFeature("income", "income", "float64"),
+        ColumnFeature("account_status", "account_status", "string"),
+    ),
+    table=USERS,
+)
 
-USER_ACTIVITY = FeatureView("user_activity_features", USER, (
-    WindowFeature("txn_count_7d", TRANSACTIONS, "count", None, 7 * DAY),
-    WindowFeature("txn_count_30d", TRANSACTIONS, "count", None, 30 * DAY),
-    WindowFeature("txn_amount_sum_7d", TRANSACTIONS, "sum", "amount", 7 * DAY),
-    WindowFeature("txn_amount_sum_30d", TRANSACTIONS, "sum", "amount", 30 * DAY),
-    WindowFeature("avg_order_value_30d", TRANSACTIONS, "avg", "amount", 30 * DAY),
-    WindowFeature("sessions_7d", SESSIONS, "count", None, 7 * DAY),
-    WindowFeature("avg_session_duration_7d", SESSIONS, "avg", "duration_s", 7 * DAY),
-))
+USER_ACTIVITY = FeatureView(
+    "user_activity_features",
+    USER,
+    (
+        WindowFeature("txn_count_7d", TRANSACTIONS, "count", None, 7 * DAY),
+        WindowFeature("txn_count_30d", TRANSACTIONS, "count", None, 30 * DAY),
+        WindowFeature("txn_amount_sum_7d", TRANSACTIONS, "sum", "amount", 7 * DAY),
+        WindowFeature("txn_amount_sum_30d", TRANSACTIONS, "sum", "amount", 30 * DAY),
+        WindowFeature("avg_order_value_30d", TRANSACTIONS, "avg", "amount", 30 * DAY),
+        WindowFeature("sessions_7d", SESSIONS, "count", None, 7 * DAY),
+        WindowFeature("avg_session_duration_7d", SESSIONS, "avg", "duration_s", 7 * DAY),
+    ),
+)
 
-TRANSACTION_RISK = FeatureView("transaction_risk_features", USER, (
-    WindowFeature("txn_count_1h", TRANSACTIONS, "count", None, HOUR),
-    WindowFeature("txn_amount_sum_1h", TRANSACTIONS, "sum", "amount", HOUR),
-    WindowFeature("txn_amount_max_24h", TRANSACTIONS, "max", "amount", DAY),
-))
+TRANSACTION_RISK = FeatureView(
+    "transaction_risk_features",
+    USER,
+    (
+        WindowFeature("txn_count_1h", TRANSACTIONS, "count", None, HOUR),
+        WindowFeature("txn_amount_sum_1h", TRANSACTIONS, "sum", "amount", HOUR),
+        WindowFeature("txn_amount_max_24h", TRANSACTIONS, "max", "amount", DAY),
+    ),
+)
 
-PRODUCT_STATS = FeatureView("product_features", PRODUCT, (
-    WindowFeature("purchases_7d", TRANSACTIONS, "count", None, 7 * DAY),
-    WindowFeature("purchases_30d", TRANSACTIONS, "count", None, 30 * DAY),
-    WindowFeature("avg_rating_30d", REVIEWS, "avg", "rating", 30 * DAY),
-    WindowFeature("review_count_30d", REVIEWS, "count", None, 30 * DAY),
-))
+PRODUCT_STATS = FeatureView(
+    "product_features",
+    PRODUCT,
+    (
+        WindowFeature("purchases_7d", TRANSACTIONS, "count", None, 7 * DAY),
+        WindowFeature("purchases_30d", TRANSACTIONS, "count", None, 30 * DAY),
+        WindowFeature("avg_rating_30d", REVIEWS, "avg", "rating", 30 * DAY),
+        WindowFeature("review_count_30d", REVIEWS, "count", None, 30 * DAY),
+    ),
+)
 
 # the views the pipeline derives from the change stream (streaming job and backfill alike)
 FEATURE_VIEWS = (USER_PROFILE, USER_ACTIVITY, TRANSACTION_RISK, PRODUCT_STATS)
@@ -158,8 +180,9 @@ FEATURE_SERVICES = (
     FeatureService("product_ranking_v1", (PRODUCT_STATS,)),
 )
 
+
 def feature_refs(service: str) -> list[str]:
-    """"view:feature" of every stored feature of ``service`` (not its request-time ones), in declaration order."""
+    """ "view:feature" of every stored feature of ``service`` (not its request-time ones), in declaration order."""
     (chosen,) = [s for s in FEATURE_SERVICES if s.name == service]
     return [f"{v.name}:{f.name}" for v in chosen.views for f in v.features]
 
@@ -168,8 +191,10 @@ def feature_refs(service: str) -> list[str]:
 # user's stored features, by this one function in training, in the scoring service and in Feast's on-demand
 # feature view alike. A ratio whose denominator is null (an empty window) or zero is null.
 FRAUD_REQUEST = ("amount", "merchant")
-FRAUD_REQUEST_FEATURES = {"amount_over_avg_order_value_30d": "avg_order_value_30d",
-                          "amount_over_txn_amount_max_24h": "txn_amount_max_24h"}
+FRAUD_REQUEST_FEATURES = {
+    "amount_over_avg_order_value_30d": "avg_order_value_30d",
+    "amount_over_txn_amount_max_24h": "txn_amount_max_24h",
+}
 
 
 def fraud_request_features(amount: float | None, stored: dict[str, float | None]) -> dict[str, float | None]:
@@ -180,6 +205,7 @@ def fraud_request_features(amount: float | None, stored: dict[str, float | None]
         result[name] = None if amount is None or base is None or base != base or base == 0 else amount / base
     return result
 
+
 # Each declared dtype's type in the offline store (SQL) and in Feast (the name in ``feast.types``); the dtypes are
 # also Arrow's type aliases (``pyarrow.type_for_alias``), and cdcf.layout encodes each as Feast's ValueProto does.
 SQL_TYPES: dict[Dtype, str] = {"int64": "BIGINT", "float64": "DOUBLE PRECISION", "string": "TEXT"}
@@ -189,8 +215,10 @@ FEAST_TYPES: dict[Dtype, str] = {"int64": "Int64", "float64": "Float64", "string
 def offline_table_ddl(view: FeatureView) -> str:
     """DDL of the offline store table of ``view``: one row per value change, keyed by entity and as-of time."""
     key = view.entity.join_key
-    columns = ",\n    ".join([f"{f.name} {SQL_TYPES[f.dtype]}" for f in view.features]
-                              + (["model_version TEXT NOT NULL"] if view.scored else []))
+    columns = ",\n    ".join(
+        [f"{f.name} {SQL_TYPES[f.dtype]}" for f in view.features]
+        + (["model_version TEXT NOT NULL"] if view.scored else [])
+    )
     return (
         f"CREATE TABLE IF NOT EXISTS {view.offline_table} (\n    {key} BIGINT NOT NULL,\n"
         f"    {EVENT_TIMESTAMP} TIMESTAMPTZ NOT NULL,\n    {columns},\n    PRIMARY KEY ({key}, {EVENT_TIMESTAMP})\n)"

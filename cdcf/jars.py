@@ -48,8 +48,17 @@ def _resolve(settings: Settings, profile: str, target: Path) -> None:
         )
     staging = target.with_name(f"{profile}.partial")
     shutil.rmtree(staging, ignore_errors=True)
-    argv = [mvn, "-B", "-q", "-f", str(POM), f"-P{profile}", f"-Dout={staging}",
-            f"-Dmaven.repo.local={settings.paths.m2}", "package"]
+    argv = [
+        mvn,
+        "-B",
+        "-q",
+        "-f",
+        str(POM),
+        f"-P{profile}",
+        f"-Dout={staging}",
+        f"-Dmaven.repo.local={settings.paths.m2}",
+        "package",
+    ]
     if settings.maven_repo_url:
         argv[1:1] = ["-s", str(_mirror_settings(settings))]
     log.info("resolving %s jars from Maven into %s", profile, target)

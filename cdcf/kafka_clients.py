@@ -23,21 +23,29 @@ SECURITY_PROTOCOL = "SASL_PLAINTEXT"
 
 def credentials(settings: Settings, role: Role) -> tuple[str, str]:
     """(user, password) of ``role``."""
-    user, password = {"admin": (settings.kafka_admin_user, settings.kafka_admin_password),
-                      "capture": (settings.kafka_capture_user, settings.kafka_capture_password),
-                      "reader": (settings.kafka_reader_user, settings.kafka_reader_password)}[role]
+    user, password = {
+        "admin": (settings.kafka_admin_user, settings.kafka_admin_password),
+        "capture": (settings.kafka_capture_user, settings.kafka_capture_password),
+        "reader": (settings.kafka_reader_user, settings.kafka_reader_password),
+    }[role]
     return user, password.get_secret_value()
 
 
 def client_config(settings: Settings, role: Role) -> dict[str, str]:
     """confluent-kafka (librdkafka) settings: the broker and ``role``'s SASL/SCRAM sign-in."""
     user, password = credentials(settings, role)
-    return {"bootstrap.servers": settings.kafka_bootstrap, "security.protocol": SECURITY_PROTOCOL,
-            "sasl.mechanisms": SCRAM, "sasl.username": user, "sasl.password": password}
+    return {
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "security.protocol": SECURITY_PROTOCOL,
+        "sasl.mechanisms": SCRAM,
+        "sasl.username": user,
+        "sasl.password": password,
+    }
 
 
 def jaas(module: str, user: str, password: str, **extra: str) -> str:
     """A JAAS line for Java clients and the broker (values quoted, their quotes and backslashes escaped)."""
+
     def quoted(value: str) -> str:
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -47,15 +55,21 @@ def jaas(module: str, user: str, password: str, **extra: str) -> str:
 
 def java_config(settings: Settings, role: Role) -> dict[str, str]:
     """Java client settings (Connect, Spark's Kafka source): ``role``'s SASL/SCRAM sign-in."""
-    return {"security.protocol": SECURITY_PROTOCOL, "sasl.mechanism": SCRAM,
-            "sasl.jaas.config": jaas("org.apache.kafka.common.security.scram.ScramLoginModule",
-                                     *credentials(settings, role))}
+    return {
+        "security.protocol": SECURITY_PROTOCOL,
+        "sasl.mechanism": SCRAM,
+        "sasl.jaas.config": jaas(
+            "org.apache.kafka.common.security.scram.ScramLoginModule", *credentials(settings, role)
+        ),
+    }
 
 
 def spark_options(settings: Settings, role: Role) -> dict[str, str]:
     """Options of Spark's Kafka source and sink: the broker and ``role``'s sign-in (``kafka.``-prefixed)."""
-    return {f"kafka.{k}": v for k, v in {"bootstrap.servers": settings.kafka_bootstrap,
-                                         **java_config(settings, role)}.items()}
+    return {
+        f"kafka.{k}": v
+        for k, v in {"bootstrap.servers": settings.kafka_bootstrap, **java_config(settings, role)}.items()
+    }
 
 
 def durable_producer(settings: Settings, role: Role) -> Producer:

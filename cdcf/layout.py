@@ -64,7 +64,7 @@ def decode_value(data: bytes | None):
         return value - (1 << 64) if value >= 1 << 63 else value
     if tag == STRING_TAG:
         length, at = _varint(data, 1)
-        return data[at:at + length].decode()
+        return data[at : at + length].decode()
     raise ValueError(f"unsupported ValueProto field tag {tag:#x}")
 
 
@@ -96,8 +96,11 @@ def _bulk_double(value) -> bytes:
     return b"$9\r\n)" + _DOUBLE.pack(float(value)) + b"\r\n"  # ")" is DOUBLE_TAG
 
 
-BULK_ENCODERS = {"int64": lambda v: bulk(_encode_int64(v)), "float64": _bulk_double,  # ValueProtos as bulk strings
-                 "string": lambda v: bulk(_encode_string(v))}
+BULK_ENCODERS = {
+    "int64": lambda v: bulk(_encode_int64(v)),
+    "float64": _bulk_double,  # ValueProtos as bulk strings
+    "string": lambda v: bulk(_encode_string(v)),
+}
 
 
 @lru_cache(maxsize=1 << 16)  # counts, timestamp seconds and string lengths repeat
@@ -226,7 +229,7 @@ def write_packed(client, commands: list[bytes], chunk: int = 5000) -> None:
     conn = pool.get_connection()
     try:
         for start in range(0, len(commands), chunk):
-            part = commands[start:start + chunk]
+            part = commands[start : start + chunk]
             conn.send_packed_command([b"".join(part)])
             replies, lines = bytearray(), 0
             while lines < len(part):
@@ -236,7 +239,7 @@ def write_packed(client, commands: list[bytes], chunk: int = 5000) -> None:
                 lines += data.count(b"\n")
                 replies += data
             if replies.startswith(b"-") or b"\n-" in replies:
-                error = replies[replies.index(b"-"):].split(b"\r\n", 1)[0].decode(errors="replace")
+                error = replies[replies.index(b"-") :].split(b"\r\n", 1)[0].decode(errors="replace")
                 raise redis.ResponseError(error[1:])
     except BaseException:
         conn.disconnect()  # replies may be half read: never hand this connection out again as it is
@@ -253,7 +256,7 @@ def execute_packed(client, commands: list[bytes], chunk: int = 5000) -> list:
     replies = []
     try:
         for start in range(0, len(commands), chunk):
-            part = commands[start:start + chunk]
+            part = commands[start : start + chunk]
             conn.send_packed_command([b"".join(part)])
             replies.extend(conn.read_response() for _ in part)
     except BaseException:

@@ -18,8 +18,9 @@ from cdcf.settings import Settings
 CONNECT_TIMEOUT_S = 10
 
 
-def connect(settings: Settings, db: str | None = None, *, user: str | None = None,
-            timeout_s: float = CONNECT_TIMEOUT_S) -> connection:
+def connect(
+    settings: Settings, db: str | None = None, *, user: str | None = None, timeout_s: float = CONNECT_TIMEOUT_S
+) -> connection:
     """A connection as ``user`` (default the app role) to ``db`` (default the app database), over TLS."""
     return psycopg2.connect(settings.pg_dsn(db, user=user), connect_timeout=max(1, round(timeout_s)))
 
@@ -30,8 +31,9 @@ def connect_offline(settings: Settings, *, timeout_s: float = CONNECT_TIMEOUT_S)
 
 
 @contextmanager
-def session(settings: Settings, db: str | None = None, *, user: str | None = None,
-            timeout_s: float = CONNECT_TIMEOUT_S) -> Iterator[connection]:
+def session(
+    settings: Settings, db: str | None = None, *, user: str | None = None, timeout_s: float = CONNECT_TIMEOUT_S
+) -> Iterator[connection]:
     """One transaction on a fresh connection (see the module's doc); arguments as ``connect``'s."""
     conn = connect(settings, db, user=user, timeout_s=timeout_s)
     try:

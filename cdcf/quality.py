@@ -53,20 +53,28 @@ def check(entity: Entity, rows: pa.Table, verdict: Verdict | None = None) -> Ver
         if count:
             for i in pc.indices_nonzero(bad).to_pylist()[:SAMPLES]:
                 as_of = datetime.fromtimestamp(rows["as_of_us"][i].as_py() / 1e6, UTC).isoformat()
-                verdict.samples.append(f"{name}: {feature}={rows[feature][i].as_py()} for {entity.name} "
-                                       f"{rows['id'][i].as_py()} as of {as_of}")
+                verdict.samples.append(
+                    f"{name}: {feature}={rows[feature][i].as_py()} for {entity.name} "
+                    f"{rows['id'][i].as_py()} as of {as_of}"
+                )
     return verdict
 
 
 def _violations(entity: Entity, rows: pa.Table):
     """(check, feature, a boolean mask of the rows that fail it, or None) for every check that applies."""
-    windows = {(f.table.name, f.column, f.window, f.aggregate): f.name
-               for f in features_of(entity) if isinstance(f, WindowFeature)}
+    windows = {
+        (f.table.name, f.column, f.window, f.aggregate): f.name
+        for f in features_of(entity)
+        if isinstance(f, WindowFeature)
+    }
     for view in views_of(entity):
         for f in view.features:
             if isinstance(f, ColumnFeature):
-                yield "out_of_range", f.name, _outside(rows[f.name], *decl.COLUMN_RANGES.get((view.table.name, f.column),
-                                                                                             (None, None)))
+                yield (
+                    "out_of_range",
+                    f.name,
+                    _outside(rows[f.name], *decl.COLUMN_RANGES.get((view.table.name, f.column), (None, None))),
+                )
             elif isinstance(f, WindowFeature):
                 yield from _window_violations(f, rows, windows)
 
@@ -81,16 +89,22 @@ def _window_violations(f: WindowFeature, rows: pa.Table, windows: dict):
         yield "out_of_range", f.name, _outside(value, low, high)
     elif count is not None:  # a sum: within count times the bounds
         n = pc.cast(rows[count], pa.float64())
-        yield "out_of_range", f.name, _outside(value, low if low is None else pc.multiply(n, low),
-                                               high if high is None else pc.multiply(n, high))
+        yield (
+            "out_of_range",
+            f.name,
+            _outside(
+                value, low if low is None else pc.multiply(n, low), high if high is None else pc.multiply(n, high)
+            ),
+        )
     elif low is not None and low >= 0:
         yield "out_of_range", f.name, pc.less(value, 0)
     total = windows.get((f.table.name, f.column, f.window, "sum"))
     if f.aggregate == "avg" and count is not None and total is not None:
         n = rows[count]
         expected = pc.divide(rows[total], pc.cast(n, pa.float64()))
-        off = pc.greater(pc.abs(pc.subtract(value, expected)),
-                         pc.multiply(pc.max_element_wise(pc.abs(expected), 1.0), TOLERANCE))
+        off = pc.greater(
+            pc.abs(pc.subtract(value, expected)), pc.multiply(pc.max_element_wise(pc.abs(expected), 1.0), TOLERANCE)
+        )
         null_when_empty = pc.not_equal(pc.is_null(value), pc.equal(n, 0))
         yield "avg_not_sum_over_count", f.name, pc.or_(pc.fill_null(off, False), null_when_empty)
 

@@ -13,6 +13,9 @@ import redis
 
 from cdcf.settings import Settings
 
+CONNECT_TIMEOUT_S = 5
+REPLY_TIMEOUT_S = 60  # a pipeline of many thousand writes (a backfill's seeding) answers within it
+
 Role = Literal["writer", "reader"]
 
 # What each user may run (Redis ACL categories): the reader reads and nothing else.
@@ -30,10 +33,12 @@ def credentials(settings: Settings, role: Role) -> tuple[str, str]:
 
 
 def redis_client(settings: Settings, role: Role, **options: object) -> redis.Redis:
-    """A client of the settings' Redis, signed in as ``role``'s user; ``options`` go to redis.Redis (timeouts)."""
+    """A client of the settings' Redis, signed in as ``role``'s user; ``options`` go to redis.Redis. Connecting gives
+    up after CONNECT_TIMEOUT_S and a reply after REPLY_TIMEOUT_S unless ``options`` say otherwise (the feature client
+    is stricter)."""
     user, password = credentials(settings, role)
-    return redis.Redis(host=settings.redis_host, port=settings.redis_port, username=user, password=password,
-                       **options)
+    options = {"socket_connect_timeout": CONNECT_TIMEOUT_S, "socket_timeout": REPLY_TIMEOUT_S, **options}
+    return redis.Redis(host=settings.redis_host, port=settings.redis_port, username=user, password=password, **options)
 
 
 def acl_file(settings: Settings) -> str:

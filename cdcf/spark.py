@@ -33,11 +33,13 @@ def spark_defaults(settings: Settings) -> str:
     return "".join(f"{key} {value}\n" for key, value in auth_conf(settings).items())
 
 
-def spark_session(settings: Settings, app_name: str, master: str | None = None,
-                  conf: dict[str, str] | None = None) -> SparkSession:
+def spark_session(
+    settings: Settings, app_name: str, master: str | None = None, conf: dict[str, str] | None = None
+) -> SparkSession:
     """A session for our jobs: UTC everywhere, few shuffle partitions, the venv's Python on the workers; ``conf``
     overrides or adds settings."""
-    # Python workers must import pandas/feast/cdcf: point them at this interpreter (else they start the python3 on PATH, without our packages).
+    # Python workers must import pandas/feast/cdcf: point them at this interpreter (else they start the python3 on
+    # PATH, without our packages).
     os.environ["PYSPARK_PYTHON"] = os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
     master = master or settings.spark_master
     if on_this_machine(master):  # the driver, its UI and block manager listen on loopback, not on the LAN

@@ -46,33 +46,59 @@ SLOT_EVERY_S = 5.0  # how often the replication slot's retained WAL is read
 ARCHIVED = Counter("cdcf_archive_changes", "Changes archived (first deliveries; re-deliveries are not counted)")
 REDELIVERED = Counter("cdcf_archive_redeliveries", "Changes delivered again and skipped (already archived)")
 DEAD_LETTERED = Counter("cdcf_dead_letters", "Messages sent to the dead-letter topic, with their reason")
-BATCH_SECONDS = Histogram("cdcf_archive_batch_seconds", "Seconds to archive one consumed batch (rows, dead letters "
-                          "and offsets durable)", buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
-LAG = Gauge("cdcf_archive_lag_messages", "Messages on a change topic's partition not archived yet",
-            ["topic", "partition"])
-SLOT_RETAINED = Gauge("cdcf_replication_slot_retained_wal_bytes", "WAL PostgreSQL keeps for the capture's "
-                      "replication slot (current LSN less the slot's restart LSN)", ["slot"])
-SLOT_STATUS = Gauge("cdcf_replication_slot_wal_status", "1 for the slot's wal_status (reserved, extended, "
-                    "unreserved, lost; missing: no such slot)", ["slot", "wal_status"])
+BATCH_SECONDS = Histogram(
+    "cdcf_archive_batch_seconds",
+    "Seconds to archive one consumed batch (rows, dead letters and offsets durable)",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+LAG = Gauge(
+    "cdcf_archive_lag_messages", "Messages on a change topic's partition not archived yet", ["topic", "partition"]
+)
+SLOT_RETAINED = Gauge(
+    "cdcf_replication_slot_retained_wal_bytes",
+    "WAL PostgreSQL keeps for the capture's replication slot (current LSN less the slot's restart LSN)",
+    ["slot"],
+)
+SLOT_STATUS = Gauge(
+    "cdcf_replication_slot_wal_status",
+    "1 for the slot's wal_status (reserved, extended, unreserved, lost; missing: no such slot)",
+    ["slot", "wal_status"],
+)
 WAL_STATUSES = ("reserved", "extended", "unreserved", "lost", "missing")
 STAGE = f"{TABLE}_stage"
 # A batch is COPYed into a per-session staging table, then moved over with ON CONFLICT DO NOTHING: 2x the rows/s
 # of multi-row INSERTs, and re-delivered changes (in the table or twice in one batch) are skipped either way.
 STAGE_DDL = f"CREATE TEMP TABLE IF NOT EXISTS {STAGE} (LIKE {TABLE} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-MOVE = (f"INSERT INTO {TABLE} ({', '.join(COLUMNS)}) SELECT {', '.join(COLUMNS)} FROM {STAGE} "
-        "ON CONFLICT DO NOTHING")
-RETRY_COMMIT = {KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.COORDINATOR_NOT_AVAILABLE,
-                KafkaError.NOT_COORDINATOR, KafkaError._TRANSPORT, KafkaError._TIMED_OUT,
-                KafkaError.REQUEST_TIMED_OUT, KafkaError._ALL_BROKERS_DOWN, KafkaError._WAIT_COORD}
+MOVE = f"INSERT INTO {TABLE} ({', '.join(COLUMNS)}) SELECT {', '.join(COLUMNS)} FROM {STAGE} ON CONFLICT DO NOTHING"
+RETRY_COMMIT = {
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    KafkaError.COORDINATOR_NOT_AVAILABLE,
+    KafkaError.NOT_COORDINATOR,
+    KafkaError._TRANSPORT,
+    KafkaError._TIMED_OUT,
+    KafkaError.REQUEST_TIMED_OUT,
+    KafkaError._ALL_BROKERS_DOWN,
+    KafkaError._WAIT_COORD,
+}
 PR_SET_PDEATHSIG = 1  # prctl(2)
 COPY = f"COPY {STAGE} ({', '.join(COLUMNS)}) FROM STDIN WITH (FORMAT csv)"
 
 
 def archive_row(change: Change) -> tuple:
     """The archive row of a change; row images as JSON with exact decimals and ISO-8601 UTC times."""
-    return (change.table, change.key, change.lsn, change.op, change.tx_id, change.commit_ts,
-            _json(change.before), _json(change.after), change.position.topic, change.position.partition,
-            change.position.offset)
+    return (
+        change.table,
+        change.key,
+        change.lsn,
+        change.op,
+        change.tx_id,
+        change.commit_ts,
+        _json(change.before),
+        _json(change.after),
+        change.position.topic,
+        change.position.partition,
+        change.position.offset,
+    )
 
 
 def copy_buffer(rows: Iterable[tuple]) -> io.StringIO:
@@ -136,8 +162,12 @@ class Archiver:
         self.batch_size = batch_size
         self.status_file = status_file
         self.totals = {"changes": 0, "duplicates": 0, "dead_letters": 0}
-        self.health = {"last_dead_letter_at": None, "last_dead_letter_reason": None, "lag_growing_since": None,
-                       "ignored_columns": {}}  # table -> columns its images carry that no contract names
+        self.health = {
+            "last_dead_letter_at": None,
+            "last_dead_letter_reason": None,
+            "lag_growing_since": None,
+            "ignored_columns": {},
+        }  # table -> columns its images carry that no contract names
         self._lag, self._reported, self._slot_read = 0, 0.0, 0.0
         self._stopping = False
         self._pending: deque[Batch] = deque()
@@ -150,16 +180,26 @@ class Archiver:
             cur.execute(DDL)
             cur.execute(STAGE_DDL)
         if s.archive_workers:
-            self._pool = ProcessPoolExecutor(s.archive_workers, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_worker_start)
-        self.consumer = consumer(s, "reader", s.archive_group, **{
-            "enable.auto.commit": False, "auto.offset.reset": "earliest",
-            "topic.metadata.refresh.interval.ms": 5000, "fetch.wait.max.ms": 20,
-            # a killed archiver's partitions go to its successor once the broker gives up on it: 6 s, not 45
-            "session.timeout.ms": 6000, "heartbeat.interval.ms": 2000,
-        })
-        self.consumer.subscribe([change_topic_pattern(s.topic_prefix)],
-                                on_revoke=lambda _consumer, _partitions: self._drain())
+            self._pool = ProcessPoolExecutor(
+                s.archive_workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_start
+            )
+        self.consumer = consumer(
+            s,
+            "reader",
+            s.archive_group,
+            **{
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "topic.metadata.refresh.interval.ms": 5000,
+                "fetch.wait.max.ms": 20,
+                # a killed archiver's partitions go to its successor once the broker gives up on it: 6 s, not 45
+                "session.timeout.ms": 6000,
+                "heartbeat.interval.ms": 2000,
+            },
+        )
+        self.consumer.subscribe(
+            [change_topic_pattern(s.topic_prefix)], on_revoke=lambda _consumer, _partitions: self._drain()
+        )
         self.producer = durable_producer(s, "reader")  # the dead-letter topic only (ACLs)
 
     def submit(self, messages: list[Message]) -> None:
@@ -186,9 +226,12 @@ class Archiver:
         self._note_ignored(encoded.ignored)
         now, dead = datetime.now(UTC), encoded.dead
         for letter in dead:
-            self.producer.produce(self.settings.dead_letter_topic, key=letter.key,
-                                  value=json.dumps(letter.payload(now)).encode(),
-                                  headers={"reason": letter.reason[:500]})
+            self.producer.produce(
+                self.settings.dead_letter_topic,
+                key=letter.key,
+                value=json.dumps(letter.payload(now)).encode(),
+                headers={"reason": letter.reason[:500]},
+            )
         while dead and self.producer.flush(5) > 0:  # offsets move on only once the dead letters are durable
             if self._stopping:
                 raise RuntimeError("stopping with dead letters not yet acknowledged by Kafka")
@@ -209,8 +252,14 @@ class Archiver:
         BATCH_SECONDS.observe(time.monotonic() - started)
         if dead:
             self.health.update(last_dead_letter_at=time.time(), last_dead_letter_reason=dead[-1].reason[:200])
-        log.info("batch of %d messages: %d archived, %d duplicates, %d dead letters in %.3f s", batch.messages,
-                 inserted, encoded.changes - inserted, len(dead), time.monotonic() - started)
+        log.info(
+            "batch of %d messages: %d archived, %d duplicates, %d dead letters in %.3f s",
+            batch.messages,
+            inserted,
+            encoded.changes - inserted,
+            len(dead),
+            time.monotonic() - started,
+        )
 
     def run(self, idle_exit_s: float | None = None) -> dict[str, int]:
         """Consume until SIGTERM/SIGINT (or ``idle_exit_s`` without messages); return the totals."""
@@ -226,8 +275,9 @@ class Archiver:
                     self.submit(messages)
                     last_message = time.monotonic()
                 # write what is encoded, in order; wait for the oldest batch once every worker has one
-                while self._pending and (not messages or len(self._pending) > workers
-                                         or self._pending[0].encoded.done()):
+                while self._pending and (
+                    not messages or len(self._pending) > workers or self._pending[0].encoded.done()
+                ):
                     self.write(self._pending.popleft())
                 if not messages and idle_exit_s is not None and time.monotonic() - last_message > idle_exit_s:
                     break
@@ -276,8 +326,12 @@ class Archiver:
             new = sorted(columns - set(known.get(table, ())))
             if new:
                 known[table] = sorted({*known.get(table, ()), *new})
-                log.warning("%s has column(s) %s that no contract names (added upstream?): ignored; add them to "
-                            "schemas/ to use them", table, ", ".join(new))
+                log.warning(
+                    "%s has column(s) %s that no contract names (added upstream?): ignored; add them to "
+                    "schemas/ to use them",
+                    table,
+                    ", ".join(new),
+                )
 
     def _stop(self, *_: object) -> None:
         self._stopping = True
@@ -302,8 +356,10 @@ class Archiver:
         positions = self.consumer.position(self.consumer.assignment())
         unknown = [tp for tp in positions if tp.offset < 0]
         try:
-            committed = {(tp.topic, tp.partition): tp.offset
-                         for tp in (self.consumer.committed(unknown, timeout=2) if unknown else [])}
+            committed = {
+                (tp.topic, tp.partition): tp.offset
+                for tp in (self.consumer.committed(unknown, timeout=2) if unknown else [])
+            }
         except KafkaException:
             return self._lag
         lag = 0
@@ -321,8 +377,11 @@ class Archiver:
         slot = self.settings.replication_slot
         try:
             with self.db, self.db.cursor() as cur:
-                cur.execute("SELECT wal_status, pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn) "
-                            "FROM pg_replication_slots WHERE slot_name = %s", (slot,))
+                cur.execute(
+                    "SELECT wal_status, pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn) "
+                    "FROM pg_replication_slots WHERE slot_name = %s",
+                    (slot,),
+                )
                 row = cur.fetchone()
         except psycopg2.Error as exc:  # the next batch's write meets the outage too, and says so
             log.warning("could not read replication slot %s: %s", slot, exc)

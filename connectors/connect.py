@@ -97,14 +97,19 @@ class ConnectClient:
             except ConnectorError:
                 last = {}
             tasks = last.get("tasks", [])
-            if last.get("connector", {}).get("state") == "RUNNING" and tasks and all(
-                    t["state"] == "RUNNING" for t in tasks):
+            if (
+                last.get("connector", {}).get("state") == "RUNNING"
+                and tasks
+                and all(t["state"] == "RUNNING" for t in tasks)
+            ):
                 return last
             if any(t["state"] == "FAILED" for t in tasks):
                 break
             time.sleep(0.5)
-        raise ConnectorError(f"Connector {name} is not RUNNING after {timeout_s:.0f} s: {_describe(last)}. "
-                             f"See `cdcf connector status` and the Connect log.")
+        raise ConnectorError(
+            f"Connector {name} is not RUNNING after {timeout_s:.0f} s: {_describe(last)}. "
+            f"See `cdcf connector status` and the Connect log."
+        )
 
     def status(self, name: str) -> dict[str, Any]:
         return self._call("GET", f"/connectors/{name}/status")
@@ -153,8 +158,10 @@ class ConnectClient:
         except httpx.TransportError as exc:
             raise ConnectorError(f"Kafka Connect at {self.url} is not reachable ({exc}); run `make up`.") from exc
         if reply.status_code == 401:
-            raise ConnectorError(f"Kafka Connect at {self.url} refused the operator's credentials (401): "
-                                 f"CDCF_CONNECT_USER and CDCF_CONNECT_PASSWORD must be the stack's (secrets.env).")
+            raise ConnectorError(
+                f"Kafka Connect at {self.url} refused the operator's credentials (401): "
+                f"CDCF_CONNECT_USER and CDCF_CONNECT_PASSWORD must be the stack's (secrets.env)."
+            )
         if reply.status_code >= 400:
             try:
                 message = reply.json().get("message", reply.text)

@@ -75,8 +75,12 @@ def replay(settings: Settings, dry_run: bool = False) -> Replayed:
                 result.archived.append(letter)
             else:
                 if not dry_run:
-                    producer.produce(letter.source.topic, key=original.key(), value=original.value(),
-                                     headers={"cdcf-replayed-from": f"{settings.dead_letter_topic}:{letter.offset}"})
+                    producer.produce(
+                        letter.source.topic,
+                        key=original.key(),
+                        value=original.value(),
+                        headers={"cdcf-replayed-from": f"{settings.dead_letter_topic}:{letter.offset}"},
+                    )
                 result.sent.append(letter)
         if producer.flush(30) > 0:
             raise RuntimeError("Kafka did not acknowledge the replayed changes within 30 s")
@@ -88,8 +92,10 @@ def replay(settings: Settings, dry_run: bool = False) -> Replayed:
 
 def _archived(db, change: Change) -> bool:
     with db, db.cursor() as cur:
-        cur.execute(f"SELECT 1 FROM {CHANGELOG} WHERE source_table = %s AND row_key = %s AND lsn = %s AND op = %s",
-                    (change.table, change.key, change.lsn, change.op))
+        cur.execute(
+            f"SELECT 1 FROM {CHANGELOG} WHERE source_table = %s AND row_key = %s AND lsn = %s AND op = %s",
+            (change.table, change.key, change.lsn, change.op),
+        )
         return cur.fetchone() is not None
 
 

@@ -115,7 +115,9 @@ def _drop_slot(settings: Settings) -> None:
         with conn, conn.cursor() as cur:
             deadline = time.monotonic() + 60
             while True:  # the stopped task may hold it for a moment
-                cur.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s", (settings.replication_slot,))
+                cur.execute(
+                    "SELECT active FROM pg_replication_slots WHERE slot_name = %s", (settings.replication_slot,)
+                )
                 row = cur.fetchone()
                 if row is None:
                     return
@@ -135,8 +137,9 @@ def _ends(settings: Settings, topics: list[str]) -> dict[tuple[str, int], int]:
         found = {}
         for topic in topics:
             for partition in consumer.list_topics(topic, timeout=10).topics[topic].partitions:
-                found[(topic, partition)] = consumer.get_watermark_offsets(TopicPartition(topic, partition),
-                                                                           timeout=10)[1]
+                found[(topic, partition)] = consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=10
+                )[1]
         return found
     finally:
         consumer.close()
@@ -185,8 +188,9 @@ def _await_snapshot(settings: Settings, client: ConnectClient, name: str, ends: 
             if time.monotonic() - said > 10:
                 said = time.monotonic()
                 progress(f"snapshot: {snapshot.size} rows so far")
-        raise ResnapshotError(f"the snapshot did not finish within {SNAPSHOT_TIMEOUT_S:.0f} s "
-                              f"({snapshot.size} rows so far)")
+        raise ResnapshotError(
+            f"the snapshot did not finish within {SNAPSHOT_TIMEOUT_S:.0f} s ({snapshot.size} rows so far)"
+        )
     finally:
         consumer.close()
 
@@ -215,8 +219,10 @@ def _await_archive(settings: Settings, ends: dict[tuple[str, int], int]) -> None
             if behind == 0:
                 return
             if time.monotonic() > deadline:
-                raise ResnapshotError(f"the archiver is {behind} change(s) short of the changes from before the "
-                                      f"snapshot after {CATCH_UP_TIMEOUT_S:.0f} s; is it running (`make status`)?")
+                raise ResnapshotError(
+                    f"the archiver is {behind} change(s) short of the changes from before the "
+                    f"snapshot after {CATCH_UP_TIMEOUT_S:.0f} s; is it running (`make status`)?"
+                )
             time.sleep(0.5)
     finally:
         consumer.close()
@@ -245,19 +251,26 @@ def _send_gap_deletes(settings: Settings, progress, snapshot: Snapshot) -> dict[
             contract, columns, present = contracts[table], owners.get(table, []), snapshot.rows[table]
             with archive, archive.cursor(name=f"live_{table}") as cur:
                 cur.itersize = 10_000
-                cur.execute(f"SELECT row_key, after FROM (SELECT DISTINCT ON (row_key) row_key, op, after FROM "
-                            f"{CHANGELOG} WHERE source_table = %s AND lsn < %s ORDER BY row_key, lsn DESC) latest "
-                            "WHERE op <> 'd'", (table, reads))
+                cur.execute(
+                    f"SELECT row_key, after FROM (SELECT DISTINCT ON (row_key) row_key, op, after FROM "
+                    f"{CHANGELOG} WHERE source_table = %s AND lsn < %s ORDER BY row_key, lsn DESC) latest "
+                    "WHERE op <> 'd'",
+                    (table, reads),
+                )
                 for key, image in cur:
                     if present.get(key) == tuple(image.get(c) for c in columns):
                         continue
-                    producer.produce(change_topic(settings.topic_prefix, table),
-                                     key=json.dumps({contract.key: key}).encode(),
-                                     value=json.dumps(_delete_event(settings, contract, image, lsn, micros)).encode())
+                    producer.produce(
+                        change_topic(settings.topic_prefix, table),
+                        key=json.dumps({contract.key: key}).encode(),
+                        value=json.dumps(_delete_event(settings, contract, image, lsn, micros)).encode(),
+                    )
                     deleted[table] = deleted.get(table, 0) + 1
                     producer.poll(0)
-            progress(f"{table}: {deleted.get(table, 0)} row(s) deleted or moved to other owners during the gap, "
-                     "sent as deletes")
+            progress(
+                f"{table}: {deleted.get(table, 0)} row(s) deleted or moved to other owners during the gap, "
+                "sent as deletes"
+            )
         if producer.flush(60) > 0:
             raise ResnapshotError("Kafka did not acknowledge the deletes within 60 s")
     finally:
@@ -268,9 +281,26 @@ def _send_gap_deletes(settings: Settings, progress, snapshot: Snapshot) -> dict[
 def _delete_event(settings: Settings, contract, image: dict, lsn: int, micros: int) -> dict:
     """Debezium's delete of a row whose last image is ``image`` (as archived: dates back to Debezium's days)."""
     kinds = {c.name: c.kind for c in contract.columns}
-    before = {k: (date.fromisoformat(v) - date(1970, 1, 1)).days if kinds.get(k) == "date" and isinstance(v, str)
-              else v for k, v in image.items()}
-    return {"before": before, "after": None, "op": "d", "ts_ms": micros // 1000,
-            "source": {"version": "cdcf-resnapshot", "connector": "postgresql", "name": settings.topic_prefix,
-                       "ts_ms": micros // 1000, "ts_us": micros, "snapshot": "false", "db": settings.app_db,
-                       "schema": "public", "table": contract.table, "txId": None, "lsn": lsn}}
+    before = {
+        k: (date.fromisoformat(v) - date(1970, 1, 1)).days if kinds.get(k) == "date" and isinstance(v, str) else v
+        for k, v in image.items()
+    }
+    return {
+        "before": before,
+        "after": None,
+        "op": "d",
+        "ts_ms": micros // 1000,
+        "source": {
+            "version": "cdcf-resnapshot",
+            "connector": "postgresql",
+            "name": settings.topic_prefix,
+            "ts_ms": micros // 1000,
+            "ts_us": micros,
+            "snapshot": "false",
+            "db": settings.app_db,
+            "schema": "public",
+            "table": contract.table,
+            "txId": None,
+            "lsn": lsn,
+        },
+    }

@@ -15,14 +15,13 @@ from feast.types import Float64, Int64, String
 
 from cdcf import features as decl
 
-entities = {
-    e.name: Entity(name=e.name, join_keys=[e.join_key], value_type=ValueType.INT64) for e in decl.ENTITIES
-}
+entities = {e.name: Entity(name=e.name, join_keys=[e.join_key], value_type=ValueType.INT64) for e in decl.ENTITIES}
 
 
 def _feature_view(view: decl.FeatureView) -> FeatureView:
-    offline = PostgreSQLSource(name=f"{view.name}_offline", table=view.offline_table,
-                               timestamp_field=decl.EVENT_TIMESTAMP)
+    offline = PostgreSQLSource(
+        name=f"{view.name}_offline", table=view.offline_table, timestamp_field=decl.EVENT_TIMESTAMP
+    )
     push = PushSource(name=view.push_source, batch_source=offline)
     return FeatureView(
         name=view.name,
@@ -37,20 +36,25 @@ def _feature_view(view: decl.FeatureView) -> FeatureView:
 
 feature_views = {v.name: _feature_view(v) for v in decl.ALL_VIEWS}
 
-fraud_transaction = RequestSource(name="fraud_transaction", schema=[
-    Field(name="amount", dtype=Float64), Field(name="merchant", dtype=String)])
+fraud_transaction = RequestSource(
+    name="fraud_transaction", schema=[Field(name="amount", dtype=Float64), Field(name="merchant", dtype=String)]
+)
 
 
 @on_demand_feature_view(
     sources=[feature_views[decl.TRANSACTION_RISK.name], feature_views[decl.USER_ACTIVITY.name], fraud_transaction],
-    schema=[Field(name=name, dtype=Float64) for name in decl.FRAUD_REQUEST_FEATURES], mode="python")
+    schema=[Field(name=name, dtype=Float64) for name in decl.FRAUD_REQUEST_FEATURES],
+    mode="python",
+)
 def fraud_request_features(inputs: dict) -> dict:
     from cdcf import (
         features as decl,  # imported here: Feast stores this function's source and runs it elsewhere
     )
 
-    rows = [decl.fraud_request_features(amount, {name: inputs[name][n] for name in decl.FRAUD_REQUEST_FEATURES.values()})
-            for n, amount in enumerate(inputs["amount"])]
+    rows = [
+        decl.fraud_request_features(amount, {name: inputs[name][n] for name in decl.FRAUD_REQUEST_FEATURES.values()})
+        for n, amount in enumerate(inputs["amount"])
+    ]
     return {name: [row[name] for row in rows] for name in decl.FRAUD_REQUEST_FEATURES}
 
 

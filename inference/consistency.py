@@ -35,12 +35,16 @@ class Report:
         return self.matched / self.compared if self.compared else None
 
     def as_dict(self) -> dict:
-        return {"validate_match": self.match, "validate_compared": self.compared,
-                "validate_mismatches": self.mismatches[:SHOWN]}
+        return {
+            "validate_match": self.match,
+            "validate_compared": self.compared,
+            "validate_mismatches": self.mismatches[:SHOWN],
+        }
 
 
-def validate(settings: Settings, sample: int = 1000, entities: dict[str, list[int]] | None = None,
-             seed: int | None = None) -> Report:
+def validate(
+    settings: Settings, sample: int = 1000, entities: dict[str, list[int]] | None = None, seed: int | None = None
+) -> Report:
     """Compare ``sample`` entities per view (random ones of the offline store, or the ``entities`` given per join
     key) across the two stores."""
     rng = random.Random(seed)
@@ -63,8 +67,10 @@ def _sample(conn, view: FeatureView, size: int, rng: random.Random) -> list[int]
     with conn.cursor() as cur:
         cur.execute("SELECT greatest(reltuples, 1) FROM pg_class WHERE relname = %s", (view.offline_table,))
         percent = min(100.0, 100.0 * size * 10 / cur.fetchone()[0])
-        cur.execute(f"SELECT DISTINCT {key} FROM {view.offline_table} TABLESAMPLE BERNOULLI (%s) REPEATABLE (%s) "
-                    "LIMIT %s", (percent, rng.randrange(2**31), size))
+        cur.execute(
+            f"SELECT DISTINCT {key} FROM {view.offline_table} TABLESAMPLE BERNOULLI (%s) REPEATABLE (%s) LIMIT %s",
+            (percent, rng.randrange(2**31), size),
+        )
         found = [r[0] for r in cur.fetchall()]
     conn.commit()
     return found
@@ -93,13 +99,17 @@ def _compare(settings: Settings, conn, view: FeatureView, ids: list[int], report
             why = None if entity not in latest else "offline rows but no online value"
         else:
             held = offline.get((entity, as_of))
-            why = "no offline row at the online as-of time" if held is None else (
-                None if held == values else f"online {values} != offline {held}")
+            why = (
+                "no offline row at the online as-of time"
+                if held is None
+                else (None if held == values else f"online {values} != offline {held}")
+            )
         if why is None:
             report.matched += 1
         else:
-            report.mismatches.append({"view": view.name, "entity": entity, "as_of": as_of.isoformat() if as_of
-                                      else None, "why": why})
+            report.mismatches.append(
+                {"view": view.name, "entity": entity, "as_of": as_of.isoformat() if as_of else None, "why": why}
+            )
 
 
 def _offline_rows(conn, view: FeatureView, online: dict[int, tuple[datetime | None, list]]) -> dict:
@@ -110,10 +120,16 @@ def _offline_rows(conn, view: FeatureView, online: dict[int, tuple[datetime | No
     key = view.entity.join_key
     names = [f.name for f in view.features]
     with conn.cursor() as cur:
-        rows = execute_values(cur, f"SELECT v.{key}, v.{EVENT_TIMESTAMP}, {', '.join(f'v.{n}' for n in names)} "
-                                   f"FROM {view.offline_table} v JOIN (VALUES %s) k(id, at) ON v.{key} = k.id AND "
-                                   f"v.{EVENT_TIMESTAMP} = k.at", keys, template="(%s::bigint, %s::timestamptz)",
-                              fetch=True, page_size=len(keys))
+        rows = execute_values(
+            cur,
+            f"SELECT v.{key}, v.{EVENT_TIMESTAMP}, {', '.join(f'v.{n}' for n in names)} "
+            f"FROM {view.offline_table} v JOIN (VALUES %s) k(id, at) ON v.{key} = k.id AND "
+            f"v.{EVENT_TIMESTAMP} = k.at",
+            keys,
+            template="(%s::bigint, %s::timestamptz)",
+            fetch=True,
+            page_size=len(keys),
+        )
     conn.commit()
     return {(r[0], r[1]): list(r[2:]) for r in rows}
 

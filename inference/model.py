@@ -53,8 +53,9 @@ class Scorer(nn.Module):
         super().__init__()
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
         self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
-        self.net = nn.Sequential(nn.Linear(2 * features, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-                                 nn.Linear(hidden, 1))
+        self.net = nn.Sequential(
+            nn.Linear(2 * features, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         missing = torch.isnan(x)
@@ -73,8 +74,17 @@ class TrainedModel:
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"state": self.model.state_dict(), "service": self.service, "features": self.features,
-                    "label": self.label, "metrics": self.metrics, "hidden": self.model.net[0].out_features}, path)
+        torch.save(
+            {
+                "state": self.model.state_dict(),
+                "service": self.service,
+                "features": self.features,
+                "label": self.label,
+                "metrics": self.metrics,
+                "hidden": self.model.net[0].out_features,
+            },
+            path,
+        )
 
     @classmethod
     def load(cls, path: Path, on: torch.device | None = None) -> TrainedModel:
@@ -91,8 +101,16 @@ class TrainedModel:
         return self.model(torch.as_tensor(x, dtype=torch.float32, device=on)).cpu().numpy()
 
 
-def train(x: np.ndarray, y: np.ndarray, *, service: str, features: list[tuple[str, str]], label: str,
-          epochs: int = 20, seed: int = 0) -> TrainedModel:
+def train(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    service: str,
+    features: list[tuple[str, str]],
+    label: str,
+    epochs: int = 20,
+    seed: int = 0,
+) -> TrainedModel:
     """Fit on 80% of the rows (shuffled), report loss and AUC on the other 20%."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -119,9 +137,16 @@ def train(x: np.ndarray, y: np.ndarray, *, service: str, features: list[tuple[st
     model.eval()
     with torch.inference_mode():
         held_scores = model(xs[held]).cpu().numpy() if len(held) else np.array([])
-    metrics = {"rows": len(x), "positives": float(y.mean()) if len(y) else 0.0, "epochs": epochs,
-               "first_epoch_loss": losses[0], "last_epoch_loss": losses[-1], "held_out_auc": auc(y[held], held_scores),
-               "device": on.type, "trained_at": datetime.now(UTC).isoformat()}
+    metrics = {
+        "rows": len(x),
+        "positives": float(y.mean()) if len(y) else 0.0,
+        "epochs": epochs,
+        "first_epoch_loss": losses[0],
+        "last_epoch_loss": losses[-1],
+        "held_out_auc": auc(y[held], held_scores),
+        "device": on.type,
+        "trained_at": datetime.now(UTC).isoformat(),
+    }
     log.info("trained on %d rows (%s): %s", len(x), on.type, metrics)
     return TrainedModel(model, service, features, label, metrics)
 

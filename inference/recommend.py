@@ -50,14 +50,16 @@ POPULARITY = "purchases_30d"
 class Network(nn.Module):
     """standardize(x with nulls imputed) ++ null mask ++ product embedding -> MLP -> logit."""
 
-    def __init__(self, features: int, products: int, mean: np.ndarray, std: np.ndarray, dim: int = 16,
-                 hidden: int = 64) -> None:
+    def __init__(
+        self, features: int, products: int, mean: np.ndarray, std: np.ndarray, dim: int = 16, hidden: int = 64
+    ) -> None:
         super().__init__()
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
         self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
         self.embedding = nn.Embedding(products + 1, dim)  # row 0: a product outside the training catalog
-        self.net = nn.Sequential(nn.Linear(2 * features + dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden),
-                                 nn.ReLU(), nn.Linear(hidden, 1))
+        self.net = nn.Sequential(
+            nn.Linear(2 * features + dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1)
+        )
 
     def forward(self, x: torch.Tensor, product: torch.Tensor) -> torch.Tensor:
         missing = torch.isnan(x)
@@ -80,8 +82,15 @@ class RecommendModel:
     def score(self, x: np.ndarray, products) -> np.ndarray:
         """Scores of (user, product) rows: user then product features, NaN for null."""
         on = self.network.mean.device
-        return torch.sigmoid(self.network(torch.as_tensor(x, dtype=torch.float32, device=on),
-                                          torch.as_tensor(self.rows(products), device=on))).cpu().numpy()
+        return (
+            torch.sigmoid(
+                self.network(
+                    torch.as_tensor(x, dtype=torch.float32, device=on), torch.as_tensor(self.rows(products), device=on)
+                )
+            )
+            .cpu()
+            .numpy()
+        )
 
     @classmethod
     def load(cls, settings: Settings, version: int | None = None, on: torch.device | None = None) -> RecommendModel:
@@ -91,8 +100,13 @@ class RecommendModel:
         network = Network(n, len(saved["catalog"]), np.zeros(n), np.ones(n))
         network.load_state_dict(saved["state"])
         network.to(on or device()).eval()
-        return cls(network, card, {int(p): i + 1 for i, p in enumerate(saved["catalog"])},
-                   [tuple(f) for f in card.extra["user_features"]], [tuple(f) for f in card.extra["product_features"]])
+        return cls(
+            network,
+            card,
+            {int(p): i + 1 for i, p in enumerate(saved["catalog"])},
+            [tuple(f) for f in card.extra["user_features"]],
+            [tuple(f) for f in card.extra["product_features"]],
+        )
 
 
 def split_features() -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
@@ -101,7 +115,8 @@ def split_features() -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     for view, names in resolve(SERVICE):
         dtypes = {f.name: f.dtype for f in view.features}
         (user if view.entity == decl.USER else product).extend(
-            (view.name, name) for name in names if dtypes[name] != "string")
+            (view.name, name) for name in names if dtypes[name] != "string"
+        )
     return user, product
 
 
@@ -116,9 +131,11 @@ def served_users(settings: Settings, purchases: pd.DataFrame) -> np.ndarray:
     """Per purchase: had the pipeline served its user before it (a value in one of the user's views)? A purchase
     imported with a past event time was not, and serving never scores a user it has not served."""
     user, _ = split_features()
-    frame = training_set(settings, pd.DataFrame({"user_id": purchases["user_id"].to_numpy(),
-                                                 EVENT_TIMESTAMP: purchases["created_at"] - BEFORE}),
-                         [f"{view}:{name}" for view, name in user]).to_pandas()
+    frame = training_set(
+        settings,
+        pd.DataFrame({"user_id": purchases["user_id"].to_numpy(), EVENT_TIMESTAMP: purchases["created_at"] - BEFORE}),
+        [f"{view}:{name}" for view, name in user],
+    ).to_pandas()
     return frame[[name for _, name in user]].notna().any(axis=1).to_numpy()
 
 
@@ -150,8 +167,9 @@ def training_pairs(purchases: pd.DataFrame, catalog: list[int], rng: np.random.G
     return pd.DataFrame(rows, columns=["user_id", "product_id", EVENT_TIMESTAMP, "label"])
 
 
-def train(settings: Settings, rows: int | None = 20_000, seed: int = 0, epochs: int = 8,
-          held_out: int = 300) -> RecommendModel:
+def train(
+    settings: Settings, rows: int | None = 20_000, seed: int = 0, epochs: int = 8, held_out: int = 300
+) -> RecommendModel:
     """Train on (up to ``rows``) purchases before the held-out period, evaluate on up to ``held_out`` purchases
     after it against the popularity baseline; register the model."""
     torch.manual_seed(seed)
@@ -162,8 +180,9 @@ def train(settings: Settings, rows: int | None = 20_000, seed: int = 0, epochs: 
         purchases = purchases.sample(5 * rows, random_state=seed)
     purchases = purchases[served_users(settings, purchases)]
     if len(purchases) < 100:
-        raise TrainingSetError(f"{len(purchases)} purchases by users the pipeline had served before them: let a "
-                               "workload run a while first")
+        raise TrainingSetError(
+            f"{len(purchases)} purchases by users the pipeline had served before them: let a workload run a while first"
+        )
     cut = purchases["created_at"].quantile(0.8)
     catalog = purchases["product_id"].value_counts().index[:CANDIDATES].sort_values().tolist()
     fit = purchases[purchases["created_at"] < cut]
@@ -172,11 +191,12 @@ def train(settings: Settings, rows: int | None = 20_000, seed: int = 0, epochs: 
     pairs = training_pairs(fit, catalog, rng)
     x = pairs_features(settings, pairs)
     user, product = split_features()
-    served = ~np.isnan(x[:, :len(user)]).all(axis=1)  # users the pipeline had served (serving scores no other)
+    served = ~np.isnan(x[:, : len(user)]).all(axis=1)  # users the pipeline had served (serving scores no other)
     pairs, x = pairs[served].reset_index(drop=True), x[served]
     if len(pairs) < 100:
-        raise TrainingSetError(f"{len(pairs)} training rows with the user's features as of their time: let a workload "
-                         "run a while first")
+        raise TrainingSetError(
+            f"{len(pairs)} training rows with the user's features as of their time: let a workload run a while first"
+        )
     mean = np.nan_to_num(np.nanmean(x, axis=0))
     std = np.nan_to_num(np.nanstd(x, axis=0), nan=1.0)
     std[std == 0] = 1.0
@@ -201,16 +221,33 @@ def train(settings: Settings, rows: int | None = 20_000, seed: int = 0, epochs: 
     tests = purchases[purchases["created_at"] >= cut]
     tests = tests.sample(min(held_out, len(tests)), random_state=seed)
     hits = hit_rates(settings, model, tests, catalog)
-    metrics = {"rows": len(pairs), "purchases": int(pairs["label"].sum()), "catalog": len(catalog),
-               "epochs": epochs, "first_epoch_loss": losses[0], "last_epoch_loss": losses[-1], **hits,
-               "device": on.type}
+    metrics = {
+        "rows": len(pairs),
+        "purchases": int(pairs["label"].sum()),
+        "catalog": len(catalog),
+        "epochs": epochs,
+        "first_epoch_loss": losses[0],
+        "last_epoch_loss": losses[-1],
+        **hits,
+        "device": on.type,
+    }
     log.info("recommendation trained on %d pairs (%s): %s", len(pairs), on.type, metrics)
-    card = registry.save(settings, {
-        "name": NAME, "kind": "torch", "service": SERVICE, "features": [list(f) for f in user + product],
-        "request_features": [], "trained_from": str(pairs[EVENT_TIMESTAMP].min()),
-        "trained_to": str(pairs[EVENT_TIMESTAMP].max()), "rows": len(pairs), "metrics": metrics,
-        "extra": {"user_features": [list(f) for f in user], "product_features": [list(f) for f in product]}},
-        lambda folder: torch.save({"state": network.state_dict(), "catalog": catalog}, folder / MODEL_FILE))
+    card = registry.save(
+        settings,
+        {
+            "name": NAME,
+            "kind": "torch",
+            "service": SERVICE,
+            "features": [list(f) for f in user + product],
+            "request_features": [],
+            "trained_from": str(pairs[EVENT_TIMESTAMP].min()),
+            "trained_to": str(pairs[EVENT_TIMESTAMP].max()),
+            "rows": len(pairs),
+            "metrics": metrics,
+            "extra": {"user_features": [list(f) for f in user], "product_features": [list(f) for f in product]},
+        },
+        lambda folder: torch.save({"state": network.state_dict(), "catalog": catalog}, folder / MODEL_FILE),
+    )
     model.card = card
     return model
 
@@ -221,19 +258,26 @@ def hit_rates(settings: Settings, model: RecommendModel, tests: pd.DataFrame, ca
     if tests.empty:
         return {"held_out": 0, "hit_rate_at_10": None, "popularity_hit_rate_at_10": None}
     n = len(catalog)
-    grid = pd.DataFrame({"user_id": np.repeat(tests["user_id"].to_numpy(), n),
-                         "product_id": np.tile(catalog, len(tests)),
-                         EVENT_TIMESTAMP: np.repeat((tests["created_at"] - BEFORE).to_numpy(), n)})
+    grid = pd.DataFrame(
+        {
+            "user_id": np.repeat(tests["user_id"].to_numpy(), n),
+            "product_id": np.tile(catalog, len(tests)),
+            EVENT_TIMESTAMP: np.repeat((tests["created_at"] - BEFORE).to_numpy(), n),
+        }
+    )
     x = pairs_features(settings, grid)
     user, _ = split_features()
     popularity = x[:, len(user) + [name for _, name in model.product_features].index(POPULARITY)]
     scores = model.score(x, grid["product_id"]).reshape(len(tests), n)
-    served = ~np.isnan(x[::n, :len(user)]).all(axis=1)
+    served = ~np.isnan(x[::n, : len(user)]).all(axis=1)
     bought = np.array([catalog.index(p) if p in catalog else -1 for p in tests["product_id"]])
     ours = _hits(scores, bought)
     theirs = _hits(np.nan_to_num(popularity.reshape(len(tests), n), nan=-1.0), bought)
-    return {"held_out": int(served.sum()), "hit_rate_at_10": float(ours[served].mean()) if served.any() else None,
-            "popularity_hit_rate_at_10": float(theirs[served].mean()) if served.any() else None}
+    return {
+        "held_out": int(served.sum()),
+        "hit_rate_at_10": float(ours[served].mean()) if served.any() else None,
+        "popularity_hit_rate_at_10": float(theirs[served].mean()) if served.any() else None,
+    }
 
 
 def _hits(scores: np.ndarray, bought: np.ndarray) -> np.ndarray:
@@ -263,9 +307,12 @@ class Candidates:
         try:
             table = decl.PRODUCT_STATS.offline_table
             with pg_clients.offline_session(self.settings, timeout_s=5) as conn, conn.cursor() as cur:
-                cur.execute(f"SELECT product_id FROM (SELECT DISTINCT ON (product_id) product_id, {POPULARITY} FROM "
-                            f"{table} ORDER BY product_id, {EVENT_TIMESTAMP} DESC) latest ORDER BY {POPULARITY} DESC "
-                            "NULLS LAST, product_id LIMIT %s", (self.size,))
+                cur.execute(
+                    f"SELECT product_id FROM (SELECT DISTINCT ON (product_id) product_id, {POPULARITY} FROM "
+                    f"{table} ORDER BY product_id, {EVENT_TIMESTAMP} DESC) latest ORDER BY {POPULARITY} DESC "
+                    "NULLS LAST, product_id LIMIT %s",
+                    (self.size,),
+                )
                 self._ids = [r[0] for r in cur.fetchall()]
             conn.close()
             self._loaded = time.monotonic()

@@ -48,9 +48,11 @@ class ModelCard:
 
     def line(self) -> str:
         shown = ", ".join(f"{k}={_short(v)}" for k, v in self.metrics.items() if isinstance(v, int | float))
-        return (f"{self.name} v{self.version} ({self.kind}, {len(self.features) + len(self.request_features)} "
-                f"features, {self.rows} rows {self.trained_from} .. {self.trained_to}, code {self.code_revision}, "
-                f"{self.created_at}): {shown}")
+        return (
+            f"{self.name} v{self.version} ({self.kind}, {len(self.features) + len(self.request_features)} "
+            f"features, {self.rows} rows {self.trained_from} .. {self.trained_to}, code {self.code_revision}, "
+            f"{self.created_at}): {shown}"
+        )
 
 
 def root(settings: Settings) -> Path:
@@ -66,8 +68,14 @@ def save(settings: Settings, card: dict, write: Callable[[Path], None]) -> Model
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     write(staging)
-    saved = ModelCard(**{**card, "version": version, "code_revision": code_revision(),
-                         "created_at": datetime.now(UTC).isoformat(timespec="seconds")})
+    saved = ModelCard(
+        **{
+            **card,
+            "version": version,
+            "code_revision": code_revision(),
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+    )
     (staging / CARD).write_text(json.dumps(asdict(saved), indent=2, default=str))
     staging.rename(models / str(version))
     return saved
@@ -75,8 +83,11 @@ def save(settings: Settings, card: dict, write: Callable[[Path], None]) -> Model
 
 def versions(settings: Settings, name: str) -> list[int]:
     folder = root(settings) / name
-    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and (p / CARD).exists()) \
-        if folder.is_dir() else []
+    return (
+        sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and (p / CARD).exists())
+        if folder.is_dir()
+        else []
+    )
 
 
 def card(settings: Settings, name: str, version: int | None = None) -> ModelCard:
@@ -100,10 +111,22 @@ def cards(settings: Settings) -> list[ModelCard]:
 def code_revision() -> str:
     """The commit of the code that trains, with "+dirty" when the checkout has changes; "unknown" outside git."""
     try:
-        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
-                              text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return head + ("+dirty" if dirty else "")

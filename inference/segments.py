@@ -63,8 +63,12 @@ class SegmentModel:
 
 
 def numeric_features() -> list[tuple[str, str]]:
-    return [(view.name, name) for view, names in resolve(SERVICE) for name in names
-            if {f.name: f.dtype for f in view.features}[name] != "string"]
+    return [
+        (view.name, name)
+        for view, names in resolve(SERVICE)
+        for name in names
+        if {f.name: f.dtype for f in view.features}[name] != "string"
+    ]
 
 
 def users_as_of(settings: Settings, as_of: datetime) -> list[int]:
@@ -84,8 +88,9 @@ def features_as_of(settings: Settings, ids: list[int], as_of: datetime, features
     return frame.select([name for _, name in features]).to_pandas().astype("float64").to_numpy()
 
 
-def train(settings: Settings, as_of: datetime | None = None, k: int = 4, seed: int = 0,
-          sample: int = 50_000) -> SegmentModel:
+def train(
+    settings: Settings, as_of: datetime | None = None, k: int = 4, seed: int = 0, sample: int = 50_000
+) -> SegmentModel:
     """Fit K-means on (up to ``sample``) users' features as of ``as_of`` (default now); register it with its
     silhouette, segment sizes and a 2-D picture of the segments."""
     from sklearn.cluster import KMeans
@@ -109,24 +114,45 @@ def train(settings: Settings, as_of: datetime | None = None, k: int = 4, seed: i
     labels = kmeans.labels_
     silhouette = float(silhouette_score(z, labels, sample_size=min(len(z), 5000), random_state=seed))
     sizes = np.bincount(labels, minlength=k).tolist()
-    metrics = {"rows": len(ids), "k": k, "silhouette": silhouette, "segment_sizes": sizes,
-               "inertia": float(kmeans.inertia_)}
+    metrics = {
+        "rows": len(ids),
+        "k": k,
+        "silhouette": silhouette,
+        "segment_sizes": sizes,
+        "inertia": float(kmeans.inertia_),
+    }
     log.info("segmentation trained on %d users as of %s: %s", len(ids), as_of, metrics)
 
     def write(folder) -> None:
         np.savez(folder / MODEL_FILE, centers=kmeans.cluster_centers_, fill=fill, mean=mean, std=std)
-        plot(z, labels, folder / PLOT, f"{NAME}: {len(ids)} users as of {as_of:%Y-%m-%d %H:%M} UTC, "
-                                        f"silhouette {silhouette:.3f}")
+        plot(
+            z,
+            labels,
+            folder / PLOT,
+            f"{NAME}: {len(ids)} users as of {as_of:%Y-%m-%d %H:%M} UTC, silhouette {silhouette:.3f}",
+        )
 
-    card = registry.save(settings, {
-        "name": NAME, "kind": "kmeans", "service": SERVICE, "features": [list(f) for f in features],
-        "request_features": [], "trained_from": as_of.isoformat(), "trained_to": as_of.isoformat(),
-        "rows": len(ids), "metrics": metrics}, write)
+    card = registry.save(
+        settings,
+        {
+            "name": NAME,
+            "kind": "kmeans",
+            "service": SERVICE,
+            "features": [list(f) for f in features],
+            "request_features": [],
+            "trained_from": as_of.isoformat(),
+            "trained_to": as_of.isoformat(),
+            "rows": len(ids),
+            "metrics": metrics,
+        },
+        write,
+    )
     return SegmentModel(card, kmeans.cluster_centers_, fill, mean, std)
 
 
-def batch_score(settings: Settings, as_of: datetime, version: int | None = None, chunk: int = CHUNK,
-                progress: bool = True) -> dict:
+def batch_score(
+    settings: Settings, as_of: datetime, version: int | None = None, chunk: int = CHUNK, progress: bool = True
+) -> dict:
     """Every user's segment as of ``as_of`` into ``user_segments`` and the online view; return what was done."""
     from tqdm import tqdm
 
@@ -143,15 +169,19 @@ def batch_score(settings: Settings, as_of: datetime, version: int | None = None,
     try:
         bar = tqdm(total=len(ids), unit="user", desc=f"{NAME} v{model.card.version}", disable=not progress)
         for start in range(0, len(ids), chunk):
-            part = ids[start:start + chunk]
+            part = ids[start : start + chunk]
             segments = model.assign(features_as_of(settings, part, as_of, model.features))
             sizes += np.bincount(segments, minlength=len(sizes))
             rows = [(user, as_of, int(segment)) for user, segment in zip(part, segments, strict=True)]
             with conn.cursor() as cur:
-                execute_values(cur, f"INSERT INTO {view.offline_table} (user_id, {EVENT_TIMESTAMP}, {feature.name}, "
-                                    f"model_version) VALUES %s ON CONFLICT (user_id, {EVENT_TIMESTAMP}) DO UPDATE SET "
-                                    f"{feature.name} = EXCLUDED.{feature.name}, model_version = EXCLUDED.model_version",
-                               [(*row, str(model.card.version)) for row in rows], page_size=chunk)
+                execute_values(
+                    cur,
+                    f"INSERT INTO {view.offline_table} (user_id, {EVENT_TIMESTAMP}, {feature.name}, "
+                    f"model_version) VALUES %s ON CONFLICT (user_id, {EVENT_TIMESTAMP}) DO UPDATE SET "
+                    f"{feature.name} = EXCLUDED.{feature.name}, model_version = EXCLUDED.model_version",
+                    [(*row, str(model.card.version)) for row in rows],
+                    page_size=chunk,
+                )
             conn.commit()
             writer.write(view, rows, only_newer=True)
             bar.update(len(part))
@@ -160,9 +190,15 @@ def batch_score(settings: Settings, as_of: datetime, version: int | None = None,
         conn.close()
         writer.close()
     seconds = time.monotonic() - started
-    done = {"model": NAME, "version": model.card.version, "as_of": as_of.isoformat(), "users": len(ids),
-            "seconds": round(seconds, 3), "users_per_s": round(len(ids) / seconds, 1) if seconds else None,
-            "segment_sizes": sizes.tolist()}
+    done = {
+        "model": NAME,
+        "version": model.card.version,
+        "as_of": as_of.isoformat(),
+        "users": len(ids),
+        "seconds": round(seconds, 3),
+        "users_per_s": round(len(ids) / seconds, 1) if seconds else None,
+        "segment_sizes": sizes.tolist(),
+    }
     record = registry.root(settings) / NAME / SCORED
     scored = json.loads(record.read_text()) if record.exists() else []
     record.write_text(json.dumps([*scored[-99:], done], indent=2))

@@ -83,8 +83,12 @@ class ScoringService:
         results = _results(fetched, x, lambda known: self.model.score(x[known]), [f for _, f in self.model.features])
         for entity_id, result in zip(ids, results, strict=True):
             result["id"] = entity_id
-        return {"model": self.model.label, "device": self.model.model.mean.device.type,
-                "elapsed_ms": round((time.perf_counter() - started) * 1000, 3), "results": results}
+        return {
+            "model": self.model.label,
+            "device": self.model.model.mean.device.type,
+            "elapsed_ms": round((time.perf_counter() - started) * 1000, 3),
+            "results": results,
+        }
 
 
 class FraudScorer:
@@ -102,8 +106,9 @@ class FraudScorer:
 
     def score(self, transactions: list) -> dict:
         if not isinstance(transactions, list) or not transactions:
-            raise ScoringError('send a non-empty list of transactions: [{"user_id": 1, "amount": 12.5, '
-                               '"merchant": "acme"}]')
+            raise ScoringError(
+                'send a non-empty list of transactions: [{"user_id": 1, "amount": 12.5, "merchant": "acme"}]'
+            )
         if len(transactions) > MAX_BATCH:
             raise ScoringError(f"{len(transactions)} transactions in one request; the limit is {MAX_BATCH}")
         for t in transactions:
@@ -112,31 +117,42 @@ class FraudScorer:
         started = time.perf_counter()
         fetched = self.client.fetch(ids)
         stored = fetched.matrix()
-        x = self.model.matrix(stored, [float(t["amount"]) for t in transactions],
-                              [t.get("merchant") for t in transactions])
-        results = _results(fetched, stored, lambda known: self.model.score(x[known]),
-                           [f for _, f in self.model.features])
+        x = self.model.matrix(
+            stored, [float(t["amount"]) for t in transactions], [t.get("merchant") for t in transactions]
+        )
+        results = _results(
+            fetched, stored, lambda known: self.model.score(x[known]), [f for _, f in self.model.features]
+        )
         for t, result in zip(transactions, results, strict=True):
             result.update(t)  # the transaction as sent, beside its score
-        return {"model": self.model.card.name, "version": self.model.card.version,
-                "device": _device(),
-                "elapsed_ms": round((time.perf_counter() - started) * 1000, 3), "results": results}
+        return {
+            "model": self.model.card.name,
+            "version": self.model.card.version,
+            "device": _device(),
+            "elapsed_ms": round((time.perf_counter() - started) * 1000, 3),
+            "results": results,
+        }
 
 
 class Recommender:
     """recommendation_v1 for one user: the candidate products (the top of product_ranking_v1) scored in one batch
     with the user's and each product's fresh features; the top k."""
 
-    def __init__(self, model: RecommendModel, users: FeatureClient, products: FeatureClient,
-                 candidates: Candidates) -> None:
+    def __init__(
+        self, model: RecommendModel, users: FeatureClient, products: FeatureClient, candidates: Candidates
+    ) -> None:
         self.model, self.users, self.products, self.candidates = model, users, products, candidates
         self.client = users
 
     @classmethod
     def from_settings(cls, settings, version: int | None = None, cache_ttl_s: float = 0.0) -> Recommender:
         model = RecommendModel.load(settings, version)
-        return cls(model, FeatureClient.for_features(settings, model.user_features, cache_ttl_s),
-                   FeatureClient.for_features(settings, model.product_features, cache_ttl_s), Candidates(settings))
+        return cls(
+            model,
+            FeatureClient.for_features(settings, model.user_features, cache_ttl_s),
+            FeatureClient.for_features(settings, model.product_features, cache_ttl_s),
+            Candidates(settings),
+        )
 
     def recommend(self, user_id, k=10, candidates: list[int] | None = None) -> dict:
         _check_ids([user_id])
@@ -145,8 +161,12 @@ class Recommender:
         started = time.perf_counter()
         ids = candidates if candidates is not None else self.candidates.get()
         user = self.users.fetch([user_id])
-        answer = {"user_id": user_id, "model": self.model.card.name, "version": self.model.card.version,
-                  "as_of": {v: (t.isoformat() if t else None) for v, t in user.as_of_row(0).items()}}
+        answer = {
+            "user_id": user_id,
+            "model": self.model.card.name,
+            "version": self.model.card.version,
+            "as_of": {v: (t.isoformat() if t else None) for v, t in user.as_of_row(0).items()},
+        }
         if not user.known[0]:
             return {**answer, "items": [], "reason": "unknown entity"}
         products = self.products.fetch(ids)
@@ -155,13 +175,25 @@ class Recommender:
         top = np.argsort(-scores, kind="stable")[:k]
         (view,) = products.as_of
         names = [f for _, f in self.model.user_features]
-        return {**answer, "nulls": [n for n, null in zip(names, np.isnan(user.matrix()[0]), strict=True) if null],
-                "candidates": len(ids), "device": self.model.network.mean.device.type,
-                "elapsed_ms": round((time.perf_counter() - started) * 1000, 3),
-                "items": [{"product_id": ids[n], "score": float(scores[n]),
-                           "as_of": {view: None if np.isnat(products.as_of[view][n]) else
-                                     str(np.datetime_as_string(products.as_of[view][n], unit="us")) + "+00:00"}}
-                          for n in top]}
+        return {
+            **answer,
+            "nulls": [n for n, null in zip(names, np.isnan(user.matrix()[0]), strict=True) if null],
+            "candidates": len(ids),
+            "device": self.model.network.mean.device.type,
+            "elapsed_ms": round((time.perf_counter() - started) * 1000, 3),
+            "items": [
+                {
+                    "product_id": ids[n],
+                    "score": float(scores[n]),
+                    "as_of": {
+                        view: None
+                        if np.isnat(products.as_of[view][n])
+                        else str(np.datetime_as_string(products.as_of[view][n], unit="us")) + "+00:00"
+                    },
+                }
+                for n in top
+            ],
+        }
 
 
 class SegmentReader:
@@ -182,17 +214,24 @@ class SegmentReader:
         as_of = fetched.as_of_row(0)[decl.USER_SEGMENT.name]
         if segment is None or as_of is None:
             return {"user_id": user_id, "segment": None, "reason": "unknown entity: no segment scored for this user"}
-        return {"user_id": user_id, "segment": segment, "model": "customer_segmentation_v1",
-                "version": scored_by(self.settings, as_of), "as_of": {decl.USER_SEGMENT.name: as_of.isoformat()}}
+        return {
+            "user_id": user_id,
+            "segment": segment,
+            "model": "customer_segmentation_v1",
+            "version": scored_by(self.settings, as_of),
+            "as_of": {decl.USER_SEGMENT.name: as_of.isoformat()},
+        }
 
 
 def loaded_models(settings, cache_ttl_s: float = 0.0) -> dict:
     """create_app's keyword arguments for every model the registry (or the data folder) holds, newest versions."""
     models = {}
-    for name, load in (("scoring", lambda: ScoringService.from_settings(settings, cache_ttl_s=cache_ttl_s)),
-                       ("fraud", lambda: FraudScorer.from_settings(settings, cache_ttl_s=cache_ttl_s)),
-                       ("recommender", lambda: Recommender.from_settings(settings, cache_ttl_s=cache_ttl_s)),
-                       ("segments", lambda: SegmentReader.from_settings(settings))):
+    for name, load in (
+        ("scoring", lambda: ScoringService.from_settings(settings, cache_ttl_s=cache_ttl_s)),
+        ("fraud", lambda: FraudScorer.from_settings(settings, cache_ttl_s=cache_ttl_s)),
+        ("recommender", lambda: Recommender.from_settings(settings, cache_ttl_s=cache_ttl_s)),
+        ("segments", lambda: SegmentReader.from_settings(settings)),
+    ):
         try:
             models[name] = load()
         except (ScoringError, ModelNotFound) as exc:
@@ -216,8 +255,10 @@ def _is_int64(value) -> bool:
 
 def _check_transaction(t, fields: set[str]) -> None:
     if not isinstance(t, dict) or not {"user_id", "amount"} <= set(t) or not set(t) <= fields:
-        raise ScoringError(f"each transaction is an object with user_id and amount, and optionally merchant and "
-                           f"txn_id; got {str(t)[:200]}")
+        raise ScoringError(
+            f"each transaction is an object with user_id and amount, and optionally merchant and "
+            f"txn_id; got {str(t)[:200]}"
+        )
     if not _is_int64(t["user_id"]) or ("txn_id" in t and not _is_int64(t["txn_id"])):
         raise ScoringError(f"user_id and txn_id must be 64-bit integers; got {str(t)[:200]}")
     amount = t["amount"]
@@ -238,12 +279,14 @@ def _results(fetched: Fetched, x: np.ndarray, score, names: list[str]) -> list[d
     results = []
     for n in range(len(fetched.ids)):
         known = bool(fetched.known[n])
-        results.append({
-            "score": float(scores[n]) if known else None,
-            "as_of": {v: (t.isoformat() if t else None) for v, t in fetched.as_of_row(n).items()},
-            "nulls": [name for name, null in zip(names, nulls[n], strict=True) if null] if known else [],
-            **({} if known else {"reason": "unknown entity"}),
-        })
+        results.append(
+            {
+                "score": float(scores[n]) if known else None,
+                "as_of": {v: (t.isoformat() if t else None) for v, t in fetched.as_of_row(n).items()},
+                "nulls": [name for name, null in zip(names, nulls[n], strict=True) if null] if known else [],
+                **({} if known else {"reason": "unknown entity"}),
+            }
+        )
     return results
 
 
@@ -253,15 +296,26 @@ def _device() -> str:
     return device().type
 
 
-def create_app(token: str, *, scoring: ScoringService | None = None, fraud: FraudScorer | None = None,
-               recommender: Recommender | None = None, segments: SegmentReader | None = None):
+def create_app(
+    token: str,
+    *,
+    scoring: ScoringService | None = None,
+    fraud: FraudScorer | None = None,
+    recommender: Recommender | None = None,
+    segments: SegmentReader | None = None,
+):
     """The HTTP API, for callers with the bearer ``token`` only (but GET /health): the endpoints of the models
     given; one whose model is not given answers 503 saying how to train it."""
     app = FastAPI(title="cdcf model API")
     expected = f"Bearer {token}".encode()
     registry = CollectorRegistry()  # the app's own: two apps in one process (tests) count apart
-    latency = Histogram("cdcf_api_request_seconds", "Model API requests: seconds from arrival to answer, by "
-                        "endpoint and status", ["endpoint", "status"], buckets=LATENCY_BUCKETS, registry=registry)
+    latency = Histogram(
+        "cdcf_api_request_seconds",
+        "Model API requests: seconds from arrival to answer, by endpoint and status",
+        ["endpoint", "status"],
+        buckets=LATENCY_BUCKETS,
+        registry=registry,
+    )
 
     @app.middleware("http")
     async def bearer_token(request: Request, call_next):
@@ -270,8 +324,11 @@ def create_app(token: str, *, scoring: ScoringService | None = None, fraud: Frau
             return await call_next(request)
         started = time.perf_counter()
         if not hmac.compare_digest(request.headers.get("authorization", "").encode(), expected):
-            response = JSONResponse({"error": "send the scoring token: Authorization: Bearer <CDCF_SCORING_TOKEN>"},
-                                    status_code=401, headers={"WWW-Authenticate": "Bearer"})
+            response = JSONResponse(
+                {"error": "send the scoring token: Authorization: Bearer <CDCF_SCORING_TOKEN>"},
+                status_code=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         else:
             response = await call_next(request)
         endpoint = "/segment/{user_id}" if path.startswith("/segment/") else path if path in ENDPOINTS else "other"
@@ -286,13 +343,28 @@ def create_app(token: str, *, scoring: ScoringService | None = None, fraud: Frau
     def health() -> dict:
         clients = [c.client for c in (scoring, fraud, recommender, segments) if c is not None]
         redis_state = clients[0].ping() if clients else "unused"
-        return {"status": "ok" if redis_state in ("ok", "unused") else "degraded", "redis": redis_state,
-                "device": _device(), "models": {
-                    **({"txn_next_7d": {"features": [f"{v}:{f}" for v, f in scoring.model.features],
-                                        "metrics": scoring.model.metrics}} if scoring else {}),
-                    **{m.card.name: {"version": m.card.version, "metrics": m.card.metrics}
-                       for m in (fraud and fraud.model, recommender and recommender.model) if m},
-                }}
+        return {
+            "status": "ok" if redis_state in ("ok", "unused") else "degraded",
+            "redis": redis_state,
+            "device": _device(),
+            "models": {
+                **(
+                    {
+                        "txn_next_7d": {
+                            "features": [f"{v}:{f}" for v, f in scoring.model.features],
+                            "metrics": scoring.model.metrics,
+                        }
+                    }
+                    if scoring
+                    else {}
+                ),
+                **{
+                    m.card.name: {"version": m.card.version, "metrics": m.card.metrics}
+                    for m in (fraud and fraud.model, recommender and recommender.model)
+                    if m
+                },
+            },
+        }
 
     @app.post("/score")
     async def score(request: Request):
@@ -300,14 +372,25 @@ def create_app(token: str, *, scoring: ScoringService | None = None, fraud: Frau
 
     @app.post("/score/fraud_detection_v1")
     async def score_fraud(request: Request):
-        return await _answer(request, "transactions", '[{"user_id": 1, "amount": 12.5, "merchant": "acme"}]',
-                             fraud and fraud.score, "fraud_detection_v1")
+        return await _answer(
+            request,
+            "transactions",
+            '[{"user_id": 1, "amount": 12.5, "merchant": "acme"}]',
+            fraud and fraud.score,
+            "fraud_detection_v1",
+        )
 
     @app.post("/recommend")
     async def recommend(request: Request):
-        return await _answer(request, None, '{"user_id": 1, "k": 10}',
-                             recommender and (lambda body: recommender.recommend(**body)), "recommendation_v1",
-                             keys={"user_id", "k"}, required={"user_id"})
+        return await _answer(
+            request,
+            None,
+            '{"user_id": 1, "k": 10}',
+            recommender and (lambda body: recommender.recommend(**body)),
+            "recommendation_v1",
+            keys={"user_id", "k"},
+            required={"user_id"},
+        )
 
     @app.get("/segment/{user_id}")
     async def segment(user_id: int):
@@ -324,29 +407,43 @@ def create_app(token: str, *, scoring: ScoringService | None = None, fraud: Frau
     return app
 
 
-async def _answer(request: Request, key: str | None, example: str, score, model: str, keys: set[str] | None = None,
-                  required: set[str] | None = None):
+async def _answer(
+    request: Request,
+    key: str | None,
+    example: str,
+    score,
+    model: str,
+    keys: set[str] | None = None,
+    required: set[str] | None = None,
+):
     """Read a JSON body ``{key: [...]}`` within the limits and answer with ``score(body[key])``; with no ``key``,
     a body of the ``keys`` (``required`` among them), answered with ``score(body)``."""
     if score is None:
         return _untrained(model)
     raw = await _body(request)
     if raw is None:
-        return JSONResponse({"error": f"the body is over {MAX_BODY} bytes; send at most {MAX_BATCH} {key or 'ids'}"},
-                            status_code=413)
+        return JSONResponse(
+            {"error": f"the body is over {MAX_BODY} bytes; send at most {MAX_BATCH} {key or 'ids'}"}, status_code=413
+        )
     try:
         body = json.loads(raw)
     except (ValueError, RecursionError) as exc:
         why = "nests too deep" if isinstance(exc, RecursionError) else "is not JSON"
-        shown = f"{{\"{key}\": {example}}}" if key else example
+        shown = f'{{"{key}": {example}}}' if key else example
         return JSONResponse({"error": f"the body {why}; send {shown}"}, status_code=400)
     if key is None:
         if not isinstance(body, dict) or not required <= set(body) <= keys:
-            return JSONResponse({"error": f"send a JSON object with {', '.join(sorted(required))} and optionally "
-                                          f"{', '.join(sorted(keys - required))}: {example}"}, status_code=400)
+            return JSONResponse(
+                {
+                    "error": f"send a JSON object with {', '.join(sorted(required))} and optionally "
+                    f"{', '.join(sorted(keys - required))}: {example}"
+                },
+                status_code=400,
+            )
     elif not isinstance(body, dict) or set(body) != {key}:
-        return JSONResponse({"error": f"send a JSON object with one key, {key}: {{\"{key}\": {example}}}"},
-                            status_code=400)
+        return JSONResponse(
+            {"error": f'send a JSON object with one key, {key}: {{"{key}": {example}}}'}, status_code=400
+        )
     try:
         return await run_in_threadpool(score, body if key is None else body[key])
     except ScoringError as exc:
@@ -357,8 +454,10 @@ async def _answer(request: Request, key: str | None, example: str, score, model:
 
 
 def _untrained(model: str) -> JSONResponse:
-    return JSONResponse({"error": f"no {model} model is loaded: train it (`cdcf train-model --model {model}`) and "
-                                  "restart the service"}, status_code=503)
+    return JSONResponse(
+        {"error": f"no {model} model is loaded: train it (`cdcf train-model --model {model}`) and restart the service"},
+        status_code=503,
+    )
 
 
 async def _body(request: Request) -> bytes | None:

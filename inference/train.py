@@ -16,8 +16,9 @@ def entity_rows(settings, rows: int, join_key: str, view: str, seed: int = 0) ->
     """Random (entity, time) pairs over the span of the offline history."""
     with pg_clients.offline_session(settings) as conn:
         with conn.cursor() as cur:
-            cur.execute(f"SELECT array_agg(DISTINCT {join_key}), min({EVENT_TIMESTAMP}), max({EVENT_TIMESTAMP}) "
-                        f"FROM {view}")
+            cur.execute(
+                f"SELECT array_agg(DISTINCT {join_key}), min({EVENT_TIMESTAMP}), max({EVENT_TIMESTAMP}) FROM {view}"
+            )
             ids, first, last = cur.fetchone()
     conn.close()
     if not ids:
@@ -27,8 +28,9 @@ def entity_rows(settings, rows: int, join_key: str, view: str, seed: int = 0) ->
     return pd.DataFrame({join_key: rng.choice(ids, rows), EVENT_TIMESTAMP: stamps})
 
 
-def train_from_store(settings, rows: int = 20_000, service: str = "fraud_detection_v1",
-                     label: str = "txn_next_7d", epochs: int = 20) -> tuple[TrainedModel, str]:
+def train_from_store(
+    settings, rows: int = 20_000, service: str = "fraud_detection_v1", label: str = "txn_next_7d", epochs: int = 20
+) -> tuple[TrainedModel, str]:
     """Train on ``rows`` point-in-time rows of ``service`` with ``label``; save; return the model and its path."""
     views = resolve(service)
     features = [(view.name, name) for view, names in views for name in names]

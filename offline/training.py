@@ -59,7 +59,7 @@ def labelled_transactions(settings: Settings) -> pd.DataFrame:
     """Every transaction as the history stands now (its latest version; deleted ones left out) with ``fraud``:
     whether a chargeback of it was reported within ``CHARGEBACK_HORIZON`` of its ``created_at``. Columns txn_id,
     user_id, product_id, amount, merchant, created_at (UTC), fraud."""
-    latest = ("SELECT DISTINCT ON (row_key) after FROM {log} WHERE source_table = '{table}' ORDER BY row_key, lsn DESC")
+    latest = "SELECT DISTINCT ON (row_key) after FROM {log} WHERE source_table = '{table}' ORDER BY row_key, lsn DESC"
     horizon = int(CHARGEBACK_HORIZON.total_seconds())
     query = (
         f"WITH txn AS ({latest.format(log=CHANGELOG, table=decl.TRANSACTIONS.name)}), "
@@ -71,7 +71,8 @@ def labelled_transactions(settings: Settings) -> pd.DataFrame:
         "(t.after->>'amount')::float8 AS amount, t.after->>'merchant' AS merchant, "
         "(t.after->>'created_at')::timestamptz AS created_at, coalesce(cb.reported_at <= "
         f"(t.after->>'created_at')::timestamptz + interval '{horizon} seconds', false) AS fraud "
-        "FROM txn t LEFT JOIN cb ON cb.txn_id = (t.after->>'txn_id')::bigint WHERE t.after IS NOT NULL ORDER BY 1")
+        "FROM txn t LEFT JOIN cb ON cb.txn_id = (t.after->>'txn_id')::bigint WHERE t.after IS NOT NULL ORDER BY 1"
+    )
     with pg_clients.offline_session(settings) as conn:
         with conn.cursor() as cur:
             cur.execute(query)
@@ -94,8 +95,9 @@ def resolve(features: str | Sequence[str]) -> list[tuple[FeatureView, list[str]]
         view_name, _, feature = ref.partition(":")
         view = views.get(view_name)
         if view is None or feature not in {f.name for f in view.features}:
-            raise TrainingSetError(f"unknown feature {ref!r}: write it as view:feature, e.g. "
-                                   "user_activity_features:txn_count_7d")
+            raise TrainingSetError(
+                f"unknown feature {ref!r}: write it as view:feature, e.g. user_activity_features:txn_count_7d"
+            )
         chosen.setdefault(view_name, []).append(feature)
     return [(views[name], names) for name, names in chosen.items()]
 
@@ -117,8 +119,14 @@ def load_entities(source: pd.DataFrame | str | Path, settings: Settings | None =
     return frame
 
 
-def training_set(settings: Settings, entities: pd.DataFrame | str | Path, features: str | Sequence[str], *,
-                 labels: Sequence[str] = (), out: Path | None = None) -> pa.Table:
+def training_set(
+    settings: Settings,
+    entities: pd.DataFrame | str | Path,
+    features: str | Sequence[str],
+    *,
+    labels: Sequence[str] = (),
+    out: Path | None = None,
+) -> pa.Table:
     """The point-in-time training set: the entity rows in their order, with each feature and label appended.
     Features of several entities (recommendation_v1: user and product) need rows carrying every join key; each
     view is joined on its own."""
@@ -126,16 +134,21 @@ def training_set(settings: Settings, entities: pd.DataFrame | str | Path, featur
     keys = list(dict.fromkeys(view.entity for view, _ in wanted))
     unknown = [name for name in labels if name not in LABELS or LABELS[name].entity not in keys]
     if unknown:
-        raise TrainingSetError(f"unknown label(s) {', '.join(unknown)} for {', '.join(e.name for e in keys)}; "
-                               f"known: {', '.join(LABELS)}")
+        raise TrainingSetError(
+            f"unknown label(s) {', '.join(unknown)} for {', '.join(e.name for e in keys)}; known: {', '.join(LABELS)}"
+        )
     frame = load_entities(entities, settings)
     missing = [c for c in [e.join_key for e in keys] + [EVENT_TIMESTAMP] if c not in frame.columns]
     if missing:
         raise TrainingSetError(f"the entity rows lack column(s) {', '.join(missing)}")
     # the store keeps microseconds: a row at r is at or before t exactly when r <= t floored to the microsecond
     stamps = pd.to_datetime(frame[EVENT_TIMESTAMP], utc=True).dt.floor("us")
-    rows = pa.table({**{e.join_key: pa.array(frame[e.join_key], pa.int64()) for e in keys},
-                     EVENT_TIMESTAMP: pa.array(stamps, pa.timestamp("us", "UTC"))})
+    rows = pa.table(
+        {
+            **{e.join_key: pa.array(frame[e.join_key], pa.int64()) for e in keys},
+            EVENT_TIMESTAMP: pa.array(stamps, pa.timestamp("us", "UTC")),
+        }
+    )
     chosen = [LABELS[name] for name in labels]
     query, schema = _query(keys, wanted, chosen)
     columns = ", ".join(e.join_key for e in keys)
@@ -145,28 +158,39 @@ def training_set(settings: Settings, entities: pd.DataFrame | str | Path, featur
             for label in chosen:
                 cur.execute(_label_table(label))
                 cur.execute(f"CREATE INDEX ON label_{label.name} (owner, event_time)")
-            cur.execute(f"CREATE TEMP TABLE {ENTITY_ROWS} (row_id BIGSERIAL PRIMARY KEY, "
-                        f"{', '.join(f'{e.join_key} BIGINT' for e in keys)}, {EVENT_TIMESTAMP} TIMESTAMPTZ) "
-                        "ON COMMIT DROP")
-            cur.copy_expert(f"COPY {ENTITY_ROWS} ({columns}, {EVENT_TIMESTAMP}) FROM STDIN WITH (FORMAT csv)",
-                            csv_buffer(rows))
+            cur.execute(
+                f"CREATE TEMP TABLE {ENTITY_ROWS} (row_id BIGSERIAL PRIMARY KEY, "
+                f"{', '.join(f'{e.join_key} BIGINT' for e in keys)}, {EVENT_TIMESTAMP} TIMESTAMPTZ) "
+                "ON COMMIT DROP"
+            )
+            cur.copy_expert(
+                f"COPY {ENTITY_ROWS} ({columns}, {EVENT_TIMESTAMP}) FROM STDIN WITH (FORMAT csv)", csv_buffer(rows)
+            )
             cur.execute(f"ANALYZE {ENTITY_ROWS}")
             result = io.BytesIO()
             cur.copy_expert(f"COPY ({query}) TO STDOUT WITH (FORMAT csv)", result)
     conn.close()
     result.seek(0)
-    table = pa_csv.read_csv(result, read_options=pa_csv.ReadOptions(column_names=schema.names),
-                            convert_options=pa_csv.ConvertOptions(
-                                column_types=schema, strings_can_be_null=True, quoted_strings_can_be_null=False,
-                                true_values=["t"], false_values=["f"]))
+    table = pa_csv.read_csv(
+        result,
+        read_options=pa_csv.ReadOptions(column_names=schema.names),
+        convert_options=pa_csv.ConvertOptions(
+            column_types=schema,
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=False,
+            true_values=["t"],
+            false_values=["f"],
+        ),
+    )
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, out)
     return table
 
 
-def _query(keys: list[Entity], wanted: list[tuple[FeatureView, list[str]]],
-           labels: list[Label]) -> tuple[str, pa.Schema]:
+def _query(
+    keys: list[Entity], wanted: list[tuple[FeatureView, list[str]]], labels: list[Label]
+) -> tuple[str, pa.Schema]:
     ts = EVENT_TIMESTAMP
     columns = [f"e.{e.join_key}" for e in keys] + [f"e.{ts}"]
     fields = [pa.field(e.join_key, pa.int64()) for e in keys] + [pa.field(ts, pa.timestamp("us", "UTC"))]
@@ -174,15 +198,19 @@ def _query(keys: list[Entity], wanted: list[tuple[FeatureView, list[str]]],
     for n, (view, names) in enumerate(wanted):
         key = view.entity.join_key
         dtypes = {f.name: f.dtype for f in view.features}
-        joins.append(f"LEFT JOIN LATERAL (SELECT {', '.join(names)} FROM {view.offline_table} v WHERE "
-                     f"v.{key} = e.{key} AND v.{ts} <= e.{ts} ORDER BY v.{ts} DESC LIMIT 1) f{n} ON true")
+        joins.append(
+            f"LEFT JOIN LATERAL (SELECT {', '.join(names)} FROM {view.offline_table} v WHERE "
+            f"v.{key} = e.{key} AND v.{ts} <= e.{ts} ORDER BY v.{ts} DESC LIMIT 1) f{n} ON true"
+        )
         columns += [f"f{n}.{name}" for name in names]
         fields += [pa.field(name, pa.type_for_alias(dtypes[name])) for name in names]
     for label in labels:
         horizon = int(label.horizon.total_seconds())
-        columns.append(f"EXISTS (SELECT 1 FROM label_{label.name} l WHERE l.owner = e.{label.entity.join_key} AND "
-                       f"l.event_time > e.{ts} AND l.event_time <= e.{ts} + interval '{horizon} seconds') "
-                       f"AS {label.name}")
+        columns.append(
+            f"EXISTS (SELECT 1 FROM label_{label.name} l WHERE l.owner = e.{label.entity.join_key} AND "
+            f"l.event_time > e.{ts} AND l.event_time <= e.{ts} + interval '{horizon} seconds') "
+            f"AS {label.name}"
+        )
         fields.append(pa.field(label.name, pa.bool_()))
     query = f"SELECT {', '.join(columns)} FROM {ENTITY_ROWS} e {' '.join(joins)} ORDER BY e.row_id"
     return query, pa.schema(fields)
@@ -191,7 +219,9 @@ def _query(keys: list[Entity], wanted: list[tuple[FeatureView, list[str]]],
 def _label_table(label: Label) -> str:
     """The owner and event time of every row of the label's table as the history stands now (its latest
     version, deletes left out)."""
-    return (f"CREATE TEMP TABLE label_{label.name} ON COMMIT DROP AS SELECT owner, event_time FROM ("
-            f"SELECT DISTINCT ON (row_key) (after->>'{label.entity.join_key}')::bigint AS owner, "
-            f"(after->>'{label.table.event_time}')::timestamptz AS event_time FROM {CHANGELOG} "
-            f"WHERE source_table = '{label.table.name}' ORDER BY row_key, lsn DESC) latest WHERE owner IS NOT NULL")
+    return (
+        f"CREATE TEMP TABLE label_{label.name} ON COMMIT DROP AS SELECT owner, event_time FROM ("
+        f"SELECT DISTINCT ON (row_key) (after->>'{label.entity.join_key}')::bigint AS owner, "
+        f"(after->>'{label.table.event_time}')::timestamptz AS event_time FROM {CHANGELOG} "
+        f"WHERE source_table = '{label.table.name}' ORDER BY row_key, lsn DESC) latest WHERE owner IS NOT NULL"
+    )

@@ -36,8 +36,11 @@ def copy_view_rows(cur, table: str, view: FeatureView, rows: pa.Table) -> int:
     key, the as-of time and the view's features."""
     names = [f.name for f in view.features]
     key = view.entity.join_key
-    offline = pa.table([rows["id"], pc.cast(rows["as_of_us"], pa.timestamp("us", tz="UTC")),
-                        *[rows[n] for n in names]], names=[key, EVENT_TIMESTAMP, *names])
-    cur.copy_expert(f"COPY {table} ({key}, {EVENT_TIMESTAMP}, {', '.join(names)}) FROM STDIN WITH (FORMAT csv)",
-                    csv_buffer(offline))
+    offline = pa.table(
+        [rows["id"], pc.cast(rows["as_of_us"], pa.timestamp("us", tz="UTC")), *[rows[n] for n in names]],
+        names=[key, EVENT_TIMESTAMP, *names],
+    )
+    cur.copy_expert(
+        f"COPY {table} ({key}, {EVENT_TIMESTAMP}, {', '.join(names)}) FROM STDIN WITH (FORMAT csv)", csv_buffer(offline)
+    )
     return rows.num_rows

@@ -57,13 +57,22 @@ class Fetched:
         return values
 
     def as_of_row(self, n: int) -> dict[str, datetime | None]:
-        return {view: None if np.isnat(stamps[n]) else stamps[n].astype(datetime).replace(tzinfo=UTC)
-                for view, stamps in self.as_of.items()}
+        return {
+            view: None if np.isnat(stamps[n]) else stamps[n].astype(datetime).replace(tzinfo=UTC)
+            for view, stamps in self.as_of.items()
+        }
 
 
 class FeatureClient:
-    def __init__(self, client: redis.Redis, project: str, join_key: str, features: Sequence[tuple[str, str]],
-                 cache_ttl_s: float = 0.0, cache_entries: int = CACHE_ENTRIES) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        project: str,
+        join_key: str,
+        features: Sequence[tuple[str, str]],
+        cache_ttl_s: float = 0.0,
+        cache_entries: int = CACHE_ENTRIES,
+    ) -> None:
         self.client = client
         self.project = project.encode()
         self.prefix = layout.key_prefix(join_key)
@@ -85,8 +94,13 @@ class FeatureClient:
     def for_features(cls, settings, features: Sequence[tuple[str, str]], cache_ttl_s: float = 0.0) -> FeatureClient:
         """A client of (view, feature) pairs of one entity's views, on the settings' Redis."""
         (join_key,) = {v.entity.join_key for v in decl.ALL_VIEWS if v.name in {view for view, _ in features}}
-        client = redis_client(settings, "reader", socket_timeout=REDIS_TIMEOUT_S,
-                              socket_connect_timeout=REDIS_TIMEOUT_S, retry=Retry(NoBackoff(), 0))
+        client = redis_client(
+            settings,
+            "reader",
+            socket_timeout=REDIS_TIMEOUT_S,
+            socket_connect_timeout=REDIS_TIMEOUT_S,
+            retry=Retry(NoBackoff(), 0),
+        )
         return cls(client, settings.feast_project, join_key, features, cache_ttl_s)
 
     def fetch(self, ids: Sequence[int]) -> Fetched:
@@ -119,7 +133,7 @@ class FeatureClient:
             self._cache.popitem(last=False)
 
     def ping(self) -> str:
-        """"ok", or why Redis does not answer."""
+        """ "ok", or why Redis does not answer."""
         try:
             self.client.ping()
             return "ok"
@@ -127,8 +141,14 @@ class FeatureClient:
             return f"unreachable: {exc}"
 
     def _hmget_all(self, ids: list[int]) -> list[list]:
-        return layout.execute_packed(self.client, [b"%s%s%s" % (self._head, layout.bulk(
-            layout.entity_key(self.prefix, i, self.project)), self._tail) for i in ids], chunk=len(ids) or 1)
+        return layout.execute_packed(
+            self.client,
+            [
+                b"%s%s%s" % (self._head, layout.bulk(layout.entity_key(self.prefix, i, self.project)), self._tail)
+                for i in ids
+            ],
+            chunk=len(ids) or 1,
+        )
 
     def close(self) -> None:
         self.client.close()
@@ -141,8 +161,9 @@ class ServiceClient:
     def __init__(self, features: list[tuple[str, str]], clients: dict[str, FeatureClient]) -> None:
         self.features, self.clients = features, clients
         # each feature: the join key whose client holds it, and its column there
-        self._where = [(key, client.features.index(f)) for f in features
-                       for key, client in clients.items() if f in client.features]
+        self._where = [
+            (key, client.features.index(f)) for f in features for key, client in clients.items() if f in client.features
+        ]
 
     @classmethod
     def for_service(cls, settings, service: str, cache_ttl_s: float = 0.0) -> ServiceClient:
@@ -152,8 +173,11 @@ class ServiceClient:
         clients: dict[str, FeatureClient] = {}
         for key in dict.fromkeys(key_of[view] for view, _ in features):
             mine = [(view, name) for view, name in features if key_of[view] == key]
-            client = FeatureClient.for_features(settings, mine, cache_ttl_s) if connection is None else \
-                FeatureClient(connection, settings.feast_project, key, mine, cache_ttl_s)
+            client = (
+                FeatureClient.for_features(settings, mine, cache_ttl_s)
+                if connection is None
+                else FeatureClient(connection, settings.feast_project, key, mine, cache_ttl_s)
+            )
             connection, clients[key] = client.client, client
         return cls(features, clients)
 

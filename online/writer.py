@@ -28,13 +28,19 @@ class OnlineWriter:
         key, as-of time and each value (both lengths given, values as whole bulk strings)."""
         if view.name not in self._views:
             ts_field = layout.bulk(layout.ts_field(view.name)).replace(b"%", b"%%")
-            fields = b"".join(layout.bulk(layout.field(view.name, f.name)).replace(b"%", b"%%") + b"%s"
-                              for f in view.features)
+            fields = b"".join(
+                layout.bulk(layout.field(view.name, f.name)).replace(b"%", b"%%") + b"%s" for f in view.features
+            )
             self._views[view.name] = (
-                layout.key_prefix(view.entity.join_key), layout.bulk(layout.ts_field(view.name)),
+                layout.key_prefix(view.entity.join_key),
+                layout.bulk(layout.ts_field(view.name)),
                 [layout.BULK_ENCODERS[f.dtype] for f in view.features],
-                b"*%d\r\n$4\r\nHSET\r\n" % (4 + 2 * len(view.features)) + b"$%d\r\n%s\r\n" + ts_field
-                + b"$%d\r\n%s\r\n" + fields)
+                b"*%d\r\n$4\r\nHSET\r\n" % (4 + 2 * len(view.features))
+                + b"$%d\r\n%s\r\n"
+                + ts_field
+                + b"$%d\r\n%s\r\n"
+                + fields,
+            )
         return self._views[view.name]
 
     def write(self, view: FeatureView, rows: Iterable[tuple], *, only_newer: bool = False) -> int:
@@ -44,18 +50,33 @@ class OnlineWriter:
         prefix, ts_bulk, encoders, template = self._layout(view)
         rows = list(rows)
         if only_newer:
-            held = layout.execute_packed(self.client, [
-                b"*3\r\n$4\r\nHGET\r\n%s%s" % (layout.bulk(layout.entity_key(prefix, row[0], self.project)), ts_bulk)
-                for row in rows])
+            held = layout.execute_packed(
+                self.client,
+                [
+                    b"*3\r\n$4\r\nHGET\r\n%s%s"
+                    % (layout.bulk(layout.entity_key(prefix, row[0], self.project)), ts_bulk)
+                    for row in rows
+                ],
+            )
             rows = [row for row, stamp in zip(rows, held, strict=True) if _newer(row[1], stamp)]
         stamps: dict = {}  # as-of time -> its encoding: rows of a batch share few
         commands = []
         for entity_id, as_of, *values in rows:
             key = layout.entity_key(prefix, entity_id, self.project)
             stamp = stamps.get(as_of) or stamps.setdefault(as_of, layout.encode_timestamp(as_of))
-            commands.append(template % (len(key), key, len(stamp), stamp, *[
-                layout.NULL_BULK if value is None else encode(value)
-                for encode, value in zip(encoders, values, strict=True)]))
+            commands.append(
+                template
+                % (
+                    len(key),
+                    key,
+                    len(stamp),
+                    stamp,
+                    *[
+                        layout.NULL_BULK if value is None else encode(value)
+                        for encode, value in zip(encoders, values, strict=True)
+                    ],
+                )
+            )
         layout.write_packed(self.client, commands)
         return len(rows)
 
@@ -67,9 +88,19 @@ class OnlineWriter:
         for n, (entity_id, micros) in enumerate(zip(ids, as_of_us, strict=True)):
             key = layout.entity_key(prefix, entity_id, self.project)
             stamp = layout.encode_timestamp_us(micros)
-            commands.append(template % (len(key), key, len(stamp), stamp, *[
-                layout.NULL_BULK if column[n] is None else encode(column[n])
-                for encode, column in zip(encoders, columns, strict=True)]))
+            commands.append(
+                template
+                % (
+                    len(key),
+                    key,
+                    len(stamp),
+                    stamp,
+                    *[
+                        layout.NULL_BULK if column[n] is None else encode(column[n])
+                        for encode, column in zip(encoders, columns, strict=True)
+                    ],
+                )
+            )
         layout.write_packed(self.client, commands)
         return len(commands)
 

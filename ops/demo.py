@@ -25,17 +25,25 @@ def run(settings: Settings, out: Callable[[str], None], workload_s: float = 30) 
     out("source database '{}': {}".format(settings.app_db, ", ".join(f"{n} {t}" for t, n in counts.items())))
     store = feature_store(settings)
     changes = Workload(settings, seed=int(time.time())).run(200, workload_s)
-    out(f"workload: {sum(changes.values())} changes in {workload_s:.0f} s "
-        f"({', '.join(f'{k}={n}' for k, n in sorted(changes.items()))})")
+    out(
+        f"workload: {sum(changes.values())} changes in {workload_s:.0f} s "
+        f"({', '.join(f'{k}={n}' for k, n in sorted(changes.items()))})"
+    )
     out(f"freshness: COMMIT -> get_online_features in {_probe(settings, store):.2f} s")
     for service in ("fraud_detection_v1", "product_ranking_v1"):
-        keys = [{"product_id": p} for p in DEMO_USERS] if service.startswith("product") else \
-            [{"user_id": u, **TRANSACTION} for u in DEMO_USERS]  # with the transaction for the request features
+        keys = (
+            [{"product_id": p} for p in DEMO_USERS]
+            if service.startswith("product")
+            else [{"user_id": u, **TRANSACTION} for u in DEMO_USERS]
+        )  # with the transaction for the request features
         rows = store.get_online_features(features=store.get_feature_service(service), entity_rows=keys).to_dict()
         out(f"get_online_features({service}):")
         for i, key in enumerate(keys):
-            values = ", ".join(f"{name}={_fmt(col[i])}" for name, col in sorted(rows.items())
-                               if name not in key and name not in TRANSACTION)
+            values = ", ".join(
+                f"{name}={_fmt(col[i])}"
+                for name, col in sorted(rows.items())
+                if name not in key and name not in TRANSACTION
+            )
             out(f"  {key}: {values}")
     _backfill_and_score(settings, out)
     for health in stack.status(settings):
@@ -57,13 +65,18 @@ def _backfill_and_score(settings: Settings, out: Callable[[str], None]) -> None:
     out(f"backfill: {result.changes} changes -> {sum(result.rows.values())} offline rows in {result.seconds:.0f} s")
     _models(settings, out)
     model, path = train_from_store(settings, rows=5000, epochs=5)
-    out(f"model {path}: trained on {model.metrics['rows']} point-in-time rows on {model.metrics['device']}, "
-        f"held-out AUC {model.metrics['held_out_auc']}")
+    out(
+        f"model {path}: trained on {model.metrics['rows']} point-in-time rows on {model.metrics['device']}, "
+        f"held-out AUC {model.metrics['held_out_auc']}"
+    )
     answer = ScoringService.from_settings(settings).score(list(DEMO_USERS))
     for result in answer["results"]:
-        out(f"  score(user {result['id']}) = {result['score']:.3f}, features as of "
-            f"{min(t for t in result['as_of'].values() if t)}" if result["score"] is not None
-            else f"  score(user {result['id']}): {result['reason']}")
+        out(
+            f"  score(user {result['id']}) = {result['score']:.3f}, features as of "
+            f"{min(t for t in result['as_of'].values() if t)}"
+            if result["score"] is not None
+            else f"  score(user {result['id']}): {result['reason']}"
+        )
     out(f"scored {len(DEMO_USERS)} users on {answer['device']} in {answer['elapsed_ms']} ms")
 
 
@@ -78,28 +91,42 @@ def _models(settings: Settings, out: Callable[[str], None]) -> None:
     out(f"registered {fraud.train(settings).card.line()}")
     usual = {"amount": 42.0, "merchant": "acme"}
     answer = FraudScorer.from_settings(settings).score(
-        [{"user_id": u, **t} for u in DEMO_USERS for t in (usual, TRANSACTION)])
+        [{"user_id": u, **t} for u in DEMO_USERS for t in (usual, TRANSACTION)]
+    )
     for result in answer["results"]:
-        out(f"  fraud score of user {result['user_id']} (transaction of {result.get('amount', '')}) = "
-            f"{result['score']:.3f}" if result["score"] is not None else f"  user {result['user_id']}: "
-            f"{result['reason']}")
-    out(f"scored {len(answer['results'])} transactions with {answer['model']} v{answer['version']} in "
-        f"{answer['elapsed_ms']} ms")
+        out(
+            f"  fraud score of user {result['user_id']} (transaction of {result.get('amount', '')}) = "
+            f"{result['score']:.3f}"
+            if result["score"] is not None
+            else f"  user {result['user_id']}: {result['reason']}"
+        )
+    out(
+        f"scored {len(answer['results'])} transactions with {answer['model']} v{answer['version']} in "
+        f"{answer['elapsed_ms']} ms"
+    )
     out(f"registered {recommend.train(settings).card.line()}")
     top = Recommender.from_settings(settings).recommend(DEMO_USERS[0], 5)
-    out(f"  top 5 products for user {top['user_id']} of {top['candidates']} candidates: "
+    out(
+        f"  top 5 products for user {top['user_id']} of {top['candidates']} candidates: "
         + ", ".join(f"{item['product_id']} ({item['score']:.3f})" for item in top["items"])
-        + f" in {top['elapsed_ms']} ms" if top["items"] else f"  user {top['user_id']}: {top.get('reason')}")
+        + f" in {top['elapsed_ms']} ms"
+        if top["items"]
+        else f"  user {top['user_id']}: {top.get('reason')}"
+    )
     as_of = datetime.now(UTC)
     out(f"registered {segments.train(settings, as_of).card.line()}")
     done = segments.batch_score(settings, as_of, progress=False)
-    out(f"batch-scored {done['users']} users as of {done['as_of']} in {done['seconds']:.1f} s: segment sizes "
-        f"{done['segment_sizes']}")
+    out(
+        f"batch-scored {done['users']} users as of {done['as_of']} in {done['seconds']:.1f} s: segment sizes "
+        f"{done['segment_sizes']}"
+    )
     reader = SegmentReader.from_settings(settings)
     for user in DEMO_USERS:
         got = reader.segment(user)
-        out(f"  segment(user {user}) = {got['segment']} (v{got.get('version')}, as of "
-            f"{got.get('as_of', {}).get(decl.USER_SEGMENT.name)})")
+        out(
+            f"  segment(user {user}) = {got['segment']} (v{got.get('version')}, as of "
+            f"{got.get('as_of', {}).get(decl.USER_SEGMENT.name)})"
+        )
 
 
 def _probe(settings: Settings, store) -> float:
@@ -107,8 +134,10 @@ def _probe(settings: Settings, store) -> float:
     Feast serves it as the user's 24h maximum."""
     amount = round(time.time(), 2)
     with pg_clients.session(settings) as conn, conn.cursor() as cur:
-        cur.execute("INSERT INTO transactions VALUES (%s, %s, NULL, %s, 'demo probe', now(), now())",
-                    (-int(amount * 100), PROBE_USER, amount))
+        cur.execute(
+            "INSERT INTO transactions VALUES (%s, %s, NULL, %s, 'demo probe', now(), now())",
+            (-int(amount * 100), PROBE_USER, amount),
+        )
     committed = time.monotonic()
     conn.close()
     feature = f"{decl.TRANSACTION_RISK.name}:txn_amount_max_24h"

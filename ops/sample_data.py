@@ -42,12 +42,15 @@ def age_band(age: int) -> int:
 def _catalog(products: int) -> dict[int | None, tuple[list[int], list[float]]]:
     """Per age band (None: any), the products made for it (product id modulo 3) and their cumulative weights: a
     product's popularity falls with its id (1 / sqrt(id))."""
+
     def weighted(ids: list[int]) -> tuple[list[int], list[float]]:
-        return ids, list(accumulate(1 / p ** 0.5 for p in ids))
+        return ids, list(accumulate(1 / p**0.5 for p in ids))
 
     every = list(range(1, products + 1))
-    return {None: weighted(every), **{band: weighted([p for p in every if p % 3 == band] or every)
-                                      for band in range(len(AGE_BANDS) + 1)}}
+    return {
+        None: weighted(every),
+        **{band: weighted([p for p in every if p % 3 == band] or every) for band in range(len(AGE_BANDS) + 1)},
+    }
 
 
 def pick_product(rng: random.Random, age: int | None, products: int) -> int:
@@ -59,24 +62,39 @@ def pick_product(rng: random.Random, age: int | None, products: int) -> int:
 
 
 def user_row(rng: random.Random, user: int, now: datetime, age: int | None = None) -> tuple:
-    return (user, age or rng.randint(18, 80), round(rng.uniform(15_000, 180_000), 2), rng.choice(STATUSES),
-            (now - timedelta(days=rng.randint(30, 3 * 365))).date(), now)
+    return (
+        user,
+        age or rng.randint(18, 80),
+        round(rng.uniform(15_000, 180_000), 2),
+        rng.choice(STATUSES),
+        (now - timedelta(days=rng.randint(30, 3 * 365))).date(),
+        now,
+    )
 
 
 def add_users(settings: Settings, ids: range, seed: int = 7) -> None:
     """Users rows for ``ids`` (those not there yet), so that a workload over them buys by age."""
     rng, now = random.Random(seed), datetime.now(UTC)
     with pg_clients.session(settings) as conn, conn.cursor() as cur:
-        execute_values(cur, "INSERT INTO users VALUES %s ON CONFLICT DO NOTHING", [user_row(rng, u, now) for u in ids],
-                       page_size=5000)
+        execute_values(
+            cur,
+            "INSERT INTO users VALUES %s ON CONFLICT DO NOTHING",
+            [user_row(rng, u, now) for u in ids],
+            page_size=5000,
+        )
     conn.close()
 
 
 def fraud_burst(rng: random.Random, start: datetime) -> list[tuple[float, str, datetime]]:
     """(amount, merchant, created_at) of one account takeover: 3 to 6 high amounts within an hour of ``start``."""
-    return [(round(rng.uniform(400, 2500), 2),
-             rng.choice(RISKY_MERCHANTS) if rng.random() < 0.8 else rng.choice(MERCHANTS),
-             start + timedelta(seconds=rng.randrange(3600))) for _ in range(rng.randint(3, 6))]
+    return [
+        (
+            round(rng.uniform(400, 2500), 2),
+            rng.choice(RISKY_MERCHANTS) if rng.random() < 0.8 else rng.choice(MERCHANTS),
+            start + timedelta(seconds=rng.randrange(3600)),
+        )
+        for _ in range(rng.randint(3, 6))
+    ]
 
 
 def report_delay(rng: random.Random) -> timedelta | None:
@@ -84,8 +102,15 @@ def report_delay(rng: random.Random) -> timedelta | None:
     return timedelta(days=rng.uniform(*REPORT_DAYS)) if rng.random() < REPORTED_SHARE else None
 
 
-def seed(settings: Settings, *, users: int = 200, products: int = 50, days: int = 30, seed: int = 7,
-         now: datetime | None = None) -> dict[str, int]:
+def seed(
+    settings: Settings,
+    *,
+    users: int = 200,
+    products: int = 50,
+    days: int = 30,
+    seed: int = 7,
+    now: datetime | None = None,
+) -> dict[str, int]:
     """Insert users, products and ~``days`` of transactions, sessions, reviews and chargebacks; idempotent for one
     seed."""
     rng = random.Random(seed)
@@ -97,17 +122,30 @@ def seed(settings: Settings, *, users: int = 200, products: int = 50, days: int 
     ages = [rng.randint(18, 80) for _ in range(users)]
     rows = {
         "users": [user_row(rng, u, now, ages[u - 1]) for u in range(1, users + 1)],
-        "products": [(p, rng.choice(CATEGORIES), round(rng.uniform(2, 900), 2), now)
-                     for p in range(1, products + 1)],
-        "transactions": [(t, user, pick_product(rng, ages[user - 1], products), round(rng.uniform(1, 500), 2),
-                          rng.choice(MERCHANTS), when(), now)
-                         for t, user in enumerate((rng.randint(1, users) for _ in range(users * 10)), 1)],
+        "products": [(p, rng.choice(CATEGORIES), round(rng.uniform(2, 900), 2), now) for p in range(1, products + 1)],
+        "transactions": [
+            (
+                t,
+                user,
+                pick_product(rng, ages[user - 1], products),
+                round(rng.uniform(1, 500), 2),
+                rng.choice(MERCHANTS),
+                when(),
+                now,
+            )
+            for t, user in enumerate((rng.randint(1, users) for _ in range(users * 10)), 1)
+        ],
         "sessions": [(s, rng.randint(1, users), when(), rng.randint(5, 3_600)) for s in range(1, users * 5 + 1)],
-        "reviews": [(r, rng.randint(1, products), rng.randint(1, users), rng.randint(1, 5), when())
-                    for r in range(1, products * 6 + 1)],
+        "reviews": [
+            (r, rng.randint(1, products), rng.randint(1, users), rng.randint(1, 5), when())
+            for r in range(1, products * 6 + 1)
+        ],
     }
-    reports = [(txn[0], txn[5] + timedelta(days=rng.uniform(*REPORT_DAYS)))
-               for txn in rows["transactions"] if rng.random() < FRIENDLY_FRAUD_SHARE]
+    reports = [
+        (txn[0], txn[5] + timedelta(days=rng.uniform(*REPORT_DAYS)))
+        for txn in rows["transactions"]
+        if rng.random() < FRIENDLY_FRAUD_SHARE
+    ]
     for user in rng.sample(range(1, users + 1), int(users * TAKEOVER_SHARE)):
         for amount, merchant, at in fraud_burst(rng, when()):
             txn_id = len(rows["transactions"]) + 1

@@ -23,15 +23,32 @@ from ops.sample_data import MERCHANTS, fraud_burst, pick_product, report_delay
 
 TICK_S = 0.1
 MIX = {  # relative weight of each kind of change
-    "insert_txn": 40, "insert_session": 12, "insert_review": 8, "backdated_txn": 5, "update_amount": 10,
-    "move_event_time": 5, "move_owner": 5, "delete_txn": 5, "update_user": 5, "delete_session": 2,
-    "move_review": 3, "takeover_txn": 2, "chargeback": 1,
+    "insert_txn": 40,
+    "insert_session": 12,
+    "insert_review": 8,
+    "backdated_txn": 5,
+    "update_amount": 10,
+    "move_event_time": 5,
+    "move_owner": 5,
+    "delete_txn": 5,
+    "update_user": 5,
+    "delete_session": 2,
+    "move_review": 3,
+    "takeover_txn": 2,
+    "chargeback": 1,
 }
 
 
 class Workload:
-    def __init__(self, settings: Settings, seed: int = 1, users: int = 200, products: int = 50,
-                 mix: dict[str, int] | None = None, entity_base: int = 0) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        seed: int = 1,
+        users: int = 200,
+        products: int = 50,
+        mix: dict[str, int] | None = None,
+        entity_base: int = 0,
+    ) -> None:
         """Users and products are ``entity_base`` + 1 .. + ``users`` / ``products``; with a base, updates, moves
         and deletes touch only rows of those entities."""
         self.settings = settings
@@ -43,8 +60,16 @@ class Workload:
         self.takeover: list[tuple[int, float, str]] = []  # the current takeover's transactions still to come
         self.unreported: list[int] = []  # takeover transactions whose chargeback is still to come
 
-    def run(self, rate: float, duration_s: float, *, burst_every_s: float = 15, burst_factor: float = 4,
-            per_commit: int = 1, progress: Callable[[float, Counter[str]], None] | None = None) -> Counter[str]:
+    def run(
+        self,
+        rate: float,
+        duration_s: float,
+        *,
+        burst_every_s: float = 15,
+        burst_factor: float = 4,
+        per_commit: int = 1,
+        progress: Callable[[float, Counter[str]], None] | None = None,
+    ) -> Counter[str]:
         """Make changes at ``rate`` per second for ``duration_s`` (one second in ``burst_every_s`` runs at
         ``burst_factor`` times the rate), up to ``per_commit`` changes per transaction; return how many of each
         kind were committed."""
@@ -80,14 +105,17 @@ class Workload:
         self.counts.update(+done)
 
     def _load_state(self, cur) -> None:
-        cur.execute("SELECT user_id, age FROM users WHERE user_id BETWEEN %s AND %s",
-                    (self.base + 1, self.base + self.users))
+        cur.execute(
+            "SELECT user_id, age FROM users WHERE user_id BETWEEN %s AND %s", (self.base + 1, self.base + self.users)
+        )
         self.ages: dict[int, int] = dict(cur.fetchall())  # who buys what follows the buyer's age
         self.next_id = {}
         self.live: dict[str, list[int]] = {}
-        for table, key, owner, count in (("transactions", "txn_id", "user_id", self.users),
-                                         ("sessions", "session_id", "user_id", self.users),
-                                         ("reviews", "review_id", "product_id", self.products)):
+        for table, key, owner, count in (
+            ("transactions", "txn_id", "user_id", self.users),
+            ("sessions", "session_id", "user_id", self.users),
+            ("reviews", "review_id", "product_id", self.products),
+        ):
             cur.execute(f"SELECT coalesce(max({key}), 0) + 1 FROM {table}")
             self.next_id[table] = cur.fetchone()[0]
             mine = f"WHERE {owner} BETWEEN {self.base + 1} AND {self.base + count}" if self.base else ""
@@ -120,17 +148,31 @@ class Workload:
         return datetime.now(UTC)
 
     def _insert(self, cur, table: str, types: tuple[str, ...], rows: list[tuple], upsert: str = "DO NOTHING") -> int:
-        cur.execute(f"INSERT INTO {table} SELECT * FROM unnest({', '.join(f'%s::{t}[]' for t in types)}) "
-                    f"ON CONFLICT {upsert}", [list(column) for column in zip(*rows, strict=True)])
+        cur.execute(
+            f"INSERT INTO {table} SELECT * FROM unnest({', '.join(f'%s::{t}[]' for t in types)}) ON CONFLICT {upsert}",
+            [list(column) for column in zip(*rows, strict=True)],
+        )
         return cur.rowcount
 
     def _insert_txn(self, cur, k: int, backdate: Callable[[], timedelta] = lambda: timedelta(0)) -> int:
         now = self._now()
-        return self._insert(cur, "transactions", ("bigint", "bigint", "bigint", "numeric", "text", "timestamptz",
-                                                  "timestamptz"), [
-            (self._new_id("transactions"), user, self.base + pick_product(self.rng, self.ages.get(user), self.products),
-             round(self.rng.uniform(1, 500), 2), self.rng.choice(MERCHANTS[:3]), now - backdate(), now)
-            for user in (self._user() for _ in range(k))])
+        return self._insert(
+            cur,
+            "transactions",
+            ("bigint", "bigint", "bigint", "numeric", "text", "timestamptz", "timestamptz"),
+            [
+                (
+                    self._new_id("transactions"),
+                    user,
+                    self.base + pick_product(self.rng, self.ages.get(user), self.products),
+                    round(self.rng.uniform(1, 500), 2),
+                    self.rng.choice(MERCHANTS[:3]),
+                    now - backdate(),
+                    now,
+                )
+                for user in (self._user() for _ in range(k))
+            ],
+        )
 
     def _backdated_txn(self, cur, k: int) -> int:
         return self._insert_txn(cur, k, lambda: timedelta(seconds=self.rng.randrange(60, 29 * 86_400)))
@@ -147,48 +189,78 @@ class Workload:
             if report_delay(self.rng) is not None:
                 self.unreported.append(txn_id)
             rows.append((txn_id, user, self._product(), amount, merchant, self._now(), self._now()))
-        return self._insert(cur, "transactions", ("bigint", "bigint", "bigint", "numeric", "text", "timestamptz",
-                                                  "timestamptz"), rows)
+        return self._insert(
+            cur, "transactions", ("bigint", "bigint", "bigint", "numeric", "text", "timestamptz", "timestamptz"), rows
+        )
 
     def _chargeback(self, cur, k: int) -> int:
         """Report up to ``k`` earlier takeover transactions as charged back (now, so days early in event time)."""
         reported, self.unreported = self.unreported[:k], self.unreported[k:]
         if not reported:
             return 0
-        cur.execute("INSERT INTO chargebacks SELECT txn_id, txn_id, now() FROM unnest(%s::bigint[]) txn_id "
-                    "ON CONFLICT DO NOTHING", (reported,))
+        cur.execute(
+            "INSERT INTO chargebacks SELECT txn_id, txn_id, now() FROM unnest(%s::bigint[]) txn_id "
+            "ON CONFLICT DO NOTHING",
+            (reported,),
+        )
         return cur.rowcount
 
     def _insert_session(self, cur, k: int) -> int:
-        return self._insert(cur, "sessions", ("bigint", "bigint", "timestamptz", "int"), [
-            (self._new_id("sessions"), self._user(), self._now(), self.rng.randint(5, 3600)) for _ in range(k)])
+        return self._insert(
+            cur,
+            "sessions",
+            ("bigint", "bigint", "timestamptz", "int"),
+            [(self._new_id("sessions"), self._user(), self._now(), self.rng.randint(5, 3600)) for _ in range(k)],
+        )
 
     def _insert_review(self, cur, k: int) -> int:
-        return self._insert(cur, "reviews", ("bigint", "bigint", "bigint", "int", "timestamptz"), [
-            (self._new_id("reviews"), self._product(), self._user(), self.rng.randint(1, 5), self._now())
-            for _ in range(k)])
+        return self._insert(
+            cur,
+            "reviews",
+            ("bigint", "bigint", "bigint", "int", "timestamptz"),
+            [
+                (self._new_id("reviews"), self._product(), self._user(), self.rng.randint(1, 5), self._now())
+                for _ in range(k)
+            ],
+        )
 
     def _update(self, cur, table: str, key: str, k: int, assign: str, cast: str, value: Callable[[], object]) -> int:
         """Set ``assign`` (in terms of v.value) on up to ``k`` distinct live rows, each with its own value."""
         targets = self._picks(table, k)
         if not targets:
             return 0
-        cur.execute(f"UPDATE {table} t SET {assign} FROM unnest(%s::bigint[], %s::{cast}[]) v(id, value) "
-                    f"WHERE t.{key} = v.id", (targets, [value() for _ in targets]))
+        cur.execute(
+            f"UPDATE {table} t SET {assign} FROM unnest(%s::bigint[], %s::{cast}[]) v(id, value) WHERE t.{key} = v.id",
+            (targets, [value() for _ in targets]),
+        )
         return cur.rowcount
 
     def _update_amount(self, cur, k: int) -> int:
-        return self._update(cur, "transactions", "txn_id", k, "amount = v.value, updated_at = now()", "numeric",
-                            lambda: round(self.rng.uniform(1, 500), 2))
+        return self._update(
+            cur,
+            "transactions",
+            "txn_id",
+            k,
+            "amount = v.value, updated_at = now()",
+            "numeric",
+            lambda: round(self.rng.uniform(1, 500), 2),
+        )
 
     def _move_event_time(self, cur, k: int) -> int:
-        return self._update(cur, "transactions", "txn_id", k, "created_at = least(t.created_at + v.value * "
-                            "interval '1 second', now()), updated_at = now()", "int",
-                            lambda: self.rng.randint(-3 * 86_400, 3_600))
+        return self._update(
+            cur,
+            "transactions",
+            "txn_id",
+            k,
+            "created_at = least(t.created_at + v.value * interval '1 second', now()), updated_at = now()",
+            "int",
+            lambda: self.rng.randint(-3 * 86_400, 3_600),
+        )
 
     def _move_owner(self, cur, k: int) -> int:
-        return self._update(cur, "transactions", "txn_id", k, "user_id = v.value, updated_at = now()", "bigint",
-                            self._user)
+        return self._update(
+            cur, "transactions", "txn_id", k, "user_id = v.value, updated_at = now()", "bigint", self._user
+        )
 
     def _move_review(self, cur, k: int) -> int:
         return self._update(cur, "reviews", "review_id", k, "product_id = v.value", "bigint", self._product)
@@ -210,11 +282,24 @@ class Workload:
         users = list(dict.fromkeys(self._user() for _ in range(k)))  # an upsert may touch each row once
         for u in users:
             self.ages.setdefault(u, self.rng.randint(18, 80))  # a new row's age (an update keeps the age)
-        return self._insert(cur, "users", ("bigint", "int", "numeric", "text", "date", "timestamptz"), [
-            (u, self.ages[u], round(self.rng.uniform(15_000, 180_000), 2),
-             self.rng.choice(("active", "active", "suspended", "closed")), self._now().date(), self._now())
-            for u in users], "(user_id) DO UPDATE SET income = EXCLUDED.income, account_status = "
-                             "EXCLUDED.account_status, updated_at = now()")
+        return self._insert(
+            cur,
+            "users",
+            ("bigint", "int", "numeric", "text", "date", "timestamptz"),
+            [
+                (
+                    u,
+                    self.ages[u],
+                    round(self.rng.uniform(15_000, 180_000), 2),
+                    self.rng.choice(("active", "active", "suspended", "closed")),
+                    self._now().date(),
+                    self._now(),
+                )
+                for u in users
+            ],
+            "(user_id) DO UPDATE SET income = EXCLUDED.income, account_status = "
+            "EXCLUDED.account_status, updated_at = now()",
+        )
 
 
 def topic_end(settings: Settings, table: str) -> int:

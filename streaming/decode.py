@@ -25,19 +25,43 @@ def spec(topic_prefix: str, keep: tuple[str, ...]) -> str:
     """The JVM decoder's rules, from decoder.py and the contracts, and the columns to keep of both images."""
     contracts = row_contracts()
     kinds = {c.name: c.kind for contract in contracts.values() for c in contract.columns}
-    return json.dumps({
-        "prefix": topic_prefix,
-        "contracts": {table: {"key": c.key, "columns": [
-            {"name": col.name, "kind": col.kind, "nullable": col.nullable, "precision": col.precision,
-             "scale": col.scale} for col in c.columns]} for table, c in contracts.items()},
-        "reasons": {name: text for name, text in vars(rules.Reason).items() if name.isupper()},
-        "expected": rules.EXPECTED,
-        "limits": {"max_text": rules.MAX_TEXT, "max_message": rules.MAX_MESSAGE,
-                   "date_days": list(rules.DATE_DAYS), "commit_us": list(rules.COMMIT_US)},
-        "patterns": {"table": rules.TABLE_NAME, "timestamp": rules.TIMESTAMP, "zone": rules.ZONE,
-                     "decimal": rules.DECIMAL, "lone_surrogate": rules.LONE_SURROGATE.pattern},
-        "keep": {name: "string" if kinds[name] in TEXT_KINDS else "long" for name in keep},
-    })
+    return json.dumps(
+        {
+            "prefix": topic_prefix,
+            "contracts": {
+                table: {
+                    "key": c.key,
+                    "columns": [
+                        {
+                            "name": col.name,
+                            "kind": col.kind,
+                            "nullable": col.nullable,
+                            "precision": col.precision,
+                            "scale": col.scale,
+                        }
+                        for col in c.columns
+                    ],
+                }
+                for table, c in contracts.items()
+            },
+            "reasons": {name: text for name, text in vars(rules.Reason).items() if name.isupper()},
+            "expected": rules.EXPECTED,
+            "limits": {
+                "max_text": rules.MAX_TEXT,
+                "max_message": rules.MAX_MESSAGE,
+                "date_days": list(rules.DATE_DAYS),
+                "commit_us": list(rules.COMMIT_US),
+            },
+            "patterns": {
+                "table": rules.TABLE_NAME,
+                "timestamp": rules.TIMESTAMP,
+                "zone": rules.ZONE,
+                "decimal": rules.DECIMAL,
+                "lone_surrogate": rules.LONE_SURROGATE.pattern,
+            },
+            "keep": {name: "string" if kinds[name] in TEXT_KINDS else "long" for name in keep},
+        }
+    )
 
 
 def routed(records: DataFrame, topic_prefix: str, route_spec: str) -> DataFrame:

@@ -73,12 +73,19 @@ def feature_rows(records: DataFrame, topic_prefix: str, settle_s: float, offsets
     settle_ms = int(settle_s * 1000)
     return engine.features(
         changes.withColumn("clock", clock).withWatermark("clock", f"{settle_ms} milliseconds").drop("clock"),
-        gated=offsets_topic is not None, settle_ms=settle_ms)  # no event-time column: Spark drops no late change
+        gated=offsets_topic is not None,
+        settle_ms=settle_ms,
+    )  # no event-time column: Spark drops no late change
 
 
-def build_stream(spark: SparkSession, settings: Settings, sink: Callable[[DataFrame, int], None],
-                 checkpoint: Path | None = None, available_now: bool = False,
-                 kafka_role: kafka_clients.Role = "reader") -> StreamingQuery:
+def build_stream(
+    spark: SparkSession,
+    settings: Settings,
+    sink: Callable[[DataFrame, int], None],
+    checkpoint: Path | None = None,
+    available_now: bool = False,
+    kafka_role: kafka_clients.Role = "reader",
+) -> StreamingQuery:
     """Start the query: every topic from the earliest offset on a fresh checkpoint (``settings.paths.checkpoint``
     unless given); ``available_now`` stops it once everything in the topics at its start is processed (topics
     filled before it started: their applied commit time is the clock, see ``feature_rows``). It signs in to Kafka
@@ -88,8 +95,10 @@ def build_stream(spark: SparkSession, settings: Settings, sink: Callable[[DataFr
     fixed = checkpointed_partitions(checkpoint)
     if fixed is not None and str(fixed) != spark.conf.get("spark.sql.shuffle.partitions"):
         # Spark keeps the checkpoint's; the clock's rows must be routed for that many state partitions too
-        log.warning("the checkpoint has %d state partitions (CDCF_STREAM_STATE_PARTITIONS applies to a new "
-                    "checkpoint only)", fixed)
+        log.warning(
+            "the checkpoint has %d state partitions (CDCF_STREAM_STATE_PARTITIONS applies to a new checkpoint only)",
+            fixed,
+        )
         spark.conf.set("spark.sql.shuffle.partitions", str(fixed))
     records = (
         spark.readStream.format("kafka")
@@ -102,13 +111,15 @@ def build_stream(spark: SparkSession, settings: Settings, sink: Callable[[DataFr
         .load()
     )
     writer = (
-        feature_rows(records, settings.topic_prefix, settings.stream_settle_s, offsets_topic).writeStream
-        .foreachBatch(sink)
+        feature_rows(records, settings.topic_prefix, settings.stream_settle_s, offsets_topic)
+        .writeStream.foreachBatch(sink)
         .outputMode("update")
         .option("checkpointLocation", str(checkpoint))
         .queryName("cdcf-features")
     )
-    trigger = {"availableNow": True} if available_now else {"processingTime": f"{settings.stream_trigger_ms} milliseconds"}
+    trigger = (
+        {"availableNow": True} if available_now else {"processingTime": f"{settings.stream_trigger_ms} milliseconds"}
+    )
     return writer.trigger(**trigger).start()
 
 
@@ -140,15 +151,21 @@ def state_store_conf(partitions: int, memory_mb: int) -> dict[str, str]:
 
 def stream_session(settings: Settings, name: str = "cdcf-streaming-features") -> SparkSession:
     """A session with the engine's state store."""
-    return spark_session(settings, name,
-                         conf=state_store_conf(settings.stream_state_partitions, settings.stream_state_memory_mb))
+    return spark_session(
+        settings, name, conf=state_store_conf(settings.stream_state_partitions, settings.stream_state_memory_mb)
+    )
 
 
 def _state_metrics(op) -> dict:
     """What one stateful operator reports for a micro-batch: times (ms), rows, and its nonzero custom metrics
     (timers registered, deleted and expired; RocksDB's commit phases)."""
-    return {"updates_ms": op.allUpdatesTimeMs, "removals_ms": op.allRemovalsTimeMs, "commit_ms": op.commitTimeMs,
-            "rows_updated": op.numRowsUpdated, **{k: v for k, v in (op.customMetrics or {}).items() if v}}
+    return {
+        "updates_ms": op.allUpdatesTimeMs,
+        "removals_ms": op.allRemovalsTimeMs,
+        "commit_ms": op.commitTimeMs,
+        "rows_updated": op.numRowsUpdated,
+        **{k: v for k, v in (op.customMetrics or {}).items() if v},
+    }
 
 
 class StreamJob:
@@ -158,11 +175,27 @@ class StreamJob:
         self.status_file = status_file
         self.guard_online = guard_online
         self.stopping = threading.Event()
-        self.totals = {"batches": 0, "changes": 0, "rows_written": 0, "emits": 0, "decayed": 0,
-                       "last_as_of": None, "restarts": 0, "last_error": None, "last_restart_at": None,
-                       "query_active": None, "lag_max_s": 0.0, "reseeds": 0, "last_reseed": None,
-                       "last_batch_at": None, "behind": 0, "behind_growing_since": None,
-                       "clock": None, "clock_moved_at": None, "query_started_at": None}
+        self.totals = {
+            "batches": 0,
+            "changes": 0,
+            "rows_written": 0,
+            "emits": 0,
+            "decayed": 0,
+            "last_as_of": None,
+            "restarts": 0,
+            "last_error": None,
+            "last_restart_at": None,
+            "query_active": None,
+            "lag_max_s": 0.0,
+            "reseeds": 0,
+            "last_reseed": None,
+            "last_batch_at": None,
+            "behind": 0,
+            "behind_growing_since": None,
+            "clock": None,
+            "clock_moved_at": None,
+            "query_started_at": None,
+        }
         self.guard: OnlineGuard | None = None
         metrics.CLOCK_AGE.set_function(lambda: metrics.clock_age(self.totals))
 
@@ -190,10 +223,17 @@ class StreamJob:
             self.totals["lag_max_s"] = max(p["lag_max_us"] for p in parts) / 1e6
         self._report()
         metrics.record_batch(sums, time.monotonic() - started)
-        log.info("batch %d: %d emits, %d decays, %d feature rows in %.3f s (over %d partitions: engine output %.3f s, "
-                 "writing %.3f s, of which Redis %.3f s, offline %.3f s)", batch_id, sums["emits"], sums["decays"],
-                 sums["rows"], time.monotonic() - started, len(parts),
-                 *(sums[k] / 1e6 for k in ("input_us", "write_us", "redis_us", "offline_us")))
+        log.info(
+            "batch %d: %d emits, %d decays, %d feature rows in %.3f s (over %d partitions: engine output %.3f s, "
+            "writing %.3f s, of which Redis %.3f s, offline %.3f s)",
+            batch_id,
+            sums["emits"],
+            sums["decays"],
+            sums["rows"],
+            time.monotonic() - started,
+            len(parts),
+            *(sums[k] / 1e6 for k in ("input_us", "write_us", "redis_us", "offline_us")),
+        )
 
     def run(self) -> dict:
         spark = stream_session(self.settings)
@@ -218,8 +258,11 @@ class StreamJob:
                     metrics.RESTARTS.inc()
                     self.totals["last_restart_at"] = time.time()
                     self.totals["last_error"] = str(query.exception()).splitlines()[0][:300]
-                    log.error("the streaming query failed (%s); restarting it in %.0f s from its checkpoint",
-                              self.totals["last_error"], RESTART_DELAY_S)
+                    log.error(
+                        "the streaming query failed (%s); restarting it in %.0f s from its checkpoint",
+                        self.totals["last_error"],
+                        RESTART_DELAY_S,
+                    )
                     self._report()
                     self.stopping.wait(RESTART_DELAY_S)
         finally:
@@ -256,11 +299,20 @@ class StreamJob:
                 progress = event.progress
                 job.totals["changes"] += progress.numInputRows
                 metrics.CHANGES.inc(progress.numInputRows)
-                job.note_progress(max((int(float(source.metrics.get("maxOffsetsBehindLatest") or 0))
-                                       for source in progress.sources), default=0),
-                                  progress.eventTime.get("watermark"))
-                log.debug("batch %d progress: %s %s state: %s", progress.batchId, progress.durationMs,
-                          progress.eventTime, [_state_metrics(op) for op in progress.stateOperators])
+                job.note_progress(
+                    max(
+                        (int(float(source.metrics.get("maxOffsetsBehindLatest") or 0)) for source in progress.sources),
+                        default=0,
+                    ),
+                    progress.eventTime.get("watermark"),
+                )
+                log.debug(
+                    "batch %d progress: %s %s state: %s",
+                    progress.batchId,
+                    progress.durationMs,
+                    progress.eventTime,
+                    [_state_metrics(op) for op in progress.stateOperators],
+                )
 
             def onQueryIdle(self, event) -> None:
                 pass

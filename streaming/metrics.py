@@ -16,24 +16,38 @@ from cdcf.quality import CHECKS
 FRESHNESS_BUCKETS_S = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0)
 
 BATCHES = Counter("cdcf_stream_batches", "Micro-batches the streaming job finished")
-BATCH_SECONDS = Histogram("cdcf_stream_batch_seconds", "Seconds of one micro-batch's write (the engine's output "
-                          "to Redis and the offline store)", buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
-CHANGES = Counter("cdcf_stream_changes", "Change records the streaming query read (heartbeats and offset commits "
-                  "included)")
+BATCH_SECONDS = Histogram(
+    "cdcf_stream_batch_seconds",
+    "Seconds of one micro-batch's write (the engine's output to Redis and the offline store)",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+CHANGES = Counter(
+    "cdcf_stream_changes", "Change records the streaming query read (heartbeats and offset commits included)"
+)
 FEATURE_ROWS = Counter("cdcf_stream_feature_rows", "Feature rows written to the online and offline stores")
 EMITS = Counter("cdcf_stream_emits", "Entity rows emitted because a change applied")
 DECAYS = Counter("cdcf_stream_decays", "Entity rows emitted because a window decayed with no new event")
 RESTARTS = Counter("cdcf_stream_query_restarts", "Times the streaming query failed and restarted from its checkpoint")
 RESEEDS = Counter("cdcf_stream_reseeds", "Times the online store was re-seeded after it lost writes")
-BEHIND = Gauge("cdcf_stream_offsets_behind", "Offsets the last micro-batch ended short of the end of its most "
-               "lagging partition")
-CLOCK_AGE = Gauge("cdcf_stream_clock_age_seconds", "Seconds since the streaming clock (Connect's committed source "
-                  "offsets) last moved: changes wait for it; heartbeats move it every few seconds")
+BEHIND = Gauge(
+    "cdcf_stream_offsets_behind", "Offsets the last micro-batch ended short of the end of its most lagging partition"
+)
+CLOCK_AGE = Gauge(
+    "cdcf_stream_clock_age_seconds",
+    "Seconds since the streaming clock (Connect's committed source "
+    "offsets) last moved: changes wait for it; heartbeats move it every few seconds",
+)
 CHECKED = Counter("cdcf_feature_values_checked", "Feature values of emitted rows the value checks saw")
-NULLS = Counter("cdcf_feature_null_values", "Null feature values of emitted rows (empty windows, null columns): "
-                "over cdcf_feature_values_checked_total, the null rate")
-VIOLATIONS = Counter("cdcf_feature_check_violations", "Emitted feature values that failed a value check "
-                     "(cdcf.quality), by check", ["check"])
+NULLS = Counter(
+    "cdcf_feature_null_values",
+    "Null feature values of emitted rows (empty windows, null columns): "
+    "over cdcf_feature_values_checked_total, the null rate",
+)
+VIOLATIONS = Counter(
+    "cdcf_feature_check_violations",
+    "Emitted feature values that failed a value check (cdcf.quality), by check",
+    ["check"],
+)
 
 
 class Freshness(Collector):
@@ -52,9 +66,14 @@ class Freshness(Collector):
 
     def collect(self) -> Iterator[HistogramMetricFamily]:
         yield HistogramMetricFamily(
-            "cdcf_freshness_seconds", "Seconds from a change's COMMIT to the Redis write of the features it changed",
-            buckets=[*((str(b), c) for b, c in zip(FRESHNESS_BUCKETS_S, self.buckets, strict=True)),
-                     ("+Inf", self.count)], sum_value=self.sum_s)
+            "cdcf_freshness_seconds",
+            "Seconds from a change's COMMIT to the Redis write of the features it changed",
+            buckets=[
+                *((str(b), c) for b, c in zip(FRESHNESS_BUCKETS_S, self.buckets, strict=True)),
+                ("+Inf", self.count),
+            ],
+            sum_value=self.sum_s,
+        )
 
 
 FRESHNESS = Freshness()
@@ -72,8 +91,9 @@ def record_batch(sums: dict[str, int], seconds: float) -> None:
     NULLS.inc(sums["null_values"])
     for check in CHECKS:
         VIOLATIONS.labels(check).inc(sums[f"bad_{check}"])
-    FRESHNESS.add([sums[f"fresh_{n}"] for n in range(len(FRESHNESS_BUCKETS_S))], sums["emits"],
-                  sums["lag_sum_us"] / 1e6)
+    FRESHNESS.add(
+        [sums[f"fresh_{n}"] for n in range(len(FRESHNESS_BUCKETS_S))], sums["emits"], sums["lag_sum_us"] / 1e6
+    )
 
 
 def clock_age(totals: dict) -> float:

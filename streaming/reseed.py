@@ -39,8 +39,10 @@ def seed_online(settings: Settings, progress: Callable[[str], None] = log.info) 
             names = ", ".join(f.name for f in view.features)
             with conn.cursor(name=f"seed_{view.name}") as cur:  # server-side: the table may be large
                 cur.itersize = CHUNK
-                cur.execute(f"SELECT DISTINCT ON ({key}) {key}, {EVENT_TIMESTAMP}, {names} FROM {view.name} "
-                            f"ORDER BY {key}, {EVENT_TIMESTAMP} DESC")
+                cur.execute(
+                    f"SELECT DISTINCT ON ({key}) {key}, {EVENT_TIMESTAMP}, {names} FROM {view.name} "
+                    f"ORDER BY {key}, {EVENT_TIMESTAMP} DESC"
+                )
                 written[view.name] = 0
                 while rows := cur.fetchmany(CHUNK):
                     written[view.name] += writer.write(view, rows, only_newer=True)
@@ -71,8 +73,10 @@ class OnlineGuard:
         if not marker:
             why = "holds no marker (it restarted empty or was flushed)"
         elif int(marker[b"as_of_us"]) < self.written_us and marker.get(b"run_id") != self._run_id().encode():
-            why = (f"holds writes up to as-of {int(marker[b'as_of_us'])} µs only, older than the {self.written_us} "
-                   f"written (it came back from older data)")
+            why = (
+                f"holds writes up to as-of {int(marker[b'as_of_us'])} µs only, older than the {self.written_us} "
+                f"written (it came back from older data)"
+            )
         else:
             if self.marked_us < self.written_us:
                 self._write_marker()

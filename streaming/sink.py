@@ -25,13 +25,24 @@ from streaming.metrics import FRESHNESS_BUCKETS_S
 
 log = logging.getLogger(__name__)
 
-METRICS = pa.schema([("rows", pa.int64()), ("emits", pa.int64()), ("decays", pa.int64()),
-                     ("max_as_of_us", pa.int64()), ("lag_sum_us", pa.int64()), ("lag_max_us", pa.int64()),
-                     ("redis_us", pa.int64()), ("offline_us", pa.int64()), ("input_us", pa.int64()),
-                     ("write_us", pa.int64()),
-                     *((f"fresh_{n}", pa.int64()) for n in range(len(FRESHNESS_BUCKETS_S))),
-                     ("checked_values", pa.int64()), ("null_values", pa.int64()),
-                     *((f"bad_{check}", pa.int64()) for check in quality.CHECKS)])
+METRICS = pa.schema(
+    [
+        ("rows", pa.int64()),
+        ("emits", pa.int64()),
+        ("decays", pa.int64()),
+        ("max_as_of_us", pa.int64()),
+        ("lag_sum_us", pa.int64()),
+        ("lag_max_us", pa.int64()),
+        ("redis_us", pa.int64()),
+        ("offline_us", pa.int64()),
+        ("input_us", pa.int64()),
+        ("write_us", pa.int64()),
+        *((f"fresh_{n}", pa.int64()) for n in range(len(FRESHNESS_BUCKETS_S))),
+        ("checked_values", pa.int64()),
+        ("null_values", pa.int64()),
+        *((f"bad_{check}", pa.int64()) for check in quality.CHECKS),
+    ]
+)
 METRICS_DDL = ", ".join(f"{f.name} long" for f in METRICS)  # the same, as Spark takes it
 _SINKS: dict[str, FeatureSink] = {}
 
@@ -68,16 +79,25 @@ class FeatureSink:
         decay = rows["decay"]
         emits = rows.filter(pc.invert(decay)) if rows.num_rows else rows
         lag = pc.subtract(pa.scalar(now_us), emits["as_of_us"]) if emits.num_rows else None
-        return {"rows": written, "emits": emits.num_rows, "decays": rows.num_rows - emits.num_rows,
-                "max_as_of_us": pc.max(rows["as_of_us"]).as_py() if rows.num_rows else None,
-                "lag_sum_us": pc.sum(lag).as_py() if lag is not None else 0,
-                "lag_max_us": pc.max(lag).as_py() if lag is not None else 0,
-                **{f"fresh_{n}": pc.sum(pc.less_equal(lag, int(b * 1e6))).as_py() or 0
-                   if lag is not None and self.settings.metrics_enabled else 0
-                   for n, b in enumerate(FRESHNESS_BUCKETS_S)},
-                "redis_us": self.redis_ns // 1000, "offline_us": self.offline_ns // 1000,
-                "checked_values": verdict.values, "null_values": verdict.nulls,
-                **{f"bad_{check}": n for check, n in verdict.bad.items()}}
+        return {
+            "rows": written,
+            "emits": emits.num_rows,
+            "decays": rows.num_rows - emits.num_rows,
+            "max_as_of_us": pc.max(rows["as_of_us"]).as_py() if rows.num_rows else None,
+            "lag_sum_us": pc.sum(lag).as_py() if lag is not None else 0,
+            "lag_max_us": pc.max(lag).as_py() if lag is not None else 0,
+            **{
+                f"fresh_{n}": pc.sum(pc.less_equal(lag, int(b * 1e6))).as_py() or 0
+                if lag is not None and self.settings.metrics_enabled
+                else 0
+                for n, b in enumerate(FRESHNESS_BUCKETS_S)
+            },
+            "redis_us": self.redis_ns // 1000,
+            "offline_us": self.offline_ns // 1000,
+            "checked_values": verdict.values,
+            "null_values": verdict.nulls,
+            **{f"bad_{check}": n for check, n in verdict.bad.items()},
+        }
 
     @staticmethod
     def check(rows: pa.Table) -> quality.Verdict:
@@ -104,8 +124,10 @@ class FeatureSink:
         started = time.perf_counter_ns()
         key = view.entity.join_key
         copy_view_rows(cur, _stage(view), view, rows)
-        cur.execute(f"INSERT INTO {view.name} SELECT * FROM {_stage(view)} ON CONFLICT ({key}, {EVENT_TIMESTAMP}) "
-                    f"DO UPDATE SET {', '.join(f'{n} = excluded.{n}' for n in names)}")
+        cur.execute(
+            f"INSERT INTO {view.name} SELECT * FROM {_stage(view)} ON CONFLICT ({key}, {EVENT_TIMESTAMP}) "
+            f"DO UPDATE SET {', '.join(f'{n} = excluded.{n}' for n in names)}"
+        )
         self.offline_ns += time.perf_counter_ns() - started
         return rows.num_rows
 
@@ -114,9 +136,14 @@ class FeatureSink:
         packed path writes them)."""
         from feast.data_source import PushMode
 
-        frame = pa.table([rows["id"], pc.cast(rows["as_of_us"], pa.timestamp("us", tz="UTC")),
-                          *[rows[f.name] for f in view.features]],
-                         names=[view.entity.join_key, EVENT_TIMESTAMP, *[f.name for f in view.features]]).to_pandas()
+        frame = pa.table(
+            [
+                rows["id"],
+                pc.cast(rows["as_of_us"], pa.timestamp("us", tz="UTC")),
+                *[rows[f.name] for f in view.features],
+            ],
+            names=[view.entity.join_key, EVENT_TIMESTAMP, *[f.name for f in view.features]],
+        ).to_pandas()
         self.store.push(view.push_source, frame, to=PushMode.ONLINE)
 
     def close(self) -> None:

@@ -42,8 +42,11 @@ def side_home(tmp_path, settings):
 def fresh_workload(settings, seed: int | None = None) -> Workload:
     """A workload on users and products of its own (a fresh id range): its updates, moves and deletes touch no
     other test's rows, and no history an older run left on the same stack."""
-    return Workload(settings, seed=random.randrange(10**6) if seed is None else seed,
-                    entity_base=random.randrange(10**4, 10**7) * 10**5)
+    return Workload(
+        settings,
+        seed=random.randrange(10**6) if seed is None else seed,
+        entity_base=random.randrange(10**4, 10**7) * 10**5,
+    )
 
 
 def wait_for(check, timeout_s: float, what: str | Callable[[], str]):
@@ -59,5 +62,11 @@ def wait_for(check, timeout_s: float, what: str | Callable[[], str]):
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run the `cdcf` CLI as a user would, from the project root."""
-    return subprocess.run([CDCF, *args], capture_output=True, text=True, timeout=timeout, cwd=PROJECT_ROOT,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [CDCF, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=PROJECT_ROOT,
+        env={**os.environ, **(env or {})},
+    )

@@ -90,7 +90,7 @@ class Model:
                 break
             limit = min(until, due) if due is not None and due <= clock else until
             run = [item for item in items if _us(item[0].commit_ts) <= limit]
-            items = items[len(run):]
+            items = items[len(run) :]
             self._apply(key, sorted(run, key=lambda item: item[0].lsn))
         self.waiting[key] = items
         due = self.due.get(key)
@@ -119,8 +119,9 @@ class Model:
                     continue
                 cutoff = horizon_t - _widest(entity, table)
                 if owns and _us(c.after[table.event_time]) > cutoff:
-                    self.rows[key][(c.table, c.key)] = Row(c.lsn, commit, True, _us(c.after[table.event_time]),
-                                                           dict(c.after))
+                    self.rows[key][(c.table, c.key)] = Row(
+                        c.lsn, commit, True, _us(c.after[table.event_time]), dict(c.after)
+                    )
                 elif stored is not None:
                     self.rows[key][(c.table, c.key)] = Row(c.lsn, commit, False)
                     self.tombs[key].append((c.table, c.key, commit))
@@ -144,7 +145,7 @@ class Model:
                     moment = -(-min(moments) // hop) * hop
                     due = moment if due is None else min(due, moment)
             self._evict(key, table, as_of - _widest(entity, table), as_of - HORIZON)
-        for t, row_key, commit in [t for t in self.tombs[key] if t[2] <= as_of - HORIZON]:
+        for t, row_key, _commit in [t for t in self.tombs[key] if t[2] <= as_of - HORIZON]:
             stored = self.rows[key].get((t, row_key))
             if stored is not None and not stored.present:
                 del self.rows[key][(t, row_key)]
@@ -155,8 +156,9 @@ class Model:
             for f in features_of(entity):
                 if isinstance(f, ColumnFeature):
                     raw = row.values.get(f.column) if row is not None and row.present else None
-                    values[f.name] = None if raw is None else {"int64": int, "float64": float, "string": str}[
-                        f.dtype](raw)
+                    values[f.name] = (
+                        None if raw is None else {"int64": int, "float64": float, "string": str}[f.dtype](raw)
+                    )
         self.last[key], self.due[key] = as_of, due
         self.emits[key].append((as_of, decay, values))
 

@@ -13,18 +13,59 @@ from tests.cdc_cases import PREFIX, TOPIC, envelope, row
 TOPICS = (TOPIC,) * 12 + (f"{PREFIX}.public.users", f"{PREFIX}.public.payments", "other.topic")
 
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(), st.integers(min_value=-(2**70), max_value=2**70),
-    st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=20),
-    st.sampled_from(["12.50", "-0.01", "1e30", "12345678901.00", "1.234", "2026-11-27T17:16:42Z",
-                     "2026-11-27T17:16:42.146637+05:30", "0001-01-01T00:00:00+05:00", "9999-12-31T23:59:59-01:00",
-                     "2026-11-27 17:16:42", "2026-02-30T00:00:00Z", "c", "u", "d", "r", "postgresql", PREFIX,
-                     "public", "transactions", "__debezium_unavailable_value", "a\x00b", "\ud83d\ude00"]),
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=20),
+    st.sampled_from(
+        [
+            "12.50",
+            "-0.01",
+            "1e30",
+            "12345678901.00",
+            "1.234",
+            "2026-11-27T17:16:42Z",
+            "2026-11-27T17:16:42.146637+05:30",
+            "0001-01-01T00:00:00+05:00",
+            "9999-12-31T23:59:59-01:00",
+            "2026-11-27 17:16:42",
+            "2026-02-30T00:00:00Z",
+            "c",
+            "u",
+            "d",
+            "r",
+            "postgresql",
+            PREFIX,
+            "public",
+            "transactions",
+            "__debezium_unavailable_value",
+            "a\x00b",
+            "\ud83d\ude00",
+        ]
+    ),
 )
-json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
-    st.text(max_size=8), inner, max_size=4), max_leaves=12)
+json_values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
 
-PATHS = [("op",), ("source",), ("before",), ("after",), ("source", "lsn"), ("source", "ts_us"), ("source", "ts_ms"),
-         ("source", "txId"), ("source", "table"), ("source", "connector"), ("source", "name"), ("source", "schema")]
+PATHS = [
+    ("op",),
+    ("source",),
+    ("before",),
+    ("after",),
+    ("source", "lsn"),
+    ("source", "ts_us"),
+    ("source", "ts_ms"),
+    ("source", "txId"),
+    ("source", "table"),
+    ("source", "connector"),
+    ("source", "name"),
+    ("source", "schema"),
+]
 PATHS += [(image, column) for image in ("before", "after") for column in row()] * 3
 
 
@@ -49,12 +90,18 @@ def mutated_envelopes(draw) -> bytes:
     data = json.dumps(doc).encode()
     if draw(st.integers(0, 4)) == 0:  # mangle the bytes too
         at = draw(st.integers(0, len(data)))
-        data = data[:at] + draw(st.binary(max_size=4)) + data[at + draw(st.integers(0, 3)):]
+        data = data[:at] + draw(st.binary(max_size=4)) + data[at + draw(st.integers(0, 3)) :]
     return data
 
 
 messages = st.tuples(
     st.sampled_from(TOPICS),
-    st.one_of(st.binary(max_size=64), json_values.map(lambda v: json.dumps(v).encode()), mutated_envelopes(),
-              mutated_envelopes(), mutated_envelopes(), mutated_envelopes()),
+    st.one_of(
+        st.binary(max_size=64),
+        json_values.map(lambda v: json.dumps(v).encode()),
+        mutated_envelopes(),
+        mutated_envelopes(),
+        mutated_envelopes(),
+        mutated_envelopes(),
+    ),
 )

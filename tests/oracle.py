@@ -23,7 +23,8 @@ def current_rows(settings, table: str, owner: str, owner_id: int, as_of: datetim
                 "SELECT row_key, lsn, after FROM cdc_changelog WHERE source_table = %(t)s AND commit_ts <= %(T)s "
                 "AND row_key IN (SELECT row_key FROM cdc_changelog WHERE source_table = %(t)s "
                 "AND (after->>%(o)s = %(id)s OR before->>%(o)s = %(id)s))",
-                {"t": table, "T": as_of, "o": owner, "id": str(owner_id)})
+                {"t": table, "T": as_of, "o": owner, "id": str(owner_id)},
+            )
             changes = cur.fetchall()
     conn.close()
     latest: dict[int, tuple[int, Any]] = {}
@@ -68,5 +69,8 @@ def _typed(value: Any, dtype: str) -> Any:
 
 def mismatches(view: FeatureView, served: dict[str, Any], wanted: dict[str, Any]) -> dict[str, tuple]:
     """Features whose served value differs from the oracle's, to the bit and the type."""
-    return {f.name: (served[f.name], wanted[f.name]) for f in view.features
-            if not (served[f.name] == wanted[f.name] and type(served[f.name]) is type(wanted[f.name]))}
+    return {
+        f.name: (served[f.name], wanted[f.name])
+        for f in view.features
+        if not (served[f.name] == wanted[f.name] and type(served[f.name]) is type(wanted[f.name]))
+    }

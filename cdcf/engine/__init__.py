@@ -60,23 +60,48 @@ def spec() -> str:
         for table, feats in event_tables(entity).items():
             values = value_columns(table)
             windows = sorted({(f.window, f.hop) for f in feats})
-            tables.append({
-                "name": table.name, "values": list(values), "scales": [scale(table, c) for c in values],
-                "windows_us": [_us(w) for w, _ in windows], "hops_us": [_us(h) for _, h in windows],
-                "features": [{"name": f.name, "agg": f.aggregate,
-                              "value": values.index(f.column) if f.column else -1,
-                              "window": [w for w, _ in windows].index(f.window)} for f in feats],
-            })
+            tables.append(
+                {
+                    "name": table.name,
+                    "values": list(values),
+                    "scales": [scale(table, c) for c in values],
+                    "windows_us": [_us(w) for w, _ in windows],
+                    "hops_us": [_us(h) for _, h in windows],
+                    "features": [
+                        {
+                            "name": f.name,
+                            "agg": f.aggregate,
+                            "value": values.index(f.column) if f.column else -1,
+                            "window": [w for w, _ in windows].index(f.window),
+                        }
+                        for f in feats
+                    ],
+                }
+            )
         profile = profile_table(entity)
         columns = [f for f in features_of(entity) if isinstance(f, ColumnFeature)]
-        entities.append({
-            "name": entity.name, "tables": tables,
-            "profile": None if profile is None else {"table": profile.name, "columns": [
-                {"name": f.name, "column": f.column, "dtype": f.dtype, "scale": scale(profile, f.column)}
-                for f in columns]},
-        })
-    return json.dumps({"entities": entities, "outputs": [{"name": n, "dtype": d} for n, d in outputs()],
-                       "tombstone_horizon_us": TOMBSTONE_HORIZON_US})
+        entities.append(
+            {
+                "name": entity.name,
+                "tables": tables,
+                "profile": None
+                if profile is None
+                else {
+                    "table": profile.name,
+                    "columns": [
+                        {"name": f.name, "column": f.column, "dtype": f.dtype, "scale": scale(profile, f.column)}
+                        for f in columns
+                    ],
+                },
+            }
+        )
+    return json.dumps(
+        {
+            "entities": entities,
+            "outputs": [{"name": n, "dtype": d} for n, d in outputs()],
+            "tombstone_horizon_us": TOMBSTONE_HORIZON_US,
+        }
+    )
 
 
 def _us(delta) -> int:
@@ -94,12 +119,18 @@ def engine_jar(cache_dir: Path, javac: str = "javac") -> Path:
         return jar
     compiler = shutil.which(javac)
     if compiler is None:
-        raise PrerequisiteError(f"The Java compiler ('{javac}') is not on PATH: install it with `apt-get install "
-                                "openjdk-17-jdk-headless` (or run `make install`), or set CDCF_JAVAC.")
+        raise PrerequisiteError(
+            f"The Java compiler ('{javac}') is not on PATH: install it with `apt-get install "
+            "openjdk-17-jdk-headless` (or run `make install`), or set CDCF_JAVAC."
+        )
     classpath = str(Path(pyspark.__file__).parent / "jars" / "*")
     with tempfile.TemporaryDirectory() as out:
-        proc = subprocess.run([compiler, "-nowarn", "-d", out, "-cp", classpath, *map(str, sources)],
-                              capture_output=True, text=True, check=False)
+        proc = subprocess.run(
+            [compiler, "-nowarn", "-d", out, "-cp", classpath, *map(str, sources)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if proc.returncode != 0:
             raise PrerequisiteError(f"Compiling the window engine failed: {proc.stderr.strip()[:2000]}")
         cache_dir.mkdir(parents=True, exist_ok=True)
@@ -114,8 +145,12 @@ def engine_jar(cache_dir: Path, javac: str = "javac") -> Path:
 def input_columns() -> tuple[str, ...]:
     """The after-image columns the engine reads: every event table's values and every profile column."""
     entities = json.loads(spec())["entities"]
-    return tuple(sorted({v for e in entities for t in e["tables"] for v in t["values"]}
-                        | {c["column"] for e in entities if e["profile"] for c in e["profile"]["columns"]}))
+    return tuple(
+        sorted(
+            {v for e in entities for t in e["tables"] for v in t["values"]}
+            | {c["column"] for e in entities if e["profile"] for c in e["profile"]["columns"]}
+        )
+    )
 
 
 CAPTURED = "(captured)"  # the table of the clock rows the router makes from Connect's offset commits
@@ -127,13 +162,24 @@ def route_spec(clock_topic: str | None = None, server: str | None = None, partit
     rows come from the offset commits of the connector whose server name (topic prefix) is ``server``, one to each
     of the engine's ``partitions`` state partitions."""
     kinds = {c.name: c.kind for contract in row_contracts().values() for c in contract.columns}
-    return json.dumps({
-        **({"clock": {"topic": clock_topic, "server": server, "table": CAPTURED, "partitions": partitions}}
-           if clock_topic else {}),
-        "sources": [{"table": s.table.name, "event": s.table.event_time,
-                     "owners": [{"entity": e.name, "column": e.join_key} for e in s.owners]} for s in sources()],
-        "values": {c: "string" if kinds[c] == "string" else "long" for c in input_columns()},
-    })
+    return json.dumps(
+        {
+            **(
+                {"clock": {"topic": clock_topic, "server": server, "table": CAPTURED, "partitions": partitions}}
+                if clock_topic
+                else {}
+            ),
+            "sources": [
+                {
+                    "table": s.table.name,
+                    "event": s.table.event_time,
+                    "owners": [{"entity": e.name, "column": e.join_key} for e in s.owners],
+                }
+                for s in sources()
+            ],
+            "values": {c: "string" if kinds[c] == "string" else "long" for c in input_columns()},
+        }
+    )
 
 
 def features(changes: DataFrame, gated: bool, settle_ms: int) -> DataFrame:
@@ -143,8 +189,9 @@ def features(changes: DataFrame, gated: bool, settle_ms: int) -> DataFrame:
     applies only once the clock (Connect's offset commits, as the router's ``CAPTURED`` rows) has passed its commit
     time (see FeatureProcessor.java); otherwise on arrival."""
     spark = changes.sparkSession
-    return DataFrame(spark._jvm.cdcf.engine.Engine.features(changes._jdf, spec(), CAPTURED if gated else None,
-                                                            settle_ms), spark)
+    return DataFrame(
+        spark._jvm.cdcf.engine.Engine.features(changes._jdf, spec(), CAPTURED if gated else None, settle_ms), spark
+    )
 
 
 def replay(changes: DataFrame, end_us: int) -> DataFrame:

@@ -28,19 +28,22 @@ def invoke(action: Callable[[Settings], object], *, new_secrets: bool = False) -
 
 def with_metrics(job: str, action: Callable[[Settings], object]) -> Callable[[Settings], object]:
     """``action`` with the process's Prometheus endpoint up, announced to the local Prometheus as ``job``."""
+
     def run(settings: Settings) -> object:
         from cdcf import exporter
 
         if settings.metrics_enabled:
             exporter.serve(settings, job)
         return action(settings)
+
     return run
 
 
 @app.callback()
 def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug details.")) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
 
 def utc(at: datetime | None) -> datetime | None:

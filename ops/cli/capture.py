@@ -1,4 +1,5 @@
-"""`cdcf` commands: capture: the Debezium connector through Kafka Connect's REST API, the archive, re-snapshots and dead letters."""
+"""`cdcf` commands of capture: the Debezium connector through Kafka Connect's REST API, the archive, re-snapshots
+and dead letters."""
 
 from __future__ import annotations
 
@@ -91,15 +92,19 @@ def connector_reset_offsets() -> None:
 
 
 @app.command()
-def archive(status_file: Path | None = typer.Option(None, help="Where to report totals and lag."),
-            idle_exit: float | None = typer.Option(None, help="Exit after this many idle seconds.")) -> None:
+def archive(
+    status_file: Path | None = typer.Option(None, help="Where to report totals and lag."),
+    idle_exit: float | None = typer.Option(None, help="Exit after this many idle seconds."),
+) -> None:
     """Run the changelog archiver in the foreground (`make up` runs it in the background)."""
     from connectors.archive import Archiver
 
     logging.getLogger("connectors").setLevel(logging.INFO)
     totals = invoke(with_metrics("archiver", lambda s: Archiver(s, status_file=status_file).run(idle_exit_s=idle_exit)))
-    typer.echo(f"archived {totals['changes']} changes, skipped {totals['duplicates']} re-deliveries, "
-               f"{totals['dead_letters']} dead letters")
+    typer.echo(
+        f"archived {totals['changes']} changes, skipped {totals['duplicates']} re-deliveries, "
+        f"{totals['dead_letters']} dead letters"
+    )
 
 
 @app.command()
@@ -109,33 +114,44 @@ def resnapshot() -> None:
     from connectors.resnapshot import resnapshot as run
 
     done = invoke(lambda s: run(s, progress=typer.echo))
-    typer.echo(f"resnapshot done in {done.seconds:.1f} s: {done.snapshot_rows} rows snapshotted, "
-               f"{sum(done.deleted.values())} deletes sent for rows removed or moved to other owners during the gap")
+    typer.echo(
+        f"resnapshot done in {done.seconds:.1f} s: {done.snapshot_rows} rows snapshotted, "
+        f"{sum(done.deleted.values())} deletes sent for rows removed or moved to other owners during the gap"
+    )
 
 
 @app.command("dead-letters")
-def dead_letters(action: str = typer.Argument("list", help="list, or replay: send back what now decodes."),
-                 dry_run: bool = typer.Option(False, "--dry-run", help="replay: only say what would be sent.")) -> None:
+def dead_letters(
+    action: str = typer.Argument("list", help="list, or replay: send back what now decodes."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="replay: only say what would be sent."),
+) -> None:
     """List the dead letters, or replay them through the pipeline once the contract that refused them is fixed."""
     from connectors import deadletters
 
     if action == "list":
+
         def show(settings: Settings) -> None:
             found = 0
-            for found, letter in enumerate(deadletters.letters(settings), 1):
+            for letter in deadletters.letters(settings):
+                found += 1
                 at = letter.source
-                typer.echo(f"{letter.offset}\t{letter.failed_at}\t{at.topic}[{at.partition}]@{at.offset}\t{letter.reason}")
+                typer.echo(
+                    f"{letter.offset}\t{letter.failed_at}\t{at.topic}[{at.partition}]@{at.offset}\t{letter.reason}"
+                )
             typer.echo(f"{found} dead letter(s) on {settings.dead_letter_topic}")
 
         invoke(show)
     elif action == "replay":
         done = invoke(lambda s: deadletters.replay(s, dry_run=dry_run))
-        typer.echo(f"{'would send' if dry_run else 'sent'} {len(done.sent)} back to their topics; "
-                   f"{len(done.archived)} already archived; {len(done.invalid)} still invalid; "
-                   f"{len(done.gone)} gone from Kafka (past retention)")
+        typer.echo(
+            f"{'would send' if dry_run else 'sent'} {len(done.sent)} back to their topics; "
+            f"{len(done.archived)} already archived; {len(done.invalid)} still invalid; "
+            f"{len(done.gone)} gone from Kafka (past retention)"
+        )
         for letter, reason in done.invalid[:20]:
-            typer.echo(f"  still invalid: {letter.source.topic}[{letter.source.partition}]@{letter.source.offset}: "
-                       f"{reason}")
+            typer.echo(
+                f"  still invalid: {letter.source.topic}[{letter.source.partition}]@{letter.source.offset}: {reason}"
+            )
     else:
         typer.secho(f"error: unknown action {action!r}; use list or replay", err=True, fg=typer.colors.RED)
         raise typer.Exit(code=2)

@@ -1,4 +1,5 @@
-"""`cdcf` commands: the local stack's lifecycle: up, down, status, apply, compose secrets, jars, the feature server, the demo and the supervisor."""
+"""`cdcf` commands of the local stack: up, down, status, apply, compose secrets, jars, the feature server, the demo
+and the supervisor."""
 
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ def up() -> None:
 
 
 @app.command()
-def down(purge: bool = typer.Option(False, "--purge", help="Also delete the stack's data (not the jar cache).")) -> None:
+def down(
+    purge: bool = typer.Option(False, "--purge", help="Also delete the stack's data (not the jar cache)."),
+) -> None:
     """Stop the processes of the local stack (only ours, by pid)."""
     from ops import stack
 
@@ -31,10 +34,15 @@ def down(purge: bool = typer.Option(False, "--purge", help="Also delete the stac
 
 
 @app.command()
-def status(watch: bool = typer.Option(False, "--watch", help="Refresh every --interval seconds, with throughput, "
-                                       "freshness and lag from Prometheus, until Ctrl-C."),
-           interval: float = typer.Option(1.0, help="Seconds between refreshes (--watch)."),
-           count: int | None = typer.Option(None, help="Stop after this many refreshes (--watch).")) -> None:
+def status(
+    watch: bool = typer.Option(
+        False,
+        "--watch",
+        help="Refresh every --interval seconds, with throughput, freshness and lag from Prometheus, until Ctrl-C.",
+    ),
+    interval: float = typer.Option(1.0, help="Seconds between refreshes (--watch)."),
+    count: int | None = typer.Option(None, help="Stop after this many refreshes (--watch)."),
+) -> None:
     """One line per component; exits 1 when any is unhealthy."""
     import time
 
@@ -68,9 +76,10 @@ def apply() -> None:
 
 
 @app.command("compose-secrets")
-def compose_secrets(folder: Path = typer.Option(PROJECT_ROOT / "secrets", help="Where docker-compose.yml reads them."),
-                    gid: int = typer.Option(..., help="Group that may read them: the containers join it "
-                                            "(HOMELAB_SECRETS_GID).")) -> None:
+def compose_secrets(
+    folder: Path = typer.Option(PROJECT_ROOT / "secrets", help="Where docker-compose.yml reads them."),
+    gid: int = typer.Option(..., help="Group that may read them: the containers join it (HOMELAB_SECRETS_GID)."),
+) -> None:
     """Write the Docker secrets of docker-compose.yml from this stack's settings (those missing only)."""
     from ops.stack import compose_secrets as secrets_files
 
@@ -93,18 +102,24 @@ def jars() -> None:
 
 
 @app.command("serve-features")
-def serve_features(port: int = typer.Option(6566, help="HTTP port of the Feast feature server."),
-                   bind: str = typer.Option("127.0.0.1", help="Address to listen on."),
-                   metrics: bool = typer.Option(False, help="Feast's Prometheus metrics on port 8000 of every "
-                                                "interface (Feast's choice; compose scrapes it inside its network).")
-                   ) -> None:
+def serve_features(
+    port: int = typer.Option(6566, help="HTTP port of the Feast feature server."),
+    bind: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    metrics: bool = typer.Option(
+        False,
+        help="Feast's Prometheus metrics on port 8000 of every "
+        "interface (Feast's choice; compose scrapes it inside its network).",
+    ),
+) -> None:
     """Write feature_store.yaml from the settings and run `feast serve` on it (replaces this process)."""
     from cdcf.feast_config import REPO_PATH, write_repo_config
 
     config = invoke(write_repo_config)
     feast = str(Path(sys.executable).with_name("feast"))
     os.chdir(REPO_PATH)
-    os.execv(feast, [feast, "-f", str(config), "serve", "-h", bind, "-p", str(port), *(["--metrics"] if metrics else [])])
+    os.execv(
+        feast, [feast, "-f", str(config), "serve", "-h", bind, "-p", str(port), *(["--metrics"] if metrics else [])]
+    )
 
 
 @app.command()

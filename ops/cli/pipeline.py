@@ -1,4 +1,5 @@
-"""`cdcf` commands: the features: the streaming job, the workload, the backfill, training sets and seeding the online store."""
+"""`cdcf` commands of the features: the streaming job, the workload, the backfill, training sets and seeding the
+online store."""
 
 from __future__ import annotations
 
@@ -23,11 +24,13 @@ def stream(status_file: Path | None = typer.Option(None, help="Where to report t
 
 
 @app.command()
-def workload(rate: float = typer.Option(200, help="Changes per second."),
-             duration: float = typer.Option(60, help="Seconds to run."),
-             seed: int = typer.Option(1, help="Random seed (same seed, same sequence of changes)."),
-             burst_every: float = typer.Option(15, help="A burst second every this many seconds (0: none)."),
-             burst_factor: float = typer.Option(4, help="Rate multiplier during a burst.")) -> None:
+def workload(
+    rate: float = typer.Option(200, help="Changes per second."),
+    duration: float = typer.Option(60, help="Seconds to run."),
+    seed: int = typer.Option(1, help="Random seed (same seed, same sequence of changes)."),
+    burst_every: float = typer.Option(15, help="A burst second every this many seconds (0: none)."),
+    burst_factor: float = typer.Option(4, help="Rate multiplier during a burst."),
+) -> None:
     """Drive realistic changes into the source database at a target rate, with a progress line."""
     from ops.workload import Workload
 
@@ -35,17 +38,22 @@ def workload(rate: float = typer.Option(200, help="Changes per second."),
         total = sum(counts.values())
         typer.echo(f"\r{elapsed:5.0f} s  {total:8d} changes  {total / max(elapsed, 1e-9):7.0f}/s", nl=False)
 
-    counts = invoke(lambda s: Workload(s, seed=seed).run(rate, duration, burst_every_s=burst_every,
-                                                        burst_factor=burst_factor, progress=show))
+    counts = invoke(
+        lambda s: Workload(s, seed=seed).run(
+            rate, duration, burst_every_s=burst_every, burst_factor=burst_factor, progress=show
+        )
+    )
     typer.echo("\n" + ", ".join(f"{kind}={n}" for kind, n in sorted(counts.items())))
 
 
 @app.command()
-def backfill(start: datetime | None = typer.Option(None, help="First as-of time to rebuild (default: all)."),
-             end: datetime | None = typer.Option(None, help="As-of times before this (default: the archive's last "
-                                                              "commit)."),
-             incremental: bool = typer.Option(False, help="Continue from the last run: new as-of times, and the "
-                                                          "entities touched by changes archived since.")) -> None:
+def backfill(
+    start: datetime | None = typer.Option(None, help="First as-of time to rebuild (default: all)."),
+    end: datetime | None = typer.Option(None, help="As-of times before this (default: the archive's last commit)."),
+    incremental: bool = typer.Option(
+        False, help="Continue from the last run: new as-of times, and the entities touched by changes archived since."
+    ),
+) -> None:
     """Rebuild the offline feature tables from the changelog archive (Spark batch), with progress."""
     from batch.backfill import run_backfill
     from cdcf.spark import spark_session
@@ -64,11 +72,15 @@ def backfill(start: datetime | None = typer.Option(None, help="First as-of time 
 
 
 @app.command("training-set")
-def training_set(entities: str = typer.Argument(..., help="Entity rows: a .parquet or .csv file, or an offline-store "
-                                                           "table, with the join key and event_timestamp."),
-                 features: str = typer.Option(..., help="A feature service, or view:feature,view:feature..."),
-                 out: Path = typer.Option(..., help="Parquet file to write."),
-                 label: list[str] = typer.Option([], help="A label to join from the history (txn_next_7d).")) -> None:
+def training_set(
+    entities: str = typer.Argument(
+        ...,
+        help="Entity rows: a .parquet or .csv file, or an offline-store table, with the join key and event_timestamp.",
+    ),
+    features: str = typer.Option(..., help="A feature service, or view:feature,view:feature..."),
+    out: Path = typer.Option(..., help="Parquet file to write."),
+    label: list[str] = typer.Option([], help="A label to join from the history (txn_next_7d)."),
+) -> None:
     """Write a point-in-time training set (values as of each row's timestamp) to Parquet."""
     from offline.training import training_set as build
 

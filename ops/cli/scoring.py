@@ -1,4 +1,4 @@
-"""`cdcf` commands: the models: training, the registry, validation, batch and online scoring, and the model API."""
+"""`cdcf` commands of the models: training, the registry, validation, batch and online scoring, and the model API."""
 
 from __future__ import annotations
 
@@ -18,14 +18,18 @@ app.add_typer(models_app, name="models")
 
 
 @app.command("train-model")
-def train_model(model: str = typer.Option("fraud_detection_v1", help=f"One of {', '.join(MODELS)}."),
-                rows: int = typer.Option(20_000, help="Point-in-time rows to train on (fraud: transactions; "
-                                                      "recommendation: purchases; segmentation: users)."),
-                epochs: int = typer.Option(20, help="Passes over the training rows (txn_next_7d)."),
-                as_of: datetime | None = typer.Option(None, help="Segmentation: the users' features as of this "
-                                                                 "time (UTC; default now)."),
-                if_missing: bool = typer.Option(False, "--if-missing", help="Only when the registry has no version "
-                                                                           "of it yet.")) -> None:
+def train_model(
+    model: str = typer.Option("fraud_detection_v1", help=f"One of {', '.join(MODELS)}."),
+    rows: int = typer.Option(
+        20_000,
+        help="Point-in-time rows to train on (fraud: transactions; recommendation: purchases; segmentation: users).",
+    ),
+    epochs: int = typer.Option(20, help="Passes over the training rows (txn_next_7d)."),
+    as_of: datetime | None = typer.Option(
+        None, help="Segmentation: the users' features as of this time (UTC; default now)."
+    ),
+    if_missing: bool = typer.Option(False, "--if-missing", help="Only when the registry has no version of it yet."),
+) -> None:
     """Train a model on point-in-time sets from the offline store and register it (CUDA when present)."""
     if model not in MODELS:
         raise typer.BadParameter(f"unknown model {model!r}; one of {', '.join(MODELS)}")
@@ -68,8 +72,10 @@ def models_list() -> None:
 
 
 @app.command()
-def validate(sample: int = typer.Option(1000, help="Entities per feature view."),
-             min_match: float = typer.Option(1.0, help="Exit non-zero below this match fraction.")) -> None:
+def validate(
+    sample: int = typer.Option(1000, help="Entities per feature view."),
+    min_match: float = typer.Option(1.0, help="Exit non-zero below this match fraction."),
+) -> None:
     """Online/offline consistency: a sample of online values, each against the offline row at its as-of time."""
     import json
 
@@ -78,16 +84,20 @@ def validate(sample: int = typer.Option(1000, help="Entities per feature view.")
     report = invoke(lambda settings: check(settings, sample))
     for mismatch in report.mismatches[:20]:
         typer.echo(json.dumps(mismatch))
-    typer.echo(f"{report.matched} of {report.compared} online values equal their offline rows: match "
-               f"{report.match if report.match is not None else '-'}")
+    typer.echo(
+        f"{report.matched} of {report.compared} online values equal their offline rows: match "
+        f"{report.match if report.match is not None else '-'}"
+    )
     if report.match is not None and report.match < min_match:
         raise typer.Exit(1)
 
 
 @app.command("batch-score")
-def batch_score(model: str = typer.Option("customer_segmentation_v1", help="The model (customer_segmentation_v1)."),
-                as_of: datetime | None = typer.Option(None, help="Score every user as of this time (UTC; default now)."),
-                version: int | None = typer.Option(None, help="Pin a model version (default: the newest).")) -> None:
+def batch_score(
+    model: str = typer.Option("customer_segmentation_v1", help="The model (customer_segmentation_v1)."),
+    as_of: datetime | None = typer.Option(None, help="Score every user as of this time (UTC; default now)."),
+    version: int | None = typer.Option(None, help="Pin a model version (default: the newest)."),
+) -> None:
     """Score every user as of a time through the offline store's point-in-time path into the offline table
     user_segments and the online view user_segment_features."""
     if model != "customer_segmentation_v1":
@@ -95,8 +105,10 @@ def batch_score(model: str = typer.Option("customer_segmentation_v1", help="The 
     from inference import segments
 
     done = invoke(lambda s: segments.batch_score(s, utc(as_of) or datetime.now(UTC), version))
-    typer.echo(f"{done['users']} users scored by {model} v{done['version']} as of {done['as_of']} in "
-               f"{done['seconds']:.1f} s ({done['users_per_s']}/s); segment sizes {done['segment_sizes']}")
+    typer.echo(
+        f"{done['users']} users scored by {model} v{done['version']} as of {done['as_of']} in "
+        f"{done['seconds']:.1f} s ({done['users_per_s']}/s); segment sizes {done['segment_sizes']}"
+    )
 
 
 def _answer(ask: Callable[[Settings], dict], items: str = "results") -> dict:
@@ -119,8 +131,10 @@ def _answer(ask: Callable[[Settings], dict], items: str = "results") -> dict:
 
 
 @app.command()
-def score(ids: list[int] = typer.Argument(..., help="Entity ids to score."),
-          model: Path | None = typer.Option(None, help="Model file (default: the stack's trained model).")) -> None:
+def score(
+    ids: list[int] = typer.Argument(..., help="Entity ids to score."),
+    model: Path | None = typer.Option(None, help="Model file (default: the stack's trained model)."),
+) -> None:
     """txn_next_7d: fetch fresh features from Redis and score them; one JSON line per entity."""
     from inference.service import ScoringService
 
@@ -129,8 +143,10 @@ def score(ids: list[int] = typer.Argument(..., help="Entity ids to score."),
 
 
 @app.command("score-fraud")
-def score_fraud(transactions: list[str] = typer.Argument(..., help="USER_ID:AMOUNT[:MERCHANT], one per transaction."),
-                version: int | None = typer.Option(None, help="Pin a model version (default: the newest).")) -> None:
+def score_fraud(
+    transactions: list[str] = typer.Argument(..., help="USER_ID:AMOUNT[:MERCHANT], one per transaction."),
+    version: int | None = typer.Option(None, help="Pin a model version (default: the newest)."),
+) -> None:
     """fraud_detection_v1 on transactions, with their users' fresh features; one JSON line per transaction."""
     from inference.service import FraudScorer
 
@@ -147,14 +163,20 @@ def score_fraud(transactions: list[str] = typer.Argument(..., help="USER_ID:AMOU
 
 
 @app.command()
-def recommend(user_id: int = typer.Argument(..., help="The user."), k: int = typer.Option(10, help="How many."),
-              version: int | None = typer.Option(None, help="Pin a model version (default: the newest).")) -> None:
+def recommend(
+    user_id: int = typer.Argument(..., help="The user."),
+    k: int = typer.Option(10, help="How many."),
+    version: int | None = typer.Option(None, help="Pin a model version (default: the newest)."),
+) -> None:
     """recommendation_v1: the top k of the candidate products for a user; one JSON line per product."""
     from inference.service import Recommender
 
     answer = _answer(lambda s: Recommender.from_settings(s, version).recommend(user_id, k), "items")
-    typer.echo(f"{len(answer['items'])} of {answer.get('candidates', 0)} candidates by {answer['model']} "
-               f"v{answer['version']}" + (f": {answer['reason']}" if "reason" in answer else ""), err=True)
+    typer.echo(
+        f"{len(answer['items'])} of {answer.get('candidates', 0)} candidates by {answer['model']} "
+        f"v{answer['version']}" + (f": {answer['reason']}" if "reason" in answer else ""),
+        err=True,
+    )
 
 
 @app.command()
@@ -170,9 +192,11 @@ def segment(user_ids: list[int] = typer.Argument(..., help="Users.")) -> None:
 
 
 @app.command("serve-scores")
-def serve_scores(port: int = typer.Option(6570, help="HTTP port."),
-                 bind: str = typer.Option("127.0.0.1", help="Address to listen on."),
-                 cache_ttl: float = typer.Option(0.0, help="Seconds to cache an entity's features (0: off).")) -> None:
+def serve_scores(
+    port: int = typer.Option(6570, help="HTTP port."),
+    bind: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    cache_ttl: float = typer.Option(0.0, help="Seconds to cache an entity's features (0: off)."),
+) -> None:
     """Serve the model API over HTTP (with the bearer token CDCF_SCORING_TOKEN): POST /score/fraud_detection_v1,
     POST /recommend, GET /segment/{user_id}, POST /score and GET /health, each model at its newest version."""
     import uvicorn
@@ -189,7 +213,11 @@ def serve_scores(port: int = typer.Option(6570, help="HTTP port."),
 
         exporter.announce(settings, "model-api", f"{'127.0.0.1' if bind == '0.0.0.0' else bind}:{port}")  # its /metrics
         with frozen_heap():
-            uvicorn.run(create_app(settings.scoring_token.get_secret_value(), **models), host=bind, port=port,
-                        log_level="warning")
+            uvicorn.run(
+                create_app(settings.scoring_token.get_secret_value(), **models),
+                host=bind,
+                port=port,
+                log_level="warning",
+            )
 
     invoke(run)

@@ -55,7 +55,9 @@ def check_prerequisites(settings: Settings) -> None:
     needed[settings.java] = "apt-get install openjdk-17-jdk-headless, or set CDCF_JAVA"
     needed[settings.javac] = "apt-get install openjdk-17-jdk-headless (it builds the window engine), or set CDCF_JAVAC"
     if not jars.resolved(settings):
-        needed[settings.maven] = "apt-get install maven (needed while the jar cache is empty or jars.xml changed), or set CDCF_MAVEN"
+        needed[settings.maven] = (
+            "apt-get install maven (needed while the jar cache is empty or jars.xml changed), or set CDCF_MAVEN"
+        )
     missing = [f"{name} ({fix})" for name, fix in needed.items() if shutil.which(name) is None]
     if os.geteuid() != 0:
         missing.append("root rights (the stack creates its PostgreSQL cluster with pg_createcluster)")
@@ -133,12 +135,14 @@ def status(settings: Settings) -> list[Health]:
 
 def _supervised(name: str, health: Callable[[Settings], str]) -> Callable[[Settings], str]:
     """A service's health, failed while it is in a restart loop, and naming a recent restart it recovered from."""
+
     def check(settings: Settings) -> str:
         if problem := supervisor.trouble(settings.paths, name):
             raise ServiceError(f"{name.capitalize()} {problem}.")
         detail = health(settings)
         record = supervisor.restarted(settings.paths, name)
         return detail + (f"; it {record}" if record and record.in_window() else "")
+
     return check
 
 
@@ -152,14 +156,21 @@ def apply_feature_repo(settings: Settings) -> None:
     feast_config.write_repo_config(settings)  # the readers' (feast serve, feast ui)
     config = feast_config.write_repo_config(settings, "writer")
     stamp = settings.paths.run / "feast-applied.sha256"
-    fingerprint = hashlib.sha256(b"".join(
-        p.read_bytes() for p in (*sorted(feast_config.REPO_PATH.glob("*.py")), Path(features.__file__), config)
-    )).hexdigest()
+    fingerprint = hashlib.sha256(
+        b"".join(
+            p.read_bytes() for p in (*sorted(feast_config.REPO_PATH.glob("*.py")), Path(features.__file__), config)
+        )
+    ).hexdigest()
     if stamp.exists() and stamp.read_text() == fingerprint and _registered_views(settings) == len(features.ALL_VIEWS):
         return
     feast_bin = Path(sys.executable).with_name("feast")
-    done = subprocess.run([str(feast_bin), "-f", str(config), "apply"], cwd=feast_config.REPO_PATH,
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [str(feast_bin), "-f", str(config), "apply"],
+        cwd=feast_config.REPO_PATH,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if done.returncode != 0:
         raise ServiceError(f"`feast apply` failed: {(done.stderr or done.stdout).strip()[-500:]}")
     stamp.parent.mkdir(parents=True, exist_ok=True)
@@ -197,13 +208,15 @@ def registry_health(settings: Settings) -> str:
     views = store.list_feature_views()
     services = store.list_feature_services()
     if not views:
-        raise ServiceError(f"The Feast registry has no feature views for project {settings.feast_project}; "
-                           "run `make up`.")
+        raise ServiceError(
+            f"The Feast registry has no feature views for project {settings.feast_project}; run `make up`."
+        )
     return f"Feast project {settings.feast_project}: {len(views)} feature views, {len(services)} services"
 
 
-def _check(name: str, health: Callable[[Settings], str], pid: Callable[[Settings], int | None],
-           settings: Settings) -> Health:
+def _check(
+    name: str, health: Callable[[Settings], str], pid: Callable[[Settings], int | None], settings: Settings
+) -> Health:
     try:
         return Health(name, True, health(settings), pid(settings))
     except psycopg2.OperationalError as exc:

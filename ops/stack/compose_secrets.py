@@ -25,8 +25,9 @@ FEATURE_SERVER_PORT = 6566  # feast serve's, inside the network, and the proxy's
 
 def compose_settings(settings: Settings) -> Settings:
     """The local settings (their secrets) with compose's host names."""
-    return settings.model_copy(update={"pg_host": "postgres", "redis_host": "redis", "kafka_host": "kafka",
-                                       "connect_host": "connect"})
+    return settings.model_copy(
+        update={"pg_host": "postgres", "redis_host": "redis", "kafka_host": "kafka", "connect_host": "connect"}
+    )
 
 
 def files(settings: Settings) -> dict[str, str]:
@@ -34,8 +35,9 @@ def files(settings: Settings) -> dict[str, str]:
     settings = compose_settings(settings)
     kafka_props = str(IN_CONTAINER / "kafka_server_properties")
     derived = {
-        "kafka_server_properties": kafka.properties_text(kafka.broker_properties(
-            settings, bind="0.0.0.0", log_dirs=KAFKA_DATA)),  # noqa: S104 (the container's own interfaces)
+        "kafka_server_properties": kafka.properties_text(
+            kafka.broker_properties(settings, bind="0.0.0.0", log_dirs=KAFKA_DATA)
+        ),  # noqa: S104 (the container's own interfaces)
         "kafka_format_args": kafka.format_arguments(settings, kafka_props),
         "kafka_admin_client_properties": kafka.properties_text(java_config(settings, "admin")),
         "kafka_capture_jaas": java_config(settings, "capture")["sasl.jaas.config"],
@@ -85,8 +87,11 @@ def write(settings: Settings, folder: Path, group: int) -> list[str]:
         tls.mkdir(mode=0o700, exist_ok=True)
         certificates.issue(tls, PG_NAMES)
         written.append("tls/")
-    for name, source in (("pg_server_crt", "server.crt"), ("pg_server_key", "server.key"),
-                         ("cdcf_pg_ca_crt", "ca.crt")):
+    for name, source in (
+        ("pg_server_crt", "server.crt"),
+        ("pg_server_key", "server.key"),
+        ("cdcf_pg_ca_crt", "ca.crt"),
+    ):
         if not (folder / name).exists():
             write_private(folder / name, (tls / source).read_text(), group)
             written.append(name)

@@ -43,14 +43,26 @@ def start_kafka(settings: Settings) -> None:
             _format_storage(settings, props)
             (data / USERS_MARKER).write_text("SCRAM users of the settings, made when this storage was formatted\n")
         elif not (data / USERS_MARKER).exists():
-            raise ServiceError(f"Kafka's data in {data} predates its SASL/SCRAM users, which are made when storage "
-                               f"is formatted: run `cdcf down --purge` (it deletes the stack's data; `make up` then "
-                               f"captures every row again).")
+            raise ServiceError(
+                f"Kafka's data in {data} predates its SASL/SCRAM users, which are made when storage "
+                f"is formatted: run `cdcf down --purge` (it deletes the stack's data; `make up` then "
+                f"captures every row again)."
+            )
 
-    _start_jvm(settings, KAFKA, props, settings.kafka_heap, "kafka.Kafka", kafka_health,
-               ports=[(settings.kafka_port, "Kafka", "CDCF_KAFKA_PORT"),
-                      (settings.kafka_controller_port, "Kafka controller", "CDCF_KAFKA_CONTROLLER_PORT")],
-               host=settings.kafka_host, before=format_storage_once)
+    _start_jvm(
+        settings,
+        KAFKA,
+        props,
+        settings.kafka_heap,
+        "kafka.Kafka",
+        kafka_health,
+        ports=[
+            (settings.kafka_port, "Kafka", "CDCF_KAFKA_PORT"),
+            (settings.kafka_controller_port, "Kafka controller", "CDCF_KAFKA_CONTROLLER_PORT"),
+        ],
+        host=settings.kafka_host,
+        before=format_storage_once,
+    )
     ensure_acls(settings)
 
 
@@ -65,11 +77,12 @@ def acl_rules(settings: Settings) -> list[tuple[str, str, str, str, str]]:
     capture, reader = f"User:{settings.kafka_capture_user}", f"User:{settings.kafka_reader_user}"
     group, prefix = settings.connect_group, settings.topic_prefix
     return [
-        *[(capture, "topic", "prefixed", name, "all")
-          for name in (prefix, "__debezium-heartbeat", f"{group}-")],
+        *[(capture, "topic", "prefixed", name, "all") for name in (prefix, "__debezium-heartbeat", f"{group}-")],
         (capture, "group", "literal", group, "all"),
-        *[(capture, "cluster", "literal", "kafka-cluster", op)
-          for op in ("describe", "describe_configs", "idempotent_write")],
+        *[
+            (capture, "cluster", "literal", "kafka-cluster", op)
+            for op in ("describe", "describe_configs", "idempotent_write")
+        ],
         *[(reader, "topic", "prefixed", prefix, op) for op in ("read", "describe")],
         *[(reader, "topic", "literal", settings.connect_offsets_topic, op) for op in ("read", "describe")],
         *[(reader, "topic", "literal", settings.dead_letter_topic, op) for op in ("write", "describe")],
@@ -81,10 +94,23 @@ def acl_rules(settings: Settings) -> list[tuple[str, str, str, str, str]]:
 
 def ensure_acls(settings: Settings) -> None:
     """Create the ACLs of ``acl_rules`` (creating one that exists changes nothing)."""
-    kinds = {"topic": ResourceType.TOPIC, "group": ResourceType.GROUP, "cluster": ResourceType.BROKER}  # librdkafka's name
-    bindings = [AclBinding(kinds[kind], name, ResourcePatternType[pattern.upper()], principal, "*",
-                           AclOperation[op.upper()], AclPermissionType.ALLOW)
-                for principal, kind, pattern, name, op in acl_rules(settings)]
+    kinds = {
+        "topic": ResourceType.TOPIC,
+        "group": ResourceType.GROUP,
+        "cluster": ResourceType.BROKER,
+    }  # librdkafka's name
+    bindings = [
+        AclBinding(
+            kinds[kind],
+            name,
+            ResourcePatternType[pattern.upper()],
+            principal,
+            "*",
+            AclOperation[op.upper()],
+            AclPermissionType.ALLOW,
+        )
+        for principal, kind, pattern, name, op in acl_rules(settings)
+    ]
     admin = _admin(settings)  # held until every future is done
     for binding, future in admin.create_acls(bindings).items():
         try:
@@ -100,12 +126,21 @@ def _admin(settings: Settings, **options: object) -> AdminClient:
 def start_connect(settings: Settings) -> None:
     props = _write_properties(settings, CONNECT, worker_properties(settings))
     if settings.secrets_dir is None:  # the connector's password, as a secret file (connector_secrets_dir)
-        write_private(connector_secrets_dir(settings) / "cdcf_debezium_password",
-                      settings.debezium_password.get_secret_value())
-    _start_jvm(settings, CONNECT, props, settings.connect_heap, "org.apache.kafka.connect.cli.ConnectDistributed",
-               connect_health, ports=[(settings.connect_port, "Kafka Connect", "CDCF_CONNECT_PORT")],
-               host=settings.connect_host, timeout_factor=2,
-               jvm_options=[f"-Djava.security.auth.login.config={_write_rest_users(settings)}"])
+        write_private(
+            connector_secrets_dir(settings) / "cdcf_debezium_password", settings.debezium_password.get_secret_value()
+        )
+    _start_jvm(
+        settings,
+        CONNECT,
+        props,
+        settings.connect_heap,
+        "org.apache.kafka.connect.cli.ConnectDistributed",
+        connect_health,
+        ports=[(settings.connect_port, "Kafka Connect", "CDCF_CONNECT_PORT")],
+        host=settings.connect_host,
+        timeout_factor=2,
+        jvm_options=[f"-Djava.security.auth.login.config={_write_rest_users(settings)}"],
+    )
 
 
 # Connect's REST API takes HTTP basic auth from this JAAS login module, which checks a properties file of
@@ -117,9 +152,10 @@ PROPERTY_FILE_LOGIN = "org.apache.kafka.connect.rest.basic.auth.extension.Proper
 def rest_users_file(settings: Settings) -> str:
     """The REST API's one user, in java.util.Properties syntax (every character escaped as \\uXXXX: no password
     can break the file)."""
+
     def escaped(text: str) -> str:
         units = text.encode("utf-16-be")  # Java's chars: a character past U+FFFF is two
-        return "".join(f"\\u{int.from_bytes(units[i:i + 2]):04x}" for i in range(0, len(units), 2))
+        return "".join(f"\\u{int.from_bytes(units[i : i + 2]):04x}" for i in range(0, len(units), 2))
 
     return f"{escaped(settings.connect_user)}={escaped(settings.connect_password.get_secret_value())}\n"
 
@@ -134,10 +170,20 @@ def _write_rest_users(settings: Settings) -> Path:
     return write_private(settings.paths.conf / "connect-rest.jaas", rest_jaas(str(users)))
 
 
-def _start_jvm(settings: Settings, name: str, props: Path, heap: str, main: str,
-               health: Callable[[Settings], str], *, ports: list[tuple[int, str, str]], host: str,
-               before: Callable[[], None] | None = None,
-               timeout_factor: float = 1, jvm_options: list[str] | None = None) -> None:
+def _start_jvm(
+    settings: Settings,
+    name: str,
+    props: Path,
+    heap: str,
+    main: str,
+    health: Callable[[Settings], str],
+    *,
+    ports: list[tuple[int, str, str]],
+    host: str,
+    before: Callable[[], None] | None = None,
+    timeout_factor: float = 1,
+    jvm_options: list[str] | None = None,
+) -> None:
     """Start one JVM service, supervised, unless ours already runs: check its ports, spawn, wait until healthy."""
     if supervisor.running(settings.paths, name, service_pid(settings, name)):
         return
@@ -145,9 +191,13 @@ def _start_jvm(settings: Settings, name: str, props: Path, heap: str, main: str,
         proc.require_free_port(host, port, label, setting)
     if before:
         before()
-    supervisor.start_service(settings.paths, name, _java(settings, name, heap, main, props, jvm_options=jvm_options),
-                             lambda: health(settings),
-                             timeout_s=settings.start_timeout_s * timeout_factor)
+    supervisor.start_service(
+        settings.paths,
+        name,
+        _java(settings, name, heap, main, props, jvm_options=jvm_options),
+        lambda: health(settings),
+        timeout_s=settings.start_timeout_s * timeout_factor,
+    )
 
 
 def stop(settings: Settings, name: str) -> None:
@@ -166,13 +216,15 @@ def service_pid(settings: Settings, name: str) -> int | None:
 CHANGE_TOPIC_CONFIG = {"cleanup.policy": "compact", "min.compaction.lag.ms": str(24 * 3600 * 1000)}
 
 
-def ensure_topics(settings: Settings, topics: list[str], partitions: int = 1,
-                  config: dict[str, str] | None = None) -> None:
+def ensure_topics(
+    settings: Settings, topics: list[str], partitions: int = 1, config: dict[str, str] | None = None
+) -> None:
     """Create the topics that do not exist yet (so consumers can subscribe before the first event); give every
     one of them ``config``."""
     admin = _admin(settings)
-    futures = admin.create_topics([NewTopic(t, num_partitions=partitions, replication_factor=1, config=config or {})
-                                   for t in topics])
+    futures = admin.create_topics(
+        [NewTopic(t, num_partitions=partitions, replication_factor=1, config=config or {}) for t in topics]
+    )
     existing = []
     for topic, future in futures.items():
         try:
@@ -182,10 +234,17 @@ def ensure_topics(settings: Settings, topics: list[str], partitions: int = 1,
                 raise ServiceError(f"Could not create Kafka topic {topic}: {exc}") from exc
             existing.append(topic)
     if config and existing:  # topics made before this config existed
-        resources = [ConfigResource(ResourceType.TOPIC, t, incremental_configs=[
-            ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET) for k, v in config.items()])
-            for t in existing]
-        for topic, future in admin.incremental_alter_configs(resources).items():
+        resources = [
+            ConfigResource(
+                ResourceType.TOPIC,
+                t,
+                incremental_configs=[
+                    ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET) for k, v in config.items()
+                ],
+            )
+            for t in existing
+        ]
+        for future in admin.incremental_alter_configs(resources).values():
             future.result(timeout=30)
 
 
@@ -213,14 +272,20 @@ def connect_health(settings: Settings) -> str:
         plugins = {p["class"] for p in http.get("/connector-plugins").raise_for_status().json()}
         connectors = http.get("/connectors", params={"expand": "status"}).raise_for_status().json()
     if DEBEZIUM_POSTGRES not in plugins:
-        raise ServiceError(f"Kafka Connect at {settings.connect_url} does not list {DEBEZIUM_POSTGRES}; "
-                           f"check plugin.path ({settings.paths.jar_dir('plugin')}).")
-    states = {name: [c["status"]["connector"]["state"], *(t["state"] for t in c["status"]["tasks"])]
-              for name, c in sorted(connectors.items())}
+        raise ServiceError(
+            f"Kafka Connect at {settings.connect_url} does not list {DEBEZIUM_POSTGRES}; "
+            f"check plugin.path ({settings.paths.jar_dir('plugin')})."
+        )
+    states = {
+        name: [c["status"]["connector"]["state"], *(t["state"] for t in c["status"]["tasks"])]
+        for name, c in sorted(connectors.items())
+    }
     summary = ", ".join(f"{name}={'/'.join(s)}" for name, s in states.items()) or "none"
     if any(state != "RUNNING" for s in states.values() for state in s):
-        raise ServiceError(f"Kafka Connect on {settings.connect_url}: not every connector and task is RUNNING "
-                           f"({summary}); see `cdcf connector status`.")
+        raise ServiceError(
+            f"Kafka Connect on {settings.connect_url}: not every connector and task is RUNNING "
+            f"({summary}); see `cdcf connector status`."
+        )
     return f"Kafka Connect on {settings.connect_url}, Debezium plugin loaded, connectors: {summary}"
 
 
@@ -231,32 +296,54 @@ def format_arguments(settings: Settings, props: str) -> str:
     for role in ("admin", "capture", "reader"):
         user, password = credentials(settings, role)
         if '"' in password or "\\" in password:
-            raise ServiceError(f"The Kafka {role} password holds a quote or a backslash, which Kafka's storage tool "
-                               f"cannot take; choose another.")
+            raise ServiceError(
+                f"The Kafka {role} password holds a quote or a backslash, which Kafka's storage tool "
+                f"cannot take; choose another."
+            )
         users += ["--add-scram", f'{SCRAM}=[name={user},password="{password}"]']
-    args = ["kafka.tools.StorageTool", "format", "--standalone", f"--cluster-id={settings.kafka_cluster_id}",
-            "-c", props, *users]
+    args = [
+        "kafka.tools.StorageTool",
+        "format",
+        "--standalone",
+        f"--cluster-id={settings.kafka_cluster_id}",
+        "-c",
+        props,
+        *users,
+    ]
     return "\n".join('"' + a.replace("\\", "\\\\").replace('"', '\\"') + '"' for a in args) + "\n"
 
 
 def _format_storage(settings: Settings, props: Path) -> None:
     argfile = write_private(settings.paths.conf / "kafka-format.args", format_arguments(settings, str(props)))
     try:
-        done = subprocess.run(_java(settings, "kafka-storage", "256m", f"@{argfile}"), capture_output=True,
-                              text=True, check=False)
+        done = subprocess.run(
+            _java(settings, "kafka-storage", "256m", f"@{argfile}"), capture_output=True, text=True, check=False
+        )
     finally:
         argfile.unlink()
     if done.returncode != 0:
         raise ServiceError(f"Formatting Kafka storage failed: {(done.stderr or done.stdout).strip()[-300:]}")
 
 
-def _java(settings: Settings, name: str, heap: str, main: str, *args: object,
-          jvm_options: list[str] | None = None) -> list[str]:
+def _java(
+    settings: Settings, name: str, heap: str, main: str, *args: object, jvm_options: list[str] | None = None
+) -> list[str]:
     java = shutil.which(settings.java) or settings.java
     classpath = ":".join(str(j) for j in jar_files(settings, "kafka"))
-    return [java, f"-Xmx{heap}", "-Xms64m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
-            f"-Dlog4j2.configurationFile={CONF / 'log4j2.properties'}", f"-Dcdcf.service={name}",
-            *(jvm_options or []), "-cp", classpath, main, *map(str, args)]
+    return [
+        java,
+        f"-Xmx{heap}",
+        "-Xms64m",
+        "-XX:+UseG1GC",
+        "-Djava.awt.headless=true",
+        f"-Dlog4j2.configurationFile={CONF / 'log4j2.properties'}",
+        f"-Dcdcf.service={name}",
+        *(jvm_options or []),
+        "-cp",
+        classpath,
+        main,
+        *map(str, args),
+    ]
 
 
 def _write_properties(settings: Settings, name: str, props: dict[str, object]) -> Path:
@@ -305,7 +392,9 @@ def _listeners(settings: Settings, bind: str, advertised: str) -> dict[str, str]
         "inter.broker.listener.name": "SASL_PLAINTEXT",
         "sasl.enabled.mechanisms": SCRAM,
         "sasl.mechanism.inter.broker.protocol": SCRAM,
-        "listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config": java_config(settings, "admin")["sasl.jaas.config"],
+        "listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config": java_config(settings, "admin")[
+            "sasl.jaas.config"
+        ],
         "sasl.mechanism.controller.protocol": "PLAIN",
         "listener.name.controller.sasl.enabled.mechanisms": "PLAIN",
         "listener.name.controller.plain.sasl.jaas.config": jaas(plain, admin, password, **{f"user_{admin}": password}),

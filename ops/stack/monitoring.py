@@ -30,7 +30,10 @@ def prometheus_config(settings: Settings, targets: Path, rules: Path = RULES) ->
         "rule_files": [str(rules)],
         "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{settings.alertmanager_port}"]}]}]},
         "scrape_configs": [
-            {"job_name": "cdcf", "file_sd_configs": [{"files": [str(targets / "*.json")], "refresh_interval": INTERVAL}]},
+            {
+                "job_name": "cdcf",
+                "file_sd_configs": [{"files": [str(targets / "*.json")], "refresh_interval": INTERVAL}],
+            },
             {"job_name": "prometheus", "static_configs": [{"targets": [f"127.0.0.1:{settings.prometheus_port}"]}]},
         ],
     }
@@ -63,8 +66,12 @@ class Server:
         return settings.paths.conf / f"{self.name}.yml"
 
     def argv(self, settings: Settings) -> list[str]:
-        return [self.binary, f"--config.file={self.conf(settings)}", *self.storage(settings.paths.data / self.name),
-                f"--web.listen-address=127.0.0.1:{self.port(settings)}"]
+        return [
+            self.binary,
+            f"--config.file={self.conf(settings)}",
+            *self.storage(settings.paths.data / self.name),
+            f"--web.listen-address=127.0.0.1:{self.port(settings)}",
+        ]
 
     def write_conf(self, settings: Settings) -> None:
         self.conf(settings).parent.mkdir(parents=True, exist_ok=True)
@@ -79,8 +86,13 @@ class Server:
         if shutil.which(self.binary) is None:
             raise ServiceError(f"{self.binary} is not installed; run `make install` (apt-get install {self.package}).")
         proc.require_free_port("127.0.0.1", self.port(settings), self.title, f"CDCF_{self.port_field.upper()}")
-        supervisor.start_service(settings.paths, self.name, self.argv(settings), lambda: self.ready(settings),
-                                 timeout_s=settings.start_timeout_s)
+        supervisor.start_service(
+            settings.paths,
+            self.name,
+            self.argv(settings),
+            lambda: self.ready(settings),
+            timeout_s=settings.start_timeout_s,
+        )
 
     def stop(self, settings: Settings) -> None:
         supervisor.stop(settings.paths, self.name)
@@ -99,8 +111,9 @@ class Server:
         try:
             self.ready(settings)
         except OSError as exc:
-            raise ServiceError(f"{self.title} at {self.url(settings)} does not answer ({exc}); see "
-                               f"{settings.paths.log(self.name)}.") from exc
+            raise ServiceError(
+                f"{self.title} at {self.url(settings)} does not answer ({exc}); see {settings.paths.log(self.name)}."
+            ) from exc
         return self.line(settings, self.url(settings))
 
 
@@ -108,19 +121,29 @@ def _prometheus_line(settings: Settings, url: str) -> str:
     firing = [a["labels"]["alertname"] for a in alerts(settings)]
     targets = api(settings, "targets")["activeTargets"]
     down = sorted(t["labels"]["job"] for t in targets if t["health"] == "down")
-    return (f"Prometheus on {url}, {len(targets) - len(down)}/{len(targets)} targets up"
-            + (f" (down: {', '.join(down)})" if down else "")
-            + (f"; firing: {', '.join(sorted(set(firing)))}" if firing else "; no alert firing"))
+    return (
+        f"Prometheus on {url}, {len(targets) - len(down)}/{len(targets)} targets up"
+        + (f" (down: {', '.join(down)})" if down else "")
+        + (f"; firing: {', '.join(sorted(set(firing)))}" if firing else "; no alert firing")
+    )
 
 
 PROMETHEUS = Server(
-    "prometheus", "Prometheus", "prometheus", "prometheus", "prometheus_port",
+    "prometheus",
+    "Prometheus",
+    "prometheus",
+    "prometheus",
+    "prometheus_port",
     storage=lambda data: (f"--storage.tsdb.path={data}", "--storage.tsdb.retention.time=7d"),
     config=lambda settings: prometheus_config(settings, targets_dir(settings)),
     line=_prometheus_line,
 )
 ALERTMANAGER = Server(
-    "alertmanager", "Alertmanager", "prometheus-alertmanager", "prometheus-alertmanager", "alertmanager_port",
+    "alertmanager",
+    "Alertmanager",
+    "prometheus-alertmanager",
+    "prometheus-alertmanager",
+    "alertmanager_port",
     storage=lambda data: (f"--storage.path={data}", "--cluster.listen-address="),  # one Alertmanager: no gossip port
     config=lambda _settings: ALERTMANAGER_CONFIG,
     line=lambda _settings, url: f"Alertmanager on {url}",
@@ -169,9 +192,11 @@ def summary(settings: Settings) -> list[str]:
         firing = sorted({a["labels"]["alertname"] for a in alerts(settings)})
     except (OSError, ServiceError) as exc:
         return [f"metrics: Prometheus at {PROMETHEUS.url(settings)} does not answer ({exc})"]
-    return [f"throughput: {got['archived']:.0f} changes/s archived, {got['streamed']:.0f} records/s streamed, "
-            f"{got['rows']:.0f} feature rows/s written (last minute)",
-            f"freshness:  p50 {got['p50']:.2f} s, p99 {got['p99']:.2f} s from COMMIT to Redis (last minute)",
-            f"lag:        archiver {got['archive_lag']:.0f} messages, streaming {got['stream_lag']:.0f} offsets, "
-            f"clock {got['clock_age']:.1f} s old",
-            f"alerts:     {', '.join(firing) + ' firing' if firing else 'none firing'}"]
+    return [
+        f"throughput: {got['archived']:.0f} changes/s archived, {got['streamed']:.0f} records/s streamed, "
+        f"{got['rows']:.0f} feature rows/s written (last minute)",
+        f"freshness:  p50 {got['p50']:.2f} s, p99 {got['p99']:.2f} s from COMMIT to Redis (last minute)",
+        f"lag:        archiver {got['archive_lag']:.0f} messages, streaming {got['stream_lag']:.0f} offsets, "
+        f"clock {got['clock_age']:.1f} s old",
+        f"alerts:     {', '.join(firing) + ' firing' if firing else 'none firing'}",
+    ]

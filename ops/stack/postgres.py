@@ -35,8 +35,19 @@ def start(settings: Settings) -> None:
     _claim_cluster(settings)
     if not cluster_exists(settings):
         _start_new_history(settings.paths)
-        _run(["pg_createcluster", str(settings.pg_version), settings.pg_cluster, "-p", str(settings.pg_port),
-              "--", "--auth-local=peer", "--auth-host=scram-sha-256", "--encoding=UTF8"])
+        _run(
+            [
+                "pg_createcluster",
+                str(settings.pg_version),
+                settings.pg_cluster,
+                "-p",
+                str(settings.pg_port),
+                "--",
+                "--auth-local=peer",
+                "--auth-host=scram-sha-256",
+                "--encoding=UTF8",
+            ]
+        )
         (_conf_dir(settings) / OWNER_FILE).write_text(f"{_stack_id(settings.paths)} {settings.home.resolve()}\n")
     changed = _install_tls(settings)
     changed = _write_conf(settings) or changed
@@ -47,8 +58,12 @@ def start(settings: Settings) -> None:
         proc.require_free_port(settings.pg_host, settings.pg_port, "PostgreSQL", "CDCF_PG_PORT")
         _run(["pg_ctlcluster", str(settings.pg_version), settings.pg_cluster, "start"])
     _link_log(settings)
-    proc.wait_until(lambda: _psql(settings, "SELECT 1", db="postgres"), timeout_s=settings.start_timeout_s,
-                    what="PostgreSQL", log_file=settings.paths.log("postgres"))
+    proc.wait_until(
+        lambda: _psql(settings, "SELECT 1", db="postgres"),
+        timeout_s=settings.start_timeout_s,
+        what="PostgreSQL",
+        log_file=settings.paths.log("postgres"),
+    )
     _bootstrap(settings)
 
 
@@ -77,15 +92,22 @@ def _claim_cluster(settings: Settings) -> None:
     owner_id, owner_home = _owner(settings)
     if owner_id is not None and owner_id == _stack_id(settings.paths, create=False):
         return
-    if owner_home is not None and owner_home != settings.home.resolve() and \
-            _stack_id(StackPaths(owner_home), create=False) == owner_id:
+    if (
+        owner_home is not None
+        and owner_home != settings.home.resolve()
+        and _stack_id(StackPaths(owner_home), create=False) == owner_id
+    ):
         raise ServiceError(
             f"PostgreSQL cluster {settings.pg_version}/{settings.pg_cluster} belongs to the stack in {owner_home}; "
             f"stop that stack, or give this one its own CDCF_PG_CLUSTER and CDCF_PG_PORT."
         )
     # its stack's data is gone (or it predates stack ids): nothing can consume that slot consistently any more
-    log.warning("replacing PostgreSQL cluster %s/%s, left by a stack whose data is gone (%s)",
-                settings.pg_version, settings.pg_cluster, owner_home or "no owner recorded")
+    log.warning(
+        "replacing PostgreSQL cluster %s/%s, left by a stack whose data is gone (%s)",
+        settings.pg_version,
+        settings.pg_cluster,
+        owner_home or "no owner recorded",
+    )
     _drop(settings)
 
 
@@ -145,9 +167,11 @@ def slot_trouble(slots: list[tuple[str, str | None]]) -> str | None:
     risky = [f"{name} ({status})" for name, status in slots if status != "reserved"]
     if not risky:
         return None
-    return (f"replication slot(s) {', '.join(risky)} no longer reserve their WAL: capture is behind by more than "
-            f"max_wal_size, or has lost changes (lost: run `cdcf resnapshot`, which snapshots every row again and "
-            f"deletes what the source no longer has).")
+    return (
+        f"replication slot(s) {', '.join(risky)} no longer reserve their WAL: capture is behind by more than "
+        f"max_wal_size, or has lost changes (lost: run `cdcf resnapshot`, which snapshots every row again and "
+        f"deletes what the source no longer has)."
+    )
 
 
 def connect_error(settings: Settings, exc: psycopg2.OperationalError) -> ServiceError:
@@ -163,11 +187,15 @@ def connect_error(settings: Settings, exc: psycopg2.OperationalError) -> Service
 
 def _bootstrap(settings: Settings) -> None:
     vars_ = {
-        "app_user": settings.app_user, "app_password": settings.app_password.get_secret_value(),
-        "feast_user": settings.feast_user, "feast_password": settings.feast_password.get_secret_value(),
+        "app_user": settings.app_user,
+        "app_password": settings.app_password.get_secret_value(),
+        "feast_user": settings.feast_user,
+        "feast_password": settings.feast_password.get_secret_value(),
         "debezium_user": settings.debezium_user,
         "debezium_password": settings.debezium_password.get_secret_value(),
-        "app_db": settings.app_db, "registry_db": settings.registry_db, "offline_db": settings.offline_db,
+        "app_db": settings.app_db,
+        "registry_db": settings.registry_db,
+        "offline_db": settings.offline_db,
         "publication": settings.publication,
     }
     _psql_file(settings, HERE / "roles.sql", "postgres", vars_)
@@ -222,8 +250,21 @@ def psql_variables(variables: dict[str, str]) -> str:
 
 
 def _psql_argv(settings: Settings, db: str) -> list[str]:
-    return ["runuser", "-u", "postgres", "--", "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1",
-            "-p", str(settings.pg_port), "-d", db]
+    return [
+        "runuser",
+        "-u",
+        "postgres",
+        "--",
+        "psql",
+        "-X",
+        "-q",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-p",
+        str(settings.pg_port),
+        "-d",
+        db,
+    ]
 
 
 def server_settings(settings: Settings) -> dict[str, str]:
@@ -245,12 +286,14 @@ def tls_settings(cert: str, key: str) -> dict[str, str]:
 def hba_rules(settings: Settings) -> str:
     """Who may connect how (pg_hba.conf), the same locally and in compose: the superuser through the socket only;
     over TCP, TLS and a SCRAM password, for every address (a client on loopback too), and nothing without TLS."""
-    return (f"local   all          postgres                 peer\n"
-            f"local   all          all                      scram-sha-256\n"
-            f"hostssl all          all         all          scram-sha-256\n"
-            f"hostssl replication  {settings.debezium_user:<11} all          scram-sha-256\n"
-            f"hostnossl all        all         all          reject\n"
-            f"hostnossl replication all        all          reject\n")
+    return (
+        f"local   all          postgres                 peer\n"
+        f"local   all          all                      scram-sha-256\n"
+        f"hostssl all          all         all          scram-sha-256\n"
+        f"hostssl replication  {settings.debezium_user:<11} all          scram-sha-256\n"
+        f"hostnossl all        all         all          reject\n"
+        f"hostnossl replication all        all          reject\n"
+    )
 
 
 def _install_tls(settings: Settings) -> bool:
@@ -275,10 +318,16 @@ def _install_tls(settings: Settings) -> bool:
 def _write_conf(settings: Settings) -> bool:
     """Write conf.d/cdcf.conf and pg_hba.conf; return whether they changed (a restart is then needed)."""
     conf_dir = _conf_dir(settings)
-    params = {"listen_addresses": settings.pg_host, "port": str(settings.pg_port), **server_settings(settings),
-              **tls_settings(str(conf_dir / "server.crt"), str(conf_dir / "server.key"))}
-    files = {conf_dir / "conf.d" / CONF_NAME: "".join(f"{key} = '{value}'\n" for key, value in params.items()),
-             conf_dir / "pg_hba.conf": hba_rules(settings)}
+    params = {
+        "listen_addresses": settings.pg_host,
+        "port": str(settings.pg_port),
+        **server_settings(settings),
+        **tls_settings(str(conf_dir / "server.crt"), str(conf_dir / "server.key")),
+    }
+    files = {
+        conf_dir / "conf.d" / CONF_NAME: "".join(f"{key} = '{value}'\n" for key, value in params.items()),
+        conf_dir / "pg_hba.conf": hba_rules(settings),
+    }
     changed = False
     for path, text in files.items():
         if not (path.exists() and path.read_text() == text):

@@ -17,15 +17,20 @@ from cdcf.settings import StackPaths
 log = logging.getLogger(__name__)
 
 
-def spawn(paths: StackPaths, name: str, argv: Sequence[str], env: dict[str, str] | None = None,
-          log_name: str | None = None) -> int:
+def spawn(
+    paths: StackPaths, name: str, argv: Sequence[str], env: dict[str, str] | None = None, log_name: str | None = None
+) -> int:
     """Start ``argv`` detached (own session), output appended to ``logs/<log_name or name>.log``; return its pid."""
     paths.logs.mkdir(parents=True, exist_ok=True)
     paths.run.mkdir(parents=True, exist_ok=True)
     with paths.log(log_name or name).open("ab") as out:
         proc = subprocess.Popen(
-            list(argv), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, env={**os.environ, **(env or {})},
+            list(argv),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env={**os.environ, **(env or {})},
         )
     paths.pid_file(name).write_text(f"{proc.pid}\n")
     log.info("started %s (pid %d)", name, proc.pid)
@@ -76,8 +81,9 @@ def require_free_port(host: str, port: int, service: str, setting: str) -> None:
         )
 
 
-def wait_until(check: Callable[[], object], *, timeout_s: float, what: str, log_file: Path | None = None,
-               pid: int | None = None) -> object:
+def wait_until(
+    check: Callable[[], object], *, timeout_s: float, what: str, log_file: Path | None = None, pid: int | None = None
+) -> object:
     """Poll ``check`` until it returns a truthy value; raise with the last error and the log's tail on timeout."""
     deadline = time.monotonic() + timeout_s
     last_error: Exception | None = None

@@ -21,8 +21,9 @@ def start(settings: Settings) -> None:
         return
     binary = shutil.which("redis-server") or "redis-server"
     proc.require_free_port(settings.redis_host, settings.redis_port, "Redis", "CDCF_REDIS_PORT")
-    supervisor.start_service(paths, NAME, [binary, str(conf)], lambda: client(settings).ping(),
-                             timeout_s=settings.start_timeout_s)
+    supervisor.start_service(
+        paths, NAME, [binary, str(conf)], lambda: client(settings).ping(), timeout_s=settings.start_timeout_s
+    )
 
 
 def stop(settings: Settings) -> None:
@@ -49,7 +50,8 @@ def health(settings: Settings) -> str:
             f"Redis at {settings.redis_host}:{settings.redis_port} rejected the password of user "
             f"{settings.redis_user}; unset CDCF_REDIS_PASSWORD or set it to the value in {settings.paths.secrets}."
         ) from exc
-    return f"Redis {info['redis_version']} on {settings.redis_host}:{settings.redis_port}, {info['used_memory_human']} used"
+    where = f"{settings.redis_host}:{settings.redis_port}"
+    return f"Redis {info['redis_version']} on {where}, {info['used_memory_human']} used"
 
 
 def _conf_path(settings: Settings):
@@ -59,8 +61,13 @@ def _conf_path(settings: Settings):
 def server_settings(settings: Settings) -> dict[str, str]:
     """Durability and memory, the same locally and in compose: every acknowledged write is in the append-only file
     within a second, and a full Redis refuses writes instead of evicting features."""
-    return {"appendonly": "yes", "appendfsync": "everysec", "save": "300 1",
-            "maxmemory": f"{settings.redis_max_memory_mb}mb", "maxmemory-policy": "noeviction"}
+    return {
+        "appendonly": "yes",
+        "appendfsync": "everysec",
+        "save": "300 1",
+        "maxmemory": f"{settings.redis_max_memory_mb}mb",
+        "maxmemory-policy": "noeviction",
+    }
 
 
 def _write_conf(settings: Settings):
@@ -68,7 +75,14 @@ def _write_conf(settings: Settings):
     data = paths.data / NAME
     data.mkdir(parents=True, exist_ok=True)
     acl = write_private(paths.conf / "redis-users.acl", acl_file(settings))
-    lines = [f"bind {settings.redis_host}", f"port {settings.redis_port}", f"aclfile {acl}", "protected-mode yes",
-             "daemonize no", f"dir {data}", "loglevel notice",
-             *(f"{k} {v}" for k, v in server_settings(settings).items())]
+    lines = [
+        f"bind {settings.redis_host}",
+        f"port {settings.redis_port}",
+        f"aclfile {acl}",
+        "protected-mode yes",
+        "daemonize no",
+        f"dir {data}",
+        "loglevel notice",
+        *(f"{k} {v}" for k, v in server_settings(settings).items()),
+    ]
     return write_private(_conf_path(settings), "\n".join(lines) + "\n")

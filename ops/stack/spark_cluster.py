@@ -47,23 +47,63 @@ def standalone(settings: Settings, folder: Path, port: int, ui_port: int, worker
     folder.mkdir(parents=True, exist_ok=True)
     conf = folder / "conf"  # the daemons read spark-defaults.conf there: the secret stays off their command lines
     write_private(conf / "spark-defaults.conf", spark_defaults(settings))
-    env = {**os.environ, "SPARK_LOG_DIR": str(folder), "SPARK_WORKER_DIR": str(folder / "work"),
-           "SPARK_CONF_DIR": str(conf), "PYSPARK_PYTHON": sys.executable,
-           "SPARK_LOCAL_IP": "127.0.0.1"}  # UIs too: not on the LAN
+    env = {
+        **os.environ,
+        "SPARK_LOG_DIR": str(folder),
+        "SPARK_WORKER_DIR": str(folder / "work"),
+        "SPARK_CONF_DIR": str(conf),
+        "PYSPARK_PYTHON": sys.executable,
+        "SPARK_LOCAL_IP": "127.0.0.1",
+    }  # UIs too: not on the LAN
     url = f"spark://127.0.0.1:{port}"
-    daemons = [subprocess.Popen([str(SPARK_CLASS), "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
-                                 "--port", str(port), "--webui-port", str(ui_port)],
-                                env=env, stdout=open(folder / "master.log", "w"), stderr=subprocess.STDOUT)]
+    daemons = [
+        subprocess.Popen(
+            [
+                str(SPARK_CLASS),
+                "org.apache.spark.deploy.master.Master",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--webui-port",
+                str(ui_port),
+            ],
+            env=env,
+            stdout=open(folder / "master.log", "w"),
+            stderr=subprocess.STDOUT,
+        )
+    ]
     try:
-        proc.wait_until(lambda: proc.port_open("127.0.0.1", port), timeout_s=60, what="The Spark master",
-                        log_file=folder / "master.log")
+        proc.wait_until(
+            lambda: proc.port_open("127.0.0.1", port),
+            timeout_s=60,
+            what="The Spark master",
+            log_file=folder / "master.log",
+        )
         for n in range(1, workers + 1):
-            daemons.append(subprocess.Popen(
-                [str(SPARK_CLASS), "org.apache.spark.deploy.worker.Worker", url, "--cores", "1", "--memory", "1g",
-                 "--webui-port", str(ui_port + n), "--host", "127.0.0.1"],
-                env=env, stdout=open(folder / f"worker{n}.log", "w"), stderr=subprocess.STDOUT))
-        proc.wait_until(lambda: len(master_state(ui_port)["workers"]) == workers, timeout_s=60,
-                        what=f"{workers} Spark workers")
+            daemons.append(
+                subprocess.Popen(
+                    [
+                        str(SPARK_CLASS),
+                        "org.apache.spark.deploy.worker.Worker",
+                        url,
+                        "--cores",
+                        "1",
+                        "--memory",
+                        "1g",
+                        "--webui-port",
+                        str(ui_port + n),
+                        "--host",
+                        "127.0.0.1",
+                    ],
+                    env=env,
+                    stdout=open(folder / f"worker{n}.log", "w"),
+                    stderr=subprocess.STDOUT,
+                )
+            )
+        proc.wait_until(
+            lambda: len(master_state(ui_port)["workers"]) == workers, timeout_s=60, what=f"{workers} Spark workers"
+        )
         yield Cluster(url, tuple(d.pid for d in daemons[1:]))  # spark-class execs the JVM
     finally:
         for daemon in reversed(daemons):

@@ -33,6 +33,7 @@ RESTART_WINDOW_S = 120  # restarts this recent count as trouble (a loop, for a s
 @dataclass(frozen=True)
 class Restarts:
     """What the supervisor records each time it starts a process again."""
+
     restarts: int
     exit_code: int
     at: float
@@ -41,8 +42,10 @@ class Restarts:
 
     def __str__(self) -> str:
         how = f"was killed by signal {-self.exit_code}" if self.exit_code < 0 else f"exited with code {self.exit_code}"
-        return (f"{how} and was restarted {self.restarts} time(s), the last {time.time() - self.at:.0f} s ago "
-                f"(last error: {self.last_error or '-'})")
+        return (
+            f"{how} and was restarted {self.restarts} time(s), the last {time.time() - self.at:.0f} s ago "
+            f"(last error: {self.last_error or '-'})"
+        )
 
     def in_window(self) -> bool:
         return time.time() - self.at < RESTART_WINDOW_S
@@ -70,8 +73,14 @@ def running(paths: StackPaths, name: str, current: int | None) -> bool:
     return False
 
 
-def start_service(paths: StackPaths, name: str, argv: list[str], healthy: Callable[[], object], timeout_s: float,
-                  env: dict[str, str] | None = None) -> None:
+def start_service(
+    paths: StackPaths,
+    name: str,
+    argv: list[str],
+    healthy: Callable[[], object],
+    timeout_s: float,
+    env: dict[str, str] | None = None,
+) -> None:
     """Start a service (a process that reports nothing itself) supervised, and wait until ``healthy()``; it is
     ready from then on, so that later exits are restarts."""
     ready = paths.run / f"{name}.ready"

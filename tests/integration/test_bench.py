@@ -18,21 +18,28 @@ from cdcf.settings import PROJECT_ROOT
 # the first test runs the whole smoke benchmark in its fixture (about ten minutes here), beyond the suite's 600 s
 pytestmark = pytest.mark.timeout(1500)
 
-KEYS = ("freshness_p50_s freshness_p99_s capacity_changes_per_s online_read_1_p50_ms online_read_1_p99_ms "
-        "online_read_1_raw_p50_ms online_read_100_p50_ms online_read_100_p99_ms online_read_100_raw_p50_ms "
-        "online_read_100_feast_p50_ms write_rows_per_s write_feast_push_rows_per_s pit_rows pit_s pit_feast_rows "
-        "pit_feast_s backfill_changes backfill_s oracle_online_match oracle_offline_match infer_1_p99_ms "
-        "infer_100_p99_ms infer_1024_p99_ms capture_changes_per_s archive_changes_per_s stream_drain_changes_per_s "
-        "stream_cpu_us_per_change stream_scaling_ratio stream_state_bytes_per_entity fraud_auc recommend_hit_rate_at_10 "
-        "recommend_popularity_hit_rate_at_10 segmentation_silhouette batch_score_users_per_s infer_fraud_1_p99_ms "
-        "infer_recommend_p99_ms validate_match metrics_scrape_ms").split()
+KEYS = (
+    "freshness_p50_s freshness_p99_s capacity_changes_per_s online_read_1_p50_ms online_read_1_p99_ms "
+    "online_read_1_raw_p50_ms online_read_100_p50_ms online_read_100_p99_ms online_read_100_raw_p50_ms "
+    "online_read_100_feast_p50_ms write_rows_per_s write_feast_push_rows_per_s pit_rows pit_s pit_feast_rows "
+    "pit_feast_s backfill_changes backfill_s oracle_online_match oracle_offline_match infer_1_p99_ms "
+    "infer_100_p99_ms infer_1024_p99_ms capture_changes_per_s archive_changes_per_s stream_drain_changes_per_s "
+    "stream_cpu_us_per_change stream_scaling_ratio stream_state_bytes_per_entity fraud_auc recommend_hit_rate_at_10 "
+    "recommend_popularity_hit_rate_at_10 segmentation_silhouette batch_score_users_per_s infer_fraud_1_p99_ms "
+    "infer_recommend_p99_ms validate_match metrics_scrape_ms"
+).split()
 
 
 @pytest.fixture(scope="module")
 def smoke(settings, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    run = subprocess.run([sys.executable, "-m", "bench.run", "--smoke", "--out", str(out), "--seed", "4242"],
-                         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=1500)
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--smoke", "--out", str(out), "--seed", "4242"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return out, json.loads((out / "latest.json").read_text())
 
@@ -75,9 +82,18 @@ def test_the_report_and_its_plots_are_written(smoke):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
         assert f"]({name})" in report
     for key in KEYS:
-        if key not in ("pit_rows", "pit_feast_rows", "backfill_changes", "online_read_1_raw_p50_ms",
-                       "online_read_100_raw_p50_ms", "write_feast_push_rows_per_s", "pit_feast_s", "infer_1_p99_ms",
-                       "infer_100_p99_ms", "recommend_popularity_hit_rate_at_10"):
+        if key not in (
+            "pit_rows",
+            "pit_feast_rows",
+            "backfill_changes",
+            "online_read_1_raw_p50_ms",
+            "online_read_100_raw_p50_ms",
+            "write_feast_push_rows_per_s",
+            "pit_feast_s",
+            "infer_1_p99_ms",
+            "infer_100_p99_ms",
+            "recommend_popularity_hit_rate_at_10",
+        ):
             assert f"(`{key}`) | {fmt(result[key])} |" in report, key
     assert "No mismatches." in report
     assert (out / "segments.png").read_bytes()[:4] == b"\x89PNG" and "](segments.png)" in report
@@ -90,7 +106,7 @@ def test_the_fault_matrix_loses_nothing_counts_nothing_twice_and_stays_exact(smo
     _, result = smoke
     by_name = {f["scenario"]: f for f in result["faults"]}
     assert set(by_name) == {"kill_archiver", "hostile_burst_1000"}, result["faults"]
-    for name, fault in by_name.items():
+    for _name, fault in by_name.items():
         assert "error" not in fault, fault
         assert fault["changes_committed"] > 100 and fault["changes_archived"] == fault["changes_committed"], fault
         assert (fault["lost"], fault["doubled"], fault["mismatches"]) == (0, 0, []), fault

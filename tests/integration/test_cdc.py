@@ -42,13 +42,14 @@ def _sql(settings, statement: str, params=None, user: str | None = None) -> list
 def _archived(settings, table: str, low: int, high: int) -> list[tuple]:
     with pg_clients.offline_session(settings) as conn:
         with conn.cursor() as cur:
-            cur.execute("SELECT op, row_key, lsn, before, after FROM cdc_changelog WHERE source_table = %s "
-                        "AND row_key BETWEEN %s AND %s ORDER BY lsn", (table, low, high))
+            cur.execute(
+                "SELECT op, row_key, lsn, before, after FROM cdc_changelog WHERE source_table = %s "
+                "AND row_key BETWEEN %s AND %s ORDER BY lsn",
+                (table, low, high),
+            )
             rows = cur.fetchall()
     conn.close()
     return rows
-
-
 
 
 def _ids(n: int = 1) -> list[int]:
@@ -83,11 +84,14 @@ MERCHANT = 'tab\there, back\\slash, "quote", new\nline, ünïcode'
 
 
 def test_the_cdc_story_reaches_kafka_and_the_archive(settings):
-    txn, = _ids()
+    (txn,) = _ids()
     reader = TopicReader(settings, f"{settings.topic_prefix}.public.transactions")
     try:
-        _sql(settings, "INSERT INTO transactions VALUES (%s, 1, 2, 10.10, %s, '2026-11-20T10:00:00Z', now())",
-             (txn, MERCHANT))
+        _sql(
+            settings,
+            "INSERT INTO transactions VALUES (%s, 1, 2, 10.10, %s, '2026-11-20T10:00:00Z', now())",
+            (txn, MERCHANT),
+        )
         _sql(settings, "UPDATE transactions SET amount = 20.20 WHERE txn_id = %s", (txn,))
         _sql(settings, "UPDATE transactions SET user_id = 3 WHERE txn_id = %s", (txn,))  # owner move
         _sql(settings, "UPDATE transactions SET created_at = '2026-11-21T11:30:00Z' WHERE txn_id = %s", (txn,))
@@ -102,8 +106,9 @@ def test_the_cdc_story_reaches_kafka_and_the_archive(settings):
     assert (values[2]["before"]["user_id"], values[2]["after"]["user_id"]) == (1, 3)
     assert values[3]["after"]["created_at"] == "2026-11-21T11:30:00.000000Z"
 
-    rows = wait_for(lambda: (r := _archived(settings, "transactions", txn, txn)) and len(r) == 5 and r,
-                 60, "the archive")
+    rows = wait_for(
+        lambda: (r := _archived(settings, "transactions", txn, txn)) and len(r) == 5 and r, 60, "the archive"
+    )
     assert [r[0] for r in rows] == ["c", "u", "u", "u", "d"]
     assert [r[2] for r in rows] == [json.loads(m.value())["source"]["lsn"] for m in messages[:5]]
     assert rows[0][3] is None and rows[0][4]["amount"] == "10.10" and rows[0][4]["user_id"] == 1
@@ -117,11 +122,13 @@ def test_the_cdc_story_reaches_kafka_and_the_archive(settings):
 def test_a_new_connector_snapshots_existing_rows_as_reads(settings):
     suffix = f"{random.randrange(10**6):06d}"
     name, prefix = f"snapshot-test-{suffix}", f"{settings.topic_prefix}_snap{suffix}"  # the capture user's ACLs
-    _, config = connector_config(settings, **{"topic.prefix": prefix, "slot.name": f"snap_{suffix}",
-                                              "table.include.list": "public.users"})
+    _, config = connector_config(
+        settings, **{"topic.prefix": prefix, "slot.name": f"snap_{suffix}", "table.include.list": "public.users"}
+    )
     for user_id, income in zip(_ids(3), ("1000.00", None, "2500.50"), strict=True):  # rows before the snapshot
-        _sql(settings, "INSERT INTO users (user_id, income, account_status) VALUES (%s, %s, 'active')",
-             (user_id, income))
+        _sql(
+            settings, "INSERT INTO users (user_id, income, account_status) VALUES (%s, %s, 'active')", (user_id, income)
+        )
     expected = dict(_sql(settings, "SELECT user_id, income FROM users"))
     kafka.ensure_topics(settings, [f"{prefix}.public.users"])
     reader = TopicReader(settings, f"{prefix}.public.users")
@@ -136,14 +143,19 @@ def test_a_new_connector_snapshots_existing_rows_as_reads(settings):
         client.close()
     values = [json.loads(m.value()) for m in messages]
     assert {v["op"] for v in values} == {"r"}
-    assert {v["after"]["user_id"]: Decimal(v["after"]["income"]) if v["after"]["income"] else None
-            for v in values} == expected
+    assert {
+        v["after"]["user_id"]: Decimal(v["after"]["income"]) if v["after"]["income"] else None for v in values
+    } == expected
 
 
 def _drop_slot(settings, slot: str) -> bool:
     try:
-        _sql(settings, "SELECT pg_drop_replication_slot(%s) FROM pg_replication_slots WHERE slot_name = %s",
-             (slot, slot), user=settings.debezium_user)
+        _sql(
+            settings,
+            "SELECT pg_drop_replication_slot(%s) FROM pg_replication_slots WHERE slot_name = %s",
+            (slot, slot),
+            user=settings.debezium_user,
+        )
         return True
     except psycopg2.errors.ObjectInUse:
         return False
@@ -164,8 +176,11 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_later_changes_still_arrive(
             producer.produce(topic, key=name.encode(), value=value)
         assert producer.flush(30) == 0
         txn, user = _ids(2)
-        since = _sql(settings, "INSERT INTO transactions VALUES (%s, %s, 2, 5.00, 'acme', now(), now()) "
-                               "RETURNING now()", (txn, user))[0][0]
+        since = _sql(
+            settings,
+            "INSERT INTO transactions VALUES (%s, %s, 2, 5.00, 'acme', now(), now()) RETURNING now()",
+            (txn, user),
+        )[0][0]
         letters = dead.read_until(lambda msgs: len(msgs) >= len(BAD_INPUTS), timeout_s=90)
     finally:
         dead.close()
@@ -194,8 +209,12 @@ def test_a_column_added_upstream_is_ignored_and_reported_and_a_retyped_one_dead_
     insert = "INSERT INTO reviews (review_id, product_id, user_id, rating, created_at) VALUES (%s, 1, 1, 4, now())"
     try:
         _sql(settings, "ALTER TABLE reviews ADD COLUMN helpful INT")
-        _sql(settings, "INSERT INTO reviews (review_id, product_id, user_id, rating, created_at, helpful) "
-                       "VALUES (%s, 1, 1, 4, now(), 12)", (first,))
+        _sql(
+            settings,
+            "INSERT INTO reviews (review_id, product_id, user_id, rating, created_at, helpful) "
+            "VALUES (%s, 1, 1, 4, now(), 12)",
+            (first,),
+        )
         _sql(settings, "ALTER TABLE reviews DROP COLUMN helpful")
         _sql(settings, "ALTER TABLE reviews ALTER COLUMN rating TYPE NUMERIC(3,1)")
         _sql(settings, insert, (second,))
@@ -204,8 +223,9 @@ def test_a_column_added_upstream_is_ignored_and_reported_and_a_retyped_one_dead_
         _sql(settings, "ALTER TABLE reviews ALTER COLUMN rating TYPE SMALLINT USING rating::smallint")
     _sql(settings, insert, (third,))
     try:
-        letters = dead.read_until(lambda msgs: any(json.loads(m.key())["review_id"] == second for m in msgs),
-                                  timeout_s=60)
+        letters = dead.read_until(
+            lambda msgs: any(json.loads(m.key())["review_id"] == second for m in msgs), timeout_s=60
+        )
     finally:
         dead.close()
     reasons = {json.loads(m.key())["review_id"]: json.loads(m.value())["reason"] for m in letters}
@@ -213,8 +233,14 @@ def test_a_column_added_upstream_is_ignored_and_reported_and_a_retyped_one_dead_
     assert [r[0] for r in wait_for(lambda: _archived(settings, "reviews", third, third), 60, "the third")] == ["c"]
     assert [r[0] for r in _archived(settings, "reviews", first, first)] == ["c"]
     assert _archived(settings, "reviews", second, second) == []
-    wait_for(lambda: "ignoring reviews.helpful (not in the contract)" in ARCHIVER.describe(
-        json.loads(ARCHIVER.status_file(settings).read_text())), 10, "the status to name the ignored column")
+    wait_for(
+        lambda: (
+            "ignoring reviews.helpful (not in the contract)"
+            in ARCHIVER.describe(json.loads(ARCHIVER.status_file(settings).read_text()))
+        ),
+        10,
+        "the status to name the ignored column",
+    )
 
 
 def test_dead_letters_are_listed_and_replayed_once_the_contract_takes_them(settings):
@@ -223,14 +249,17 @@ def test_dead_letters_are_listed_and_replayed_once_the_contract_takes_them(setti
     fails with today's reason, and the second time finds the change archived."""
     from connectors import deadletters
 
-    txn, = _ids()
+    (txn,) = _ids()
     topic = f"{settings.topic_prefix}.public.transactions"
     _sql(settings, "INSERT INTO transactions VALUES (%s, 1, 2, 7.00, 'acme', now(), now())", (txn,))
     wait_for(lambda: _archived(settings, "transactions", txn, txn), 60, "the change")
     with pg_clients.offline_session(settings) as conn:
         with conn.cursor() as cur:  # as if an older contract had refused it: not archived, dead-lettered
-            cur.execute("DELETE FROM cdc_changelog WHERE source_table = 'transactions' AND row_key = %s "
-                        "RETURNING kafka_partition, kafka_offset", (txn,))
+            cur.execute(
+                "DELETE FROM cdc_changelog WHERE source_table = 'transactions' AND row_key = %s "
+                "RETURNING kafka_partition, kafka_offset",
+                (txn,),
+            )
             ((partition, offset),) = cur.fetchall()
     conn.close()
     refused = Position(topic, partition, offset)
@@ -256,7 +285,8 @@ def test_dead_letters_are_listed_and_replayed_once_the_contract_takes_them(setti
     assert [r[0] for r in wait_for(lambda: _archived(settings, "transactions", txn, txn), 60, "the replay")] == ["c"]
     again = deadletters.replay(settings, dry_run=True)
     assert refused in [letter.source for letter in again.archived] and refused not in [
-        letter.source for letter in again.sent]
+        letter.source for letter in again.sent
+    ]
 
 
 @pytest.mark.parametrize("victim", [kafka.CONNECT, kafka.KAFKA])
@@ -283,8 +313,11 @@ def test_kill_9_mid_stream_loses_and_duplicates_nothing(settings, victim):
     finally:
         client.close()
 
-    rows = wait_for(lambda: (r := _archived(settings, "transactions", low, high)) and len(r) >= 50_000 and r,
-                 240, "all 50,000 changes in the archive")
+    rows = wait_for(
+        lambda: (r := _archived(settings, "transactions", low, high)) and len(r) >= 50_000 and r,
+        240,
+        "all 50,000 changes in the archive",
+    )
     assert len(rows) == 50_000
     assert ARCHIVER.pid(settings) == archiver_pid, "the archiver must ride out the outage, not be restarted"
     ops = {op: sum(1 for r in rows if r[0] == op) for op in "cud"}
@@ -293,8 +326,9 @@ def test_kill_9_mid_stream_loses_and_duplicates_nothing(settings, victim):
     for op, key, _, _, after in rows:  # ordered by LSN: the last image of each row is its current state
         latest[key] = None if op == "d" else Decimal(after["amount"])
     archived_state = {k: v for k, v in latest.items() if v is not None}
-    postgres_state = dict(_sql(settings, "SELECT txn_id, amount FROM transactions WHERE txn_id BETWEEN %s AND %s",
-                               (low, high)))
+    postgres_state = dict(
+        _sql(settings, "SELECT txn_id, amount FROM transactions WHERE txn_id BETWEEN %s AND %s", (low, high))
+    )
     assert archived_state == postgres_state and len(postgres_state) == 15_000
 
 
@@ -304,18 +338,24 @@ def _fifty_thousand_changes(settings, ids: list[int]) -> None:
     try:
         with conn.cursor() as cur:
             for chunk in range(0, 25_000, 1_000):
-                execute_values(cur, "INSERT INTO transactions VALUES %s", [
-                    (i, 1 + i % 50, 1 + i % 20, Decimal(i % 10_000) / 100 + 1, "acme", "2026-11-20T00:00:00Z", None)
-                    for i in ids[chunk:chunk + 1_000]])
+                execute_values(
+                    cur,
+                    "INSERT INTO transactions VALUES %s",
+                    [
+                        (i, 1 + i % 50, 1 + i % 20, Decimal(i % 10_000) / 100 + 1, "acme", "2026-11-20T00:00:00Z", None)
+                        for i in ids[chunk : chunk + 1_000]
+                    ],
+                )
                 conn.commit()
                 time.sleep(0.2)
             for chunk in range(0, 15_000, 1_000):
-                cur.execute("UPDATE transactions SET amount = amount + 1 WHERE txn_id = ANY(%s)",
-                            (ids[chunk:chunk + 1_000],))
+                cur.execute(
+                    "UPDATE transactions SET amount = amount + 1 WHERE txn_id = ANY(%s)", (ids[chunk : chunk + 1_000],)
+                )
                 conn.commit()
                 time.sleep(0.2)
             for chunk in range(15_000, 25_000, 1_000):
-                cur.execute("DELETE FROM transactions WHERE txn_id = ANY(%s)", (ids[chunk:chunk + 1_000],))
+                cur.execute("DELETE FROM transactions WHERE txn_id = ANY(%s)", (ids[chunk : chunk + 1_000],))
                 conn.commit()
                 time.sleep(0.2)
     finally:
@@ -326,13 +366,19 @@ def test_connector_cli_pauses_resumes_and_shows_offsets(settings):
     paused = run_cli("connector", "pause")
     assert paused.returncode == 0, paused.stderr
     try:
-        status = wait_for(lambda: (s := json.loads(run_cli("connector", "status").stdout))["connector"]["state"]
-                       == "PAUSED" and s, 60, "PAUSED")
+        status = wait_for(
+            lambda: (s := json.loads(run_cli("connector", "status").stdout))["connector"]["state"] == "PAUSED" and s,
+            60,
+            "PAUSED",
+        )
         assert status["name"] == "cdcf-app"
     finally:
         assert run_cli("connector", "resume").returncode == 0
-    wait_for(lambda: json.loads(run_cli("connector", "status").stdout)["connector"]["state"] == "RUNNING", 60,
-          "RUNNING again")
+    wait_for(
+        lambda: json.loads(run_cli("connector", "status").stdout)["connector"]["state"] == "RUNNING",
+        60,
+        "RUNNING again",
+    )
     offsets = json.loads(run_cli("connector", "offsets").stdout)["offsets"]
     assert offsets and offsets[0]["partition"] == {"server": settings.topic_prefix}
     assert offsets[0]["offset"]["lsn"] > 0

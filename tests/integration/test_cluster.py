@@ -37,18 +37,32 @@ def test_the_job_runs_unchanged_on_a_standalone_cluster(settings, cluster, tmp_p
     store = feature_store(settings)
     STREAMING.stop(settings)  # the cluster run takes over the same checkpoint and state, then hands them back
     status = tmp_path / "status.json"
-    job = subprocess.Popen([CDCF, "stream", "--status-file", str(status)], cwd=Path(__file__).parents[2],
-                           env={**os.environ, "CDCF_SPARK_MASTER": cluster.url}, stdout=open(tmp_path / "job.log", "w"),
-                           stderr=subprocess.STDOUT)
+    job = subprocess.Popen(
+        [CDCF, "stream", "--status-file", str(status)],
+        cwd=Path(__file__).parents[2],
+        env={**os.environ, "CDCF_SPARK_MASTER": cluster.url},
+        stdout=open(tmp_path / "job.log", "w"),
+        stderr=subprocess.STDOUT,
+    )
     try:
-        proc.wait_until(lambda: status.exists(), timeout_s=180, what="The job on the cluster",
-                        log_file=tmp_path / "job.log", pid=job.pid)
+        proc.wait_until(
+            lambda: status.exists(),
+            timeout_s=180,
+            what="The job on the cluster",
+            log_file=tmp_path / "job.log",
+            pid=job.pid,
+        )
         user, txn = random.randrange(10**12, 10**13), random.randrange(10**12, 10**13)
-        since = _sql(settings, "INSERT INTO transactions VALUES (%s, %s, NULL, 12.34, 'cluster', "
-                               "now() - interval '1 minute', now())", (txn, user))
+        since = _sql(
+            settings,
+            "INSERT INTO transactions VALUES (%s, %s, NULL, 12.34, 'cluster', now() - interval '1 minute', now())",
+            (txn, user),
+        )
         assert_exact(settings, store, decl.TRANSACTION_RISK, user, since, timeout_s=120)
         assert_exact(settings, store, decl.USER_ACTIVITY, user, since)
-        apps = [a for a in spark_cluster.master_state(MASTER_UI)["activeapps"] if a["name"] == "cdcf-streaming-features"]
+        apps = [
+            a for a in spark_cluster.master_state(MASTER_UI)["activeapps"] if a["name"] == "cdcf-streaming-features"
+        ]
         assert len(apps) == 1 and apps[0]["cores"] == 2, apps  # an executor on each worker did the work
         assert all(w["coresused"] == 1 for w in spark_cluster.master_state(MASTER_UI)["workers"])
 

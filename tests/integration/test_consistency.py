@@ -32,11 +32,13 @@ def test_online_values_are_offline_rows_and_a_changed_one_is_reported(settings):
     workload.run(200, 8, burst_every_s=0)
     users = list(range(workload.base + 1, workload.base + workload.users + 1))
     products = list(range(workload.base + 1, workload.base + workload.products + 1))
-    profile = FeatureClient.for_features(settings, [(decl.USER_PROFILE.name, f.name)
-                                                    for f in decl.USER_PROFILE.features])
+    profile = FeatureClient.for_features(
+        settings, [(decl.USER_PROFILE.name, f.name) for f in decl.USER_PROFILE.features]
+    )
     # the users whose profile the streaming job has served (the workload upserts some users rows)
-    served = wait_for(lambda: [u for u, known in zip(users, profile.fetch(users).known, strict=True) if known],
-                      120, "served profiles")
+    served = wait_for(
+        lambda: [u for u, known in zip(users, profile.fetch(users).known, strict=True) if known], 120, "served profiles"
+    )
     await_stream(settings)  # and every change of the workload: no value of theirs still on its way
     report = validate(settings, entities={"user_id": users, "product_id": products})
     assert report.compared == len(users) * 4 + len(products) and report.mismatches == []
@@ -51,7 +53,8 @@ def test_online_values_are_offline_rows_and_a_changed_one_is_reported(settings):
         writer.write(decl.USER_PROFILE, [(victim, as_of, 999, *original[1:])])  # the age, changed in Redis only
         changed = validate(settings, entities={"user_id": [victim]})
         assert [(m["view"], m["entity"], m["as_of"]) for m in changed.mismatches] == [
-            (decl.USER_PROFILE.name, victim, as_of.isoformat())]
+            (decl.USER_PROFILE.name, victim, as_of.isoformat())
+        ]
         assert "online [999" in changed.mismatches[0]["why"] and changed.match == 3 / 4
     finally:
         writer.write(decl.USER_PROFILE, [(victim, as_of, *original)])
@@ -70,8 +73,9 @@ def test_feast_materialize_incremental_into_a_flushed_redis_gives_the_streamed_v
     workload = fresh_workload(settings)
     workload.run(200, 6, burst_every_s=0)
     users = list(range(workload.base + 1, workload.base + workload.users + 1))
-    risk = FeatureClient.for_features(settings, [(decl.TRANSACTION_RISK.name, f.name)
-                                                 for f in decl.TRANSACTION_RISK.features])
+    risk = FeatureClient.for_features(
+        settings, [(decl.TRANSACTION_RISK.name, f.name) for f in decl.TRANSACTION_RISK.features]
+    )
     wait_for(lambda: risk.fetch(users).known.sum() >= 50, 120, "served users")
     risk.close()
     await_stream(settings)
@@ -79,9 +83,25 @@ def test_feast_materialize_incremental_into_a_flushed_redis_gives_the_streamed_v
         probe.bind((settings.redis_host, 0))
         port = probe.getsockname()[1]
     (tmp_path / "users.acl").write_text(acl_file(settings))  # the stack's users, on an empty Redis of its own
-    empty = subprocess.Popen(["redis-server", "--port", str(port), "--bind", settings.redis_host, "--aclfile",
-                              str(tmp_path / "users.acl"), "--save", "", "--appendonly", "no", "--dir",
-                              str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    empty = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            settings.redis_host,
+            "--aclfile",
+            str(tmp_path / "users.acl"),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
     side = settings.model_copy(update={"redis_port": port, "feast_batch_engine": engine})
     try:
         wait_for(lambda: redis_client(side, "writer").ping(), 30, "the empty Redis")
@@ -89,15 +109,29 @@ def test_feast_materialize_incremental_into_a_flushed_redis_gives_the_streamed_v
         config.write_text(yaml.safe_dump(repo_config(side, "writer")))
         end = datetime.now(UTC).replace(microsecond=0)
         views = [arg for v in decl.FEATURE_VIEWS for arg in ("--views", v.name)]
-        done = subprocess.run([str(Path(sys.executable).with_name("feast")), "-f", str(config),
-                               "materialize-incremental", end.isoformat(), *views], cwd=REPO_PATH,
-                              capture_output=True, text=True, timeout=600,
-                              env={**os.environ, "PYSPARK_PYTHON": sys.executable})  # Feast drops spark_conf
+        done = subprocess.run(
+            [
+                str(Path(sys.executable).with_name("feast")),
+                "-f",
+                str(config),
+                "materialize-incremental",
+                end.isoformat(),
+                *views,
+            ],
+            cwd=REPO_PATH,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={**os.environ, "PYSPARK_PYTHON": sys.executable},
+        )  # Feast drops spark_conf
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
         assert ("Using Spark's default log4j profile" in done.stderr) == (engine == "spark.engine")  # Spark ran it
         for view in decl.FEATURE_VIEWS:
-            ids = users if view.entity == decl.USER else list(range(workload.base + 1,
-                                                                    workload.base + workload.products + 1))
+            ids = (
+                users
+                if view.entity == decl.USER
+                else list(range(workload.base + 1, workload.base + workload.products + 1))
+            )
             features = [(view.name, f.name) for f in view.features]
             streamed = FeatureClient.for_features(settings, features).fetch(ids)
             materialized = FeatureClient.for_features(side, features).fetch(ids)

@@ -47,8 +47,9 @@ def test_missing_java_javac_and_maven_are_named_with_their_fix(settings, tmp_pat
 
 def test_unreachable_maven_repository_with_an_empty_cache(settings, tmp_path):
     home = tmp_path / "fresh"
-    result = run_cli("up", env={"CDCF_HOME": str(home), "CDCF_MAVEN_REPO_URL": "http://127.0.0.1:9/maven2"},
-                     timeout=300)
+    result = run_cli(
+        "up", env={"CDCF_HOME": str(home), "CDCF_MAVEN_REPO_URL": "http://127.0.0.1:9/maven2"}, timeout=300
+    )
     line = _one_error_line(result)
     assert "Could not resolve the kafka jars from http://127.0.0.1:9/maven2" in line
     assert "CDCF_MAVEN_REPO_URL" in line

@@ -34,14 +34,30 @@ def test_feast_ui_lists_every_feature_view_in_a_browser(settings, tmp_path):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     config = settings.paths.conf / "feature_store.yaml"  # the reader's, as `make up` wrote it
-    ui = subprocess.Popen([str(Path(sys.executable).with_name("feast")), "-f", str(config), "ui", "-h", "127.0.0.1",
-                           "-p", str(port)], cwd=REPO_PATH, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    ui = subprocess.Popen(
+        [str(Path(sys.executable).with_name("feast")), "-f", str(config), "ui", "-h", "127.0.0.1", "-p", str(port)],
+        cwd=REPO_PATH,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
     try:
         wait_for(lambda: _answers(f"http://127.0.0.1:{port}/"), 180, "feast ui to answer")
         page = f"http://127.0.0.1:{port}/p/{settings.feast_project}/feature-view"
-        browser = subprocess.run([chromium, "--headless=new", "--no-sandbox", "--disable-gpu",
-                                  f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=20000",
-                                  "--dump-dom", page], capture_output=True, text=True, timeout=180)
+        browser = subprocess.run(
+            [
+                chromium,
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                f"--user-data-dir={tmp_path / 'profile'}",
+                "--virtual-time-budget=20000",
+                "--dump-dom",
+                page,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
         assert browser.returncode == 0, browser.stderr[-2000:]
         dom = browser.stdout  # the page as rendered, after its scripts fetched the registry
         missing = [view.name for view in decl.ALL_VIEWS if view.name not in dom]

@@ -58,8 +58,7 @@ def test_the_client_reads_what_feast_serves(settings, users):
     store = feature_store(settings)
     ids = users[:50] + [-424242]  # and one entity Redis has never seen
     fetched = client.fetch(ids)
-    served = store.get_online_features(features=decl.feature_refs(SERVICE),
-                                       entity_rows=[{"user_id": i} for i in ids])
+    served = store.get_online_features(features=decl.feature_refs(SERVICE), entity_rows=[{"user_id": i} for i in ids])
     values = served.to_dict()
     names = [f for _, f in client.features]
     for n, entity_id in enumerate(ids):
@@ -102,7 +101,8 @@ def test_the_local_cache_serves_a_row_for_its_ttl_only(settings, users):
 
 def test_a_model_trained_on_a_point_in_time_set_is_saved_with_its_features(settings, trained):
     assert [f"{v}:{f}" for v, f in trained.features] == [
-        f"{v.name}:{f.name}" for s in decl.FEATURE_SERVICES if s.name == SERVICE for v in s.views for f in v.features]
+        f"{v.name}:{f.name}" for s in decl.FEATURE_SERVICES if s.name == SERVICE for v in s.views for f in v.features
+    ]
     assert trained.metrics["rows"] == 3000 and np.isfinite(trained.metrics["last_epoch_loss"])
     loaded = TrainedModel.load(model_path(settings))
     x = np.array([[1.0, 20.0, np.nan, 3, 4, 50.0, 80.0, 20.0, 1, np.nan]])
@@ -121,10 +121,20 @@ def test_scores_come_with_as_of_times_and_a_policy_for_bad_input(settings, users
     for n, (result, score) in enumerate(zip(answer["results"], expected, strict=False)):
         assert result["score"] == pytest.approx(float(score), abs=1e-6)
         assert result["as_of"] == {v: t.isoformat() for v, t in fetched.as_of_row(n).items()}
-    assert answer["results"][-1] == {"id": nobody, "score": None, "as_of": {v.name: None for v in (
-        decl.TRANSACTION_RISK, decl.USER_ACTIVITY)}, "nulls": [], "reason": "unknown entity"}
-    for bad, message in (([], "non-empty"), (list(range(MAX_BATCH + 1)), "limit"), (["7"], "64-bit"),
-                         ([2**64], "64-bit"), ([True], "64-bit")):
+    assert answer["results"][-1] == {
+        "id": nobody,
+        "score": None,
+        "as_of": {v.name: None for v in (decl.TRANSACTION_RISK, decl.USER_ACTIVITY)},
+        "nulls": [],
+        "reason": "unknown entity",
+    }
+    for bad, message in (
+        ([], "non-empty"),
+        (list(range(MAX_BATCH + 1)), "limit"),
+        (["7"], "64-bit"),
+        ([2**64], "64-bit"),
+        ([True], "64-bit"),
+    ):
         with pytest.raises(ScoringError, match=message):
             service.score(bad)
 

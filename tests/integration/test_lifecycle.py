@@ -17,29 +17,55 @@ from tests.conftest import run_cli
 
 pytestmark = pytest.mark.integration
 
-PORTS = {"CDCF_PG_PORT": "15432", "CDCF_REDIS_PORT": "16379", "CDCF_KAFKA_PORT": "19092",
-         "CDCF_KAFKA_CONTROLLER_PORT": "19093", "CDCF_CONNECT_PORT": "18083", "CDCF_PROMETHEUS_PORT": "19090",
-         "CDCF_ALERTMANAGER_PORT": "19095"}
+PORTS = {
+    "CDCF_PG_PORT": "15432",
+    "CDCF_REDIS_PORT": "16379",
+    "CDCF_KAFKA_PORT": "19092",
+    "CDCF_KAFKA_CONTROLLER_PORT": "19093",
+    "CDCF_CONNECT_PORT": "18083",
+    "CDCF_PROMETHEUS_PORT": "19090",
+    "CDCF_ALERTMANAGER_PORT": "19095",
+}
 
 
 def _pids(settings) -> dict[str, int | None]:
-    return {"postgres": postgres.pid(settings), "redis": redis_server.pid(settings), "archiver": ARCHIVER.pid(settings),
-            "streaming": STREAMING.pid(settings),
-            "kafka": kafka.service_pid(settings, kafka.KAFKA), "connect": kafka.service_pid(settings, kafka.CONNECT),
-            "prometheus": PROMETHEUS.pid(settings), "alertmanager": ALERTMANAGER.pid(settings)}
+    return {
+        "postgres": postgres.pid(settings),
+        "redis": redis_server.pid(settings),
+        "archiver": ARCHIVER.pid(settings),
+        "streaming": STREAMING.pid(settings),
+        "kafka": kafka.service_pid(settings, kafka.KAFKA),
+        "connect": kafka.service_pid(settings, kafka.CONNECT),
+        "prometheus": PROMETHEUS.pid(settings),
+        "alertmanager": ALERTMANAGER.pid(settings),
+    }
 
 
 def test_up_status_down_up_up_from_nothing(side_home):
     env = {"CDCF_HOME": str(side_home), "CDCF_PG_CLUSTER": "cdcf_lifecycle", **PORTS}
-    side = load_settings(home=side_home, pg_cluster="cdcf_lifecycle",
-                         **{k.removeprefix("CDCF_").lower(): int(v) for k, v in PORTS.items()})
+    side = load_settings(
+        home=side_home,
+        pg_cluster="cdcf_lifecycle",
+        **{k.removeprefix("CDCF_").lower(): int(v) for k, v in PORTS.items()},
+    )
     assert jars.resolved(side)  # shared, warm cache
     try:
         first = run_cli("up", env=env)
         assert first.returncode == 0, first.stdout + first.stderr
         assert [line.split(":")[0] for line in first.stdout.splitlines()] == [
-            "jars", "window engine", "postgres", "redis", "kafka", "connect", "feast registry", "connector",
-            "archiver", "streaming", "alertmanager", "prometheus"]
+            "jars",
+            "window engine",
+            "postgres",
+            "redis",
+            "kafka",
+            "connect",
+            "feast registry",
+            "connector",
+            "archiver",
+            "streaming",
+            "alertmanager",
+            "prometheus",
+        ]
 
         healthy = run_cli("status", env=env)
         assert healthy.returncode == 0, healthy.stdout + healthy.stderr
@@ -76,8 +102,9 @@ def test_a_new_home_never_inherits_the_database_of_another(side_home, tmp_path):
     other_home = tmp_path / "other"
     other_home.mkdir()
     shutil.copy(side_home / "secrets.env", other_home / "secrets.env")
-    first, second = (load_settings(home=home, pg_cluster="cdcf_owner", pg_port=15433)
-                     for home in (side_home, other_home))
+    first, second = (
+        load_settings(home=home, pg_cluster="cdcf_owner", pg_port=15433) for home in (side_home, other_home)
+    )
     try:
         postgres.start(first)
         _execute(first, "CREATE TABLE left_behind (id int)")

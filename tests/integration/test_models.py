@@ -45,7 +45,8 @@ def history(settings) -> list[int]:
     ids = list(range(base + 1, base + USERS + 1))
     add_users(settings, range(ids[0], ids[-1] + 1))
     Workload(settings, seed=random.randrange(10**6), users=USERS, products=PRODUCTS, entity_base=base).run(
-        300, 20, burst_every_s=0)
+        300, 20, burst_every_s=0
+    )
     served = f"SELECT count(DISTINCT user_id) FROM {decl.TRANSACTION_RISK.name} WHERE user_id BETWEEN %s AND %s"
     wait_for(lambda: _offline(settings, served, (ids[0], ids[-1]))[0][0] >= USERS // 2, 120, "served users")
     return ids
@@ -54,9 +55,12 @@ def history(settings) -> list[int]:
 @pytest.fixture(scope="module")
 def trained(settings, history) -> dict:
     as_of = datetime.now(UTC)
-    return {"fraud": fraud.train(settings, rows=20_000), "recommend": recommend.train(settings, rows=5_000,
-                                                                                      held_out=100),
-            "segments": segments.train(settings, as_of), "as_of": as_of}
+    return {
+        "fraud": fraud.train(settings, rows=20_000),
+        "recommend": recommend.train(settings, rows=5_000, held_out=100),
+        "segments": segments.train(settings, as_of),
+        "as_of": as_of,
+    }
 
 
 def _http(settings, **models) -> tuple[TestClient, TestClient]:
@@ -71,14 +75,18 @@ def test_the_fraud_label_is_a_chargeback_within_60_days(settings, history):
     with pg_clients.session(settings) as conn, conn.cursor() as cur:
         for n, (created, reported) in enumerate(((70, 10), (70, 8), (5, None))):  # days ago
             at = now - timedelta(days=created)
-            cur.execute("INSERT INTO transactions VALUES (%s, %s, NULL, 900, 'quickcash', %s, %s)",
-                        (txn + n, user, at, now))
+            cur.execute(
+                "INSERT INTO transactions VALUES (%s, %s, NULL, 900, 'quickcash', %s, %s)", (txn + n, user, at, now)
+            )
             if reported is not None:
-                cur.execute("INSERT INTO chargebacks VALUES (%s, %s, %s)", (txn + n, txn + n, now - timedelta(
-                    days=reported)))
+                cur.execute(
+                    "INSERT INTO chargebacks VALUES (%s, %s, %s)", (txn + n, txn + n, now - timedelta(days=reported))
+                )
     conn.close()
-    archived = ("SELECT count(*) FROM cdc_changelog WHERE source_table IN ('transactions', 'chargebacks') AND "
-                "row_key BETWEEN %s AND %s")
+    archived = (
+        "SELECT count(*) FROM cdc_changelog WHERE source_table IN ('transactions', 'chargebacks') AND "
+        "row_key BETWEEN %s AND %s"
+    )
     wait_for(lambda: _offline(settings, archived, (txn, txn + 2))[0][0] == 5, 60, "archived rows")
     found = labelled_transactions(settings).set_index("txn_id")["fraud"]
     # reported 60 days after (70 - 10) counts, 62 days after (70 - 8) does not, never reported does not
@@ -124,22 +132,30 @@ def test_fraud_scores_use_fresh_features_and_the_request_features_feast_computes
     stored = fetched.matrix()
     names = [f for _, f in scorer.model.features]
     store = feature_store(settings)
-    served = store.get_online_features(features=store.get_feature_service("fraud_detection_v1"), entity_rows=[
-        {"user_id": t["user_id"], "amount": t["amount"], "merchant": t["merchant"]} for t in transactions]).to_dict()
+    served = store.get_online_features(
+        features=store.get_feature_service("fraud_detection_v1"),
+        entity_rows=[{"user_id": t["user_id"], "amount": t["amount"], "merchant": t["merchant"]} for t in transactions],
+    ).to_dict()
     share = scorer.model.card.extra["merchant_share"]
     for n, t in enumerate(transactions):
-        request = decl.fraud_request_features(t["amount"], {name: None if np.isnan(v) else v for name, v in
-                                                            zip(names, stored[n], strict=True)})
+        request = decl.fraud_request_features(
+            t["amount"], {name: None if np.isnan(v) else v for name, v in zip(names, stored[n], strict=True)}
+        )
         for name, value in request.items():  # Feast's on-demand view runs the same function
             assert served[name][n] == (pytest.approx(value) if value is not None else None), name
         x = np.array([[*stored[n], *[np.nan if v is None else v for v in request.values()], share["acme"]]])
-        assert answer["results"][n]["score"] == pytest.approx(float(scorer.model.booster.inplace_predict(x)[0]),
-                                                              abs=1e-6)
+        assert answer["results"][n]["score"] == pytest.approx(
+            float(scorer.model.booster.inplace_predict(x)[0]), abs=1e-6
+        )
         assert answer["results"][n]["as_of"] == {v: t.isoformat() for v, t in fetched.as_of_row(n).items()}
-    for bad, message in (([], "non-empty"), ([{"user_id": 1}], "user_id and amount"),
-                         ([{"user_id": 1, "amount": -1}], "amount"), ([{"user_id": True, "amount": 1}], "64-bit"),
-                         ([{"user_id": 1, "amount": 1, "card": "x"}], "optionally"),
-                         ([{"user_id": 1, "amount": 1}] * (MAX_BATCH + 1), "limit")):
+    for bad, message in (
+        ([], "non-empty"),
+        ([{"user_id": 1}], "user_id and amount"),
+        ([{"user_id": 1, "amount": -1}], "amount"),
+        ([{"user_id": True, "amount": 1}], "64-bit"),
+        ([{"user_id": 1, "amount": 1, "card": "x"}], "optionally"),
+        ([{"user_id": 1, "amount": 1}] * (MAX_BATCH + 1), "limit"),
+    ):
         with pytest.raises(ScoringError, match=message):
             scorer.score(bad)
 
@@ -173,8 +189,9 @@ def test_recommendations_rank_candidates_for_one_user(settings, history, trained
     assert answer["version"] == trained["recommend"].card.version and len(items) == 5
     assert [i["score"] for i in items] == sorted((i["score"] for i in items), reverse=True)
     # the same ranking, rebuilt from the features fetched here
-    x = np.hstack([np.repeat(ranker.users.fetch([user]).matrix(), PRODUCTS, axis=0),
-                   ranker.products.fetch(candidates).matrix()])
+    x = np.hstack(
+        [np.repeat(ranker.users.fetch([user]).matrix(), PRODUCTS, axis=0), ranker.products.fetch(candidates).matrix()]
+    )
     scores = ranker.model.score(x, candidates)
     assert [i["product_id"] for i in items] == [candidates[n] for n in np.argsort(-scores, kind="stable")[:5]]
     assert set(answer["as_of"]) == {decl.USER_PROFILE.name, decl.USER_ACTIVITY.name}
@@ -188,9 +205,14 @@ def test_recommendations_rank_candidates_for_one_user(settings, history, trained
     client = ServiceClient.for_service(settings, "recommendation_v1", cache_ttl_s=1.0)
     rows = {"user_id": [user, history[2], nobody], "product_id": [candidates[0], candidates[0], candidates[1]]}
     fetched = client.fetch(rows)
-    feast = feature_store(settings).get_online_features(
-        features=decl.feature_refs("recommendation_v1"),
-        entity_rows=[{"user_id": u, "product_id": p} for u, p in zip(*rows.values(), strict=True)]).to_dict()
+    feast = (
+        feature_store(settings)
+        .get_online_features(
+            features=decl.feature_refs("recommendation_v1"),
+            entity_rows=[{"user_id": u, "product_id": p} for u, p in zip(*rows.values(), strict=True)],
+        )
+        .to_dict()
+    )
     for n in range(3):
         assert fetched.row(n) == [feast[name][n] for _, name in client.features]
     assert fetched.known.tolist() == [True, True, False]
@@ -215,16 +237,22 @@ def test_batch_scoring_writes_every_users_segment_offline_and_online(settings, h
     done = segments.batch_score(settings, as_of, progress=False)
     model = trained["segments"]
     assert done["version"] == model.card.version and done["users"] == len(segments.users_as_of(settings, as_of))
-    rows = dict(_offline(settings, f"SELECT user_id, segment FROM {decl.USER_SEGMENT.offline_table} WHERE "
-                                   "event_timestamp = %s AND model_version = %s AND user_id BETWEEN %s AND %s",
-                         (as_of, str(model.card.version), history[0], history[-1])))
+    rows = dict(
+        _offline(
+            settings,
+            f"SELECT user_id, segment FROM {decl.USER_SEGMENT.offline_table} WHERE "
+            "event_timestamp = %s AND model_version = %s AND user_id BETWEEN %s AND %s",
+            (as_of, str(model.card.version), history[0], history[-1]),
+        )
+    )
     assert len(rows) >= USERS // 2
     mine = sorted(rows)
     expected = model.assign(segments.features_as_of(settings, mine, as_of, model.features))
     assert [rows[u] for u in mine] == expected.tolist()
     store = feature_store(settings)
-    online = store.get_online_features(features=["user_segment_features:segment"],
-                                       entity_rows=[{"user_id": u} for u in mine]).to_dict()
+    online = store.get_online_features(
+        features=["user_segment_features:segment"], entity_rows=[{"user_id": u} for u in mine]
+    ).to_dict()
     assert online["segment"] == [rows[u] for u in mine]
 
     reader = SegmentReader.from_settings(settings)

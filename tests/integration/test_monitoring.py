@@ -32,6 +32,7 @@ def _steady(settings, query: str) -> float:
     def agreed():
         seen.append(_value(settings, query))
         return len(seen) > 12 and seen[-1] is not None and seen[-1] == seen[-13]  # 6 s apart, polled every 0.5 s
+
     wait_for(agreed, 120, lambda: f"{query} to settle (last {seen[-3:]})")
     return seen[-1]
 
@@ -44,8 +45,11 @@ def test_prometheus_scrapes_our_processes_and_their_counters_are_the_changes(set
     def scraped() -> dict[str, str]:
         return {t["labels"]["job"]: t["health"] for t in monitoring.api(settings, "targets")["activeTargets"]}
 
-    wait_for(lambda: all(scraped().get(job) == "up" for job in ("archiver", "streaming", "prometheus")), 60,
-             lambda: f"Prometheus to scrape the archiver, the streaming job and itself (targets: {scraped()})")
+    wait_for(
+        lambda: all(scraped().get(job) == "up" for job in ("archiver", "streaming", "prometheus")),
+        60,
+        lambda: f"Prometheus to scrape the archiver, the streaming job and itself (targets: {scraped()})",
+    )
     assert set(scraped()) <= {"archiver", "streaming", "prometheus", "model-api"}
     wait_for(lambda: _value(settings, "sum(cdcf_archive_lag_messages)") == 0, 120, "the archiver to catch up")
     archived = _steady(settings, "cdcf_archive_changes_total")
@@ -54,14 +58,19 @@ def test_prometheus_scrapes_our_processes_and_their_counters_are_the_changes(set
 
     committed = sum(fresh_workload(settings).run(rate=100, duration_s=5, burst_every_s=0).values())
     assert committed > 300
-    wait_for(lambda: _value(settings, "cdcf_archive_changes_total") == archived + committed, 120,
-             lambda: f"archived {_value(settings, 'cdcf_archive_changes_total') - archived} of {committed} changes")
+    wait_for(
+        lambda: _value(settings, "cdcf_archive_changes_total") == archived + committed,
+        120,
+        lambda: f"archived {_value(settings, 'cdcf_archive_changes_total') - archived} of {committed} changes",
+    )
     wait_for(lambda: _value(settings, "cdcf_freshness_seconds_count") > emitted, 60, "the emits of the workload")
     assert _value(settings, "cdcf_stream_batches_total") > batches
     assert _value(settings, "cdcf_dead_letters_total") is not None
     # every emitted row passed the value checks (cdcf.quality), and they saw the workload's rows
     assert _value(settings, "sum(cdcf_feature_check_violations_total)") == 0
-    assert _value(settings, "cdcf_feature_values_checked_total") > _value(settings, "cdcf_feature_null_values_total") > 0
+    assert (
+        _value(settings, "cdcf_feature_values_checked_total") > _value(settings, "cdcf_feature_null_values_total") > 0
+    )
     p99 = _value(settings, "histogram_quantile(0.99, sum by (le) (increase(cdcf_freshness_seconds_bucket[2m])))")
     assert 0 < p99 <= 300, p99
     slot = settings.replication_slot
@@ -89,7 +98,16 @@ def test_status_watch_refreshes_health_with_throughput_freshness_and_lag(setting
     for frame in frames:
         lines = frame.strip().splitlines()
         assert [line.split()[0] for line in lines[:9]] == [
-            "postgres", "redis", "kafka", "connect", "feast", "archiver", "streaming", "prometheus", "alertmanager"]
+            "postgres",
+            "redis",
+            "kafka",
+            "connect",
+            "feast",
+            "archiver",
+            "streaming",
+            "prometheus",
+            "alertmanager",
+        ]
         assert [line.split(":")[0] for line in lines[9:]] == ["throughput", "freshness", "lag", "alerts"], lines
         assert re.search(r"lag: +archiver \d+ messages, streaming \d+ offsets, clock [\d.]+ s old", frame), frame
 
@@ -98,17 +116,29 @@ def test_stopping_kafka_connect_fires_the_clock_alert_through_alertmanager(setti
     assert not _firing(settings, "StreamingClockStopped")
     kafka.stop(settings, kafka.CONNECT)
     try:
-        (alert,) = wait_for(lambda: _firing(settings, "StreamingClockStopped"), 240,
-                            "StreamingClockStopped to fire with Kafka Connect stopped")
+        (alert,) = wait_for(
+            lambda: _firing(settings, "StreamingClockStopped"),
+            240,
+            "StreamingClockStopped to fire with Kafka Connect stopped",
+        )
         assert alert["labels"]["job"] == "streaming" and alert["labels"]["severity"] == "page"
         assert "is Kafka Connect running?" in alert["annotations"]["summary"]
-        wait_for(lambda: [a for a in monitoring.received(settings)
-                          if a["labels"]["alertname"] == "StreamingClockStopped" and a["status"]["state"] == "active"],
-                 60, "Alertmanager to receive the alert")
+        wait_for(
+            lambda: [
+                a
+                for a in monitoring.received(settings)
+                if a["labels"]["alertname"] == "StreamingClockStopped" and a["status"]["state"] == "active"
+            ],
+            60,
+            "Alertmanager to receive the alert",
+        )
     finally:
         kafka.start_connect(settings)
-    wait_for(lambda: not _firing(settings, "StreamingClockStopped"), 180,
-             "the alert to resolve once Connect commits offsets again")
+    wait_for(
+        lambda: not _firing(settings, "StreamingClockStopped"),
+        180,
+        "the alert to resolve once Connect commits offsets again",
+    )
     wait_for(lambda: _healthy(settings), 60, "the streaming job to be healthy again")
 
 

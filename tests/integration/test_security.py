@@ -27,7 +27,7 @@ def test_the_intrusion_is_refused(settings, name):
     print(f"{name}: refused ({how})")
 
 
-TRICKY = "it's a \"pass word\" \\ with\\backslash, commas; = signs and ünïcode"
+TRICKY = 'it\'s a "pass word" \\ with\\backslash, commas; = signs and ünïcode'
 
 
 def test_the_local_bootstrap_gives_psql_any_password_exactly(settings):
@@ -41,9 +41,15 @@ def test_the_compose_init_script_creates_roles_that_log_in_with_any_password(set
     databases of its own, with secret files holding quotes, spaces and backslashes; each role then logs in over
     TLS with its password."""
     n = time.time_ns() % 10**9
-    names = {"CDCF_APP_USER": f"t_app_{n}", "CDCF_FEAST_USER": f"t_feast_{n}", "CDCF_DEBEZIUM_USER": f"t_dbz_{n}",
-             "CDCF_APP_DB": f"t_app_{n}", "CDCF_REGISTRY_DB": f"t_registry_{n}", "CDCF_OFFLINE_DB": f"t_offline_{n}",
-             "CDCF_PUBLICATION": f"t_pub_{n}"}
+    names = {
+        "CDCF_APP_USER": f"t_app_{n}",
+        "CDCF_FEAST_USER": f"t_feast_{n}",
+        "CDCF_DEBEZIUM_USER": f"t_dbz_{n}",
+        "CDCF_APP_DB": f"t_app_{n}",
+        "CDCF_REGISTRY_DB": f"t_registry_{n}",
+        "CDCF_OFFLINE_DB": f"t_offline_{n}",
+        "CDCF_PUBLICATION": f"t_pub_{n}",
+    }
     passwords = {role: f"{TRICKY} {role}" for role in ("app", "feast", "debezium")}
     # the secrets and SQL files where the postgres user reads them, as the image mounts them (the checkout may be
     # in a folder only root enters: the script itself goes through stdin)
@@ -51,13 +57,25 @@ def test_the_compose_init_script_creates_roles_that_log_in_with_any_password(set
     secrets.chmod(0o755)
     for sql in ("roles.sql", "app_schema.sql"):
         shutil.copy(PROJECT_ROOT / "cdcf" / "stack" / sql, secrets / sql)
-    env = {**os.environ, **names, "POSTGRES_USER": "postgres", "PGPORT": str(settings.pg_port),
-           "CDCF_SECRETS_DIR": str(secrets), "CDCF_SQL_DIR": str(secrets)}
+    env = {
+        **os.environ,
+        **names,
+        "POSTGRES_USER": "postgres",
+        "PGPORT": str(settings.pg_port),
+        "CDCF_SECRETS_DIR": str(secrets),
+        "CDCF_SQL_DIR": str(secrets),
+    }
     source = (PROJECT_ROOT / "deploy" / "postgres-init.sh").read_text()
 
     def script() -> subprocess.CompletedProcess:
-        return subprocess.run(["runuser", "-u", "postgres", "--", "bash", "-s"], input=source, env=env,
-                              capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            ["runuser", "-u", "postgres", "--", "bash", "-s"],
+            input=source,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     try:
         (secrets / "cdcf_app_password").write_text("")
@@ -68,8 +86,14 @@ def test_the_compose_init_script_creates_roles_that_log_in_with_any_password(set
         done = script()
         assert done.returncode == 0, done.stderr
         for role, db in (("app", names["CDCF_APP_DB"]), ("feast", names["CDCF_OFFLINE_DB"])):
-            dsn = make_dsn(host=settings.pg_host, port=settings.pg_port, dbname=db, user=names[f"CDCF_{role.upper()}_USER"],
-                           password=passwords[role], **settings.pg_tls)
+            dsn = make_dsn(
+                host=settings.pg_host,
+                port=settings.pg_port,
+                dbname=db,
+                user=names[f"CDCF_{role.upper()}_USER"],
+                password=passwords[role],
+                **settings.pg_tls,
+            )
             with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
                 cur.execute("SELECT current_user, ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
                 assert cur.fetchone() == (names[f"CDCF_{role.upper()}_USER"], True)
@@ -78,8 +102,16 @@ def test_the_compose_init_script_creates_roles_that_log_in_with_any_password(set
                     assert cur.fetchone() == (names["CDCF_APP_USER"],)
             conn.close()
         with pytest.raises(psycopg2.OperationalError, match="password authentication failed"):
-            psycopg2.connect(make_dsn(host=settings.pg_host, port=settings.pg_port, dbname=names["CDCF_APP_DB"],
-                                      user=names["CDCF_APP_USER"], password=TRICKY, **settings.pg_tls)).close()
+            psycopg2.connect(
+                make_dsn(
+                    host=settings.pg_host,
+                    port=settings.pg_port,
+                    dbname=names["CDCF_APP_DB"],
+                    user=names["CDCF_APP_USER"],
+                    password=TRICKY,
+                    **settings.pg_tls,
+                )
+            ).close()
     finally:
         shutil.rmtree(secrets)
         for db in ("CDCF_APP_DB", "CDCF_REGISTRY_DB", "CDCF_OFFLINE_DB"):

@@ -56,13 +56,16 @@ def _ids(n: int) -> list[int]:
 
 def served(store, view: decl.FeatureView, entity_id: int) -> tuple[dict, datetime | None]:
     """What Feast serves for one entity: the view's values and their as-of time."""
-    response = store.get_online_features(features=[f"{view.name}:{f.name}" for f in view.features],
-                                        entity_rows=[{view.entity.join_key: entity_id}])
+    response = store.get_online_features(
+        features=[f"{view.name}:{f.name}" for f in view.features], entity_rows=[{view.entity.join_key: entity_id}]
+    )
     names = list(response.proto.metadata.feature_names.val)
     values = response.to_dict()
-    stamps = [r.event_timestamps[0].ToDatetime(tzinfo=datetime.now().astimezone().tzinfo)
-              for name, r in zip(names, response.proto.results, strict=True)
-              if name != view.entity.join_key and r.event_timestamps and r.event_timestamps[0].seconds]
+    stamps = [
+        r.event_timestamps[0].ToDatetime(tzinfo=datetime.now().astimezone().tzinfo)
+        for name, r in zip(names, response.proto.results, strict=True)
+        if name != view.entity.join_key and r.event_timestamps and r.event_timestamps[0].seconds
+    ]
     return {f.name: values[f.name][0] for f in view.features}, (max(stamps) if stamps else None)
 
 
@@ -76,8 +79,11 @@ def offline_rows(settings, view: decl.FeatureView, entity_id: int, where: str, *
     conn = pg_clients.connect_offline(settings)
     try:
         with conn.cursor() as cur:
-            cur.execute(f"SELECT {decl.EVENT_TIMESTAMP}, {', '.join(f.name for f in view.features)} FROM {view.name} "
-                        f"WHERE {view.entity.join_key} = %s AND {where}", (entity_id, *params))
+            cur.execute(
+                f"SELECT {decl.EVENT_TIMESTAMP}, {', '.join(f.name for f in view.features)} FROM {view.name} "
+                f"WHERE {view.entity.join_key} = %s AND {where}",
+                (entity_id, *params),
+            )
             return {t: dict(zip([f.name for f in view.features], values, strict=True)) for t, *values in cur}
     finally:
         conn.close()
@@ -113,8 +119,14 @@ def test_the_writer_writes_the_bytes_feast_push_writes(settings, store):
     for view in decl.FEATURE_VIEWS:
         values = [samples[f.dtype] for f in view.features]
         writer.write(view, [(ours, at, *values), (empty, at, *[None] * len(view.features))])
-        store.push(view.push_source, pd.DataFrame([(theirs, at, *values)], columns=[
-            view.entity.join_key, decl.EVENT_TIMESTAMP, *(f.name for f in view.features)]), to=PushMode.ONLINE)
+        store.push(
+            view.push_source,
+            pd.DataFrame(
+                [(theirs, at, *values)],
+                columns=[view.entity.join_key, decl.EVENT_TIMESTAMP, *(f.name for f in view.features)],
+            ),
+            to=PushMode.ONLINE,
+        )
         assert served(store, view, empty) == ({f.name: None for f in view.features}, at)
     prefix, project = layout.key_prefix, settings.feast_project.encode()
     for join_key in {v.entity.join_key for v in decl.FEATURE_VIEWS}:
@@ -138,33 +150,68 @@ def test_the_cdc_story_is_exact_for_every_aggregate(settings, store):
 
     _sql(settings, "INSERT INTO users VALUES (%s, 30, 1000.50, 'active', '2026-01-01', now())", (user,))
     _sql(settings, "INSERT INTO users VALUES (%s, 41, 99.99, 'trial', '2026-02-01', now())", (other,))
-    rows = [(txn[0], user, product, "10.10", "10 minutes"), (txn[1], user, product, "20.00", "3 days"),
-            (txn[2], user, product, "7.50", "20 days"), (txn[3], other, product, "1.00", "2 hours"),
-            (txn[5], user, None, "15.00", "3 hours")]
+    rows = [
+        (txn[0], user, product, "10.10", "10 minutes"),
+        (txn[1], user, product, "20.00", "3 days"),
+        (txn[2], user, product, "7.50", "20 days"),
+        (txn[3], other, product, "1.00", "2 hours"),
+        (txn[5], user, None, "15.00", "3 hours"),
+    ]
     for key, owner, prod, amount, ago in rows:
-        _sql(settings, "INSERT INTO transactions VALUES (%s, %s, %s, %s, 'm', now() - %s::interval, now())",
-             (key, owner, prod, amount, ago))
-    _sql(settings, "INSERT INTO sessions VALUES (%s, %s, now() - interval '2 days', 300), "
-                   "(%s, %s, now() - interval '8 days', 60)", (txn[0], user, txn[1], user))
-    last = _sql(settings, "INSERT INTO reviews VALUES (%s, %s, %s, 4, now() - interval '1 day'), "
-                          "(%s, %s, %s, 2, now() - interval '40 days')", (txn[0], product, user, txn[1], product, user))
+        _sql(
+            settings,
+            "INSERT INTO transactions VALUES (%s, %s, %s, %s, 'm', now() - %s::interval, now())",
+            (key, owner, prod, amount, ago),
+        )
+    _sql(
+        settings,
+        "INSERT INTO sessions VALUES (%s, %s, now() - interval '2 days', 300), (%s, %s, now() - interval '8 days', 60)",
+        (txn[0], user, txn[1], user),
+    )
+    last = _sql(
+        settings,
+        "INSERT INTO reviews VALUES (%s, %s, %s, 4, now() - interval '1 day'), "
+        "(%s, %s, %s, 2, now() - interval '40 days')",
+        (txn[0], product, user, txn[1], product, user),
+    )
     check(last, product)
     check(last - timedelta(seconds=1))
     assert served(store, decl.TRANSACTION_RISK, user)[0] == {
-        "txn_count_1h": 1, "txn_amount_sum_1h": 10.10, "txn_amount_max_24h": 15.0}  # spelled out once
+        "txn_count_1h": 1,
+        "txn_amount_sum_1h": 10.10,
+        "txn_amount_max_24h": 15.0,
+    }  # spelled out once
 
     check(_sql(settings, "UPDATE transactions SET amount = 99.99 WHERE txn_id = %s", (txn[0],)), user, product)
-    check(_sql(settings, "UPDATE transactions SET created_at = now() - interval '40 days' WHERE txn_id = %s",
-               (txn[1],)), user, product)  # leaves every window
-    check(_sql(settings, "UPDATE transactions SET user_id = %s WHERE txn_id = %s", (other, txn[0])),
-          user, other)  # owner move
-    check(_sql(settings, "INSERT INTO transactions VALUES (%s, %s, %s, 500.00, 'm', now() - interval '5 minutes', "
-                         "now())", (txn[4], user, product)), user, product)  # a new maximum is served ...
+    check(
+        _sql(settings, "UPDATE transactions SET created_at = now() - interval '40 days' WHERE txn_id = %s", (txn[1],)),
+        user,
+        product,
+    )  # leaves every window
+    check(
+        _sql(settings, "UPDATE transactions SET user_id = %s WHERE txn_id = %s", (other, txn[0])), user, other
+    )  # owner move
+    check(
+        _sql(
+            settings,
+            "INSERT INTO transactions VALUES (%s, %s, %s, 500.00, 'm', now() - interval '5 minutes', now())",
+            (txn[4], user, product),
+        ),
+        user,
+        product,
+    )  # a new maximum is served ...
     assert served(store, decl.TRANSACTION_RISK, user)[0]["txn_amount_max_24h"] == 500.0
     check(_sql(settings, "DELETE FROM transactions WHERE txn_id = %s", (txn[4],)), user, product)  # ... and retracted
     assert served(store, decl.TRANSACTION_RISK, user)[0]["txn_amount_max_24h"] == 15.0
-    check(_sql(settings, "INSERT INTO transactions VALUES (%s, %s, %s, 3.33, 'late', now() - interval '29 days', "
-                         "now())", (_ids(1)[0], user, product)), user, product)  # a late row inside 30 days counts
+    check(
+        _sql(
+            settings,
+            "INSERT INTO transactions VALUES (%s, %s, %s, 3.33, 'late', now() - interval '29 days', now())",
+            (_ids(1)[0], user, product),
+        ),
+        user,
+        product,
+    )  # a late row inside 30 days counts
     check(_sql(settings, "UPDATE users SET income = 2000.00, account_status = 'vip' WHERE user_id = %s", (user,)), user)
     check(_sql(settings, "DELETE FROM users WHERE user_id = %s", (user,)), user)
     assert served(store, decl.USER_PROFILE, user)[0] == {"age": None, "income": None, "account_status": None}
@@ -189,14 +236,15 @@ def _status(settings) -> dict:
     return json.loads(STREAMING.status_file(settings).read_text())
 
 
-
-
 def test_a_window_decays_with_no_new_events(settings, store):
     user, txn = _ids(1)[0], _ids(1)[0]
     now = _sql(settings, "SELECT 1")
     leaves = (now + timedelta(seconds=70)).replace(second=0, microsecond=0)  # a minute boundary 10-70 s ahead
-    _sql(settings, "INSERT INTO transactions VALUES (%s, %s, NULL, 42.00, 'edge', %s, now())",
-         (txn, user, leaves - timedelta(hours=1)))
+    _sql(
+        settings,
+        "INSERT INTO transactions VALUES (%s, %s, NULL, 42.00, 'edge', %s, now())",
+        (txn, user, leaves - timedelta(hours=1)),
+    )
     assert_exact(settings, store, decl.TRANSACTION_RISK, user, now)
     assert served(store, decl.TRANSACTION_RISK, user)[0]["txn_count_1h"] == 1
     as_of = assert_exact(settings, store, decl.TRANSACTION_RISK, user, leaves, timeout_s=120)  # no new event
@@ -228,9 +276,12 @@ def _last_change_by_user(settings, since: datetime) -> dict[int, datetime]:
     """The commit time of the last change, since ``since``, to a row each user owned before or after it."""
     with pg_clients.offline_session(settings) as conn:
         with conn.cursor() as cur:
-            cur.execute("SELECT owner, max(commit_ts) FROM cdc_changelog, LATERAL (VALUES (after->>'user_id'), "
-                        "(before->>'user_id')) o(owner) WHERE source_table IN ('transactions', 'sessions') "
-                        "AND commit_ts >= %s AND owner IS NOT NULL GROUP BY owner", (since,))
+            cur.execute(
+                "SELECT owner, max(commit_ts) FROM cdc_changelog, LATERAL (VALUES (after->>'user_id'), "
+                "(before->>'user_id')) o(owner) WHERE source_table IN ('transactions', 'sessions') "
+                "AND commit_ts >= %s AND owner IS NOT NULL GROUP BY owner",
+                (since,),
+            )
             result = {int(owner): at for owner, at in cur.fetchall()}
     conn.close()
     return result
@@ -246,12 +297,16 @@ def test_the_feast_push_setting_serves_the_same_values(settings, store):
     names = [f.name for v in decl.FEATURE_VIEWS for f in v.features]
 
     def rows(ids: list[int]) -> pa.Table:
-        values = {f.name: (7 if f.dtype == "int64" else 12.5 if f.dtype == "float64" else "vip")
-                  for v in decl.FEATURE_VIEWS for f in v.features}
-        records = [{"entity": "user", "id": ids[0], "as_of_us": at, "decay": False, **values,
-                    "avg_order_value_30d": None},
-                   {"entity": "user", "id": ids[0], "as_of_us": at + 60_000_000, "decay": True, **values},
-                   {"entity": "product", "id": ids[1], "as_of_us": at, "decay": False, **values}]
+        values = {
+            f.name: (7 if f.dtype == "int64" else 12.5 if f.dtype == "float64" else "vip")
+            for v in decl.FEATURE_VIEWS
+            for f in v.features
+        }
+        records = [
+            {"entity": "user", "id": ids[0], "as_of_us": at, "decay": False, **values, "avg_order_value_30d": None},
+            {"entity": "user", "id": ids[0], "as_of_us": at + 60_000_000, "decay": True, **values},
+            {"entity": "product", "id": ids[1], "as_of_us": at, "decay": False, **values},
+        ]
         return pa.Table.from_pylist(records).select(["entity", "id", "as_of_us", "decay", *names])
 
     for ids, writes in ((packed_ids, "packed"), (pushed_ids, "feast-push")):
@@ -265,8 +320,10 @@ def test_the_feast_push_setting_serves_the_same_values(settings, store):
     client = OnlineWriter(settings).client
     for join_key, which in (("user_id", 0), ("product_id", 1)):
         prefix = layout.key_prefix(join_key)
-        hashes = [client.hgetall(layout.entity_key(prefix, i[which], settings.feast_project.encode()))
-                  for i in (packed_ids, pushed_ids)]
+        hashes = [
+            client.hgetall(layout.entity_key(prefix, i[which], settings.feast_project.encode()))
+            for i in (packed_ids, pushed_ids)
+        ]
         assert hashes[0] == hashes[1]
 
 
@@ -285,9 +342,14 @@ def test_an_online_store_that_lost_its_writes_is_reseeded_by_the_job(settings, s
     reseeds = _status(settings)["reseeds"]
 
     client.flushall()
-    assert wait_for(lambda: client.hgetall(key) == before, 60,
-                    lambda: f"the job to re-seed an empty online store (held {client.hgetall(key)}, before {before}; "
-                            f"the job's status: {_status(settings)})")
+    assert wait_for(
+        lambda: client.hgetall(key) == before,
+        60,
+        lambda: (
+            f"the job to re-seed an empty online store (held {client.hgetall(key)}, before {before}; "
+            f"the job's status: {_status(settings)})"
+        ),
+    )
     wait_for(lambda: _status(settings)["reseeds"] == reseeds + 1, 30, "the job to report the re-seed")
     assert "holds no marker (it restarted empty or was flushed)" in _status(settings)["last_reseed"]
 
@@ -310,9 +372,12 @@ def test_resnapshot_brings_every_feature_back_after_capture_lost_its_slot(settin
     from connectors.connect import ConnectClient, connector_config
 
     kept, gone, new, moved, user, other, product = _ids(7)
-    since = _sql(settings, "INSERT INTO transactions VALUES (%s, %s, %s, 10.00, 'acme', now(), now()), "
-                           "(%s, %s, %s, 20.00, 'acme', now(), now()), (%s, %s, NULL, 7.00, 'acme', now(), now())",
-                 (kept, user, product, gone, user, product, moved, user))
+    since = _sql(
+        settings,
+        "INSERT INTO transactions VALUES (%s, %s, %s, 10.00, 'acme', now(), now()), "
+        "(%s, %s, %s, 20.00, 'acme', now(), now()), (%s, %s, NULL, 7.00, 'acme', now(), now())",
+        (kept, user, product, gone, user, product, moved, user),
+    )
     assert_exact(settings, store, decl.TRANSACTION_RISK, user, since)
     name, _ = connector_config(settings)
     client = ConnectClient(settings)
@@ -338,12 +403,19 @@ def test_resnapshot_brings_every_feature_back_after_capture_lost_its_slot(settin
         client.close()
     # the source's truth: 15.00 and 5.00 (the 20.00 was deleted, the 7.00 moved away while capture was down), two
     # purchases of the product, and the 7.00 with the other user
-    wait_for(lambda: served(store, decl.TRANSACTION_RISK, user)[0]["txn_amount_sum_1h"] == 20.0, 300,
-             lambda: f"the user's windows to hold the source's rows (served {served(store, decl.TRANSACTION_RISK, user)})")
+    wait_for(
+        lambda: served(store, decl.TRANSACTION_RISK, user)[0]["txn_amount_sum_1h"] == 20.0,
+        300,
+        lambda: f"the user's windows to hold the source's rows (served {served(store, decl.TRANSACTION_RISK, user)})",
+    )
     wait_for(lambda: served(store, decl.TRANSACTION_RISK, other)[0]["txn_amount_sum_1h"] == 7.0, 60, "the other's")
     wait_for(lambda: served(store, decl.PRODUCT_STATS, product)[0]["purchases_7d"] == 2, 60, "the product's count")
-    for view, entity in ((decl.TRANSACTION_RISK, user), (decl.USER_ACTIVITY, user), (decl.TRANSACTION_RISK, other),
-                         (decl.PRODUCT_STATS, product)):
+    for view, entity in (
+        (decl.TRANSACTION_RISK, user),
+        (decl.USER_ACTIVITY, user),
+        (decl.TRANSACTION_RISK, other),
+        (decl.PRODUCT_STATS, product),
+    ):
         assert_exact(settings, store, view, entity, missed)
         rows = offline_rows(settings, view, entity, f"{decl.EVENT_TIMESTAMP} >= %s", missed)
         assert rows, f"{view.name}[{entity}] has no offline row from the snapshot on"

@@ -19,10 +19,14 @@ def spark():
     """local[2], UTC, two state partitions, the engine's jar (compiled into the ignored cache if needed)."""
     os.environ["PYSPARK_PYTHON"] = os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
     _fresh_jvm()  # another test's JVM has other jars on its classpath
-    builder = (SparkSession.builder.master("local[2]").appName("cdcf-unit")
-               .config("spark.jars", str(engine_jar(PROJECT_ROOT / ".stack" / "cache" / "engine")))
-               .config("spark.sql.session.timeZone", "UTC").config("spark.ui.enabled", "false")
-               .config("spark.ui.showConsoleProgress", "false"))
+    builder = (
+        SparkSession.builder.master("local[2]")
+        .appName("cdcf-unit")
+        .config("spark.jars", str(engine_jar(PROJECT_ROOT / ".stack" / "cache" / "engine")))
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+    )
     for key, value in state_store_conf(partitions=2, memory_mb=128).items():
         builder = builder.config(key, value)
     session = builder.getOrCreate()

@@ -25,8 +25,9 @@ class _Defaults(Settings):
 DEFAULTS = _Defaults(**SECRETS)
 COMPOSE = yaml.safe_load((PROJECT_ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
-ENV_FILE = dict(line.split("=", 1) for line in (PROJECT_ROOT / ".env").read_text().splitlines()
-                if line and not line.startswith("#"))
+ENV_FILE = dict(
+    line.split("=", 1) for line in (PROJECT_ROOT / ".env").read_text().splitlines() if line and not line.startswith("#")
+)
 
 
 def _env(service: str) -> dict[str, str]:
@@ -37,7 +38,8 @@ def test_the_homelab_nodes_are_all_there():
     nodes = {s["labels"]["homelab.node"] for s in SERVICES.values()}
     assert nodes == {"cpu-node1", "cpu-node2", "worker-node3", "gpu-node"}
     assert {"postgres", "redis", "kafka", "connect", "spark-master", "feature-server"} <= {
-        name for name, s in SERVICES.items() if s["labels"]["homelab.node"] == "cpu-node1"}
+        name for name, s in SERVICES.items() if s["labels"]["homelab.node"] == "cpu-node1"
+    }
     workers = [n for n, s in SERVICES.items() if "org.apache.spark.deploy.worker.Worker" in s.get("command", [])]
     assert sorted(workers) == ["spark-worker-cpu-node2", "spark-worker-node3"]
 
@@ -90,8 +92,14 @@ def test_every_port_binds_to_the_lan_address_or_loopback_only():
         assert all(_published(name)), f"{name} publishes {SERVICES[name].get('ports')}: not on HOMELAB_BIND_IP"
     lan = {name: [int(m["host"]) for m in _published(name) if "HOMELAB" in m["address"]] for name in SERVICES}
     assert {k: v for k, v in lan.items() if v} == {
-        "postgres": [DEFAULTS.pg_port], "redis": [DEFAULTS.redis_port], "kafka": [DEFAULTS.kafka_port],
-        "connect": [DEFAULTS.connect_port], "spark-master": [7077], "feature-proxy": [6566], "gpu-node": [6570]}
+        "postgres": [DEFAULTS.pg_port],
+        "redis": [DEFAULTS.redis_port],
+        "kafka": [DEFAULTS.kafka_port],
+        "connect": [DEFAULTS.connect_port],
+        "spark-master": [7077],
+        "feature-proxy": [6566],
+        "gpu-node": [6570],
+    }
     assert [int(m["host"]) for m in _published("spark-master") if m["address"] == "127.0.0.1"] == [8080]  # no auth
 
 
@@ -150,16 +158,21 @@ def test_secret_files_are_written_for_their_group_only(tmp_path):
 def test_postgres_runs_with_the_local_stacks_server_settings_and_rules():
     flags = dict(re.findall(r"-c (\w+)=(\S+)", SERVICES["postgres"]["command"]))
     key = "/var/lib/postgresql/server"
-    assert flags == {**postgres.server_settings(DEFAULTS), **postgres.tls_settings(f"{key}.crt", f"{key}.key"),
-                     "hba_file": "/etc/cdcf/pg_hba.conf"}
+    assert flags == {
+        **postgres.server_settings(DEFAULTS),
+        **postgres.tls_settings(f"{key}.crt", f"{key}.key"),
+        "hba_file": "/etc/cdcf/pg_hba.conf",
+    }
     mounts = " ".join(SERVICES["postgres"]["volumes"])
     assert "ops/stack/roles.sql" in mounts and "ops/stack/app_schema.sql" in mounts
     assert "./deploy/pg_hba.conf:/etc/cdcf/pg_hba.conf:ro" in mounts
     hba = (PROJECT_ROOT / "deploy" / "pg_hba.conf").read_text()
     assert hba.split("\n", 1)[1] == postgres.hba_rules(DEFAULTS)
     assert SERVICES["postgres"]["environment"]["POSTGRES_PASSWORD_FILE"] == "/run/secrets/pg_admin_password"
-    assert _env("streaming") | COMPOSE["x-pipeline-env"] and \
-        COMPOSE["x-pipeline-env"]["CDCF_PG_CA_FILE"] == "/run/secrets/cdcf_pg_ca_crt"
+    assert (
+        _env("streaming") | COMPOSE["x-pipeline-env"]
+        and COMPOSE["x-pipeline-env"]["CDCF_PG_CA_FILE"] == "/run/secrets/cdcf_pg_ca_crt"
+    )
 
 
 def test_redis_runs_with_the_local_stacks_users_durability_and_memory_settings():
@@ -198,8 +211,10 @@ def test_connect_matches_the_local_worker_properties():
     for prefix in ("", "producer.", "consumer.", "admin."):
         for key in ("security.protocol", "sasl.mechanism"):
             assert env[f"CONNECT_{(prefix + key).upper().replace('.', '_')}"] == local[prefix + key]
-        assert env[f"CONNECT_{(prefix + 'sasl.jaas.config').upper().replace('.', '_')}"] == \
-            "$${dir:/run/secrets:kafka_capture_jaas}"  # compose's $$: a literal $
+        assert (
+            env[f"CONNECT_{(prefix + 'sasl.jaas.config').upper().replace('.', '_')}"]
+            == "$${dir:/run/secrets:kafka_capture_jaas}"
+        )  # compose's $$: a literal $
     assert compose_secrets.files(DEFAULTS)["kafka_capture_jaas"] == local["sasl.jaas.config"]
 
 

@@ -54,9 +54,13 @@ def test_connects_rest_users_file_carries_any_password(tmp_path):
     (tmp_path / "Read.java").write_text(
         "public class Read { public static void main(String[] a) throws Exception {"
         " var p = new java.util.Properties(); p.load(new java.io.FileInputStream(a[0]));"
-        " System.out.write(p.getProperty(a[1]).getBytes(\"UTF-8\")); System.out.flush(); } }")
-    read = subprocess.run(["java", str(tmp_path / "Read.java"), str(tmp_path / "users.properties"),
-                           settings.connect_user], capture_output=True, check=True)
+        ' System.out.write(p.getProperty(a[1]).getBytes("UTF-8")); System.out.flush(); } }'
+    )
+    read = subprocess.run(
+        ["java", str(tmp_path / "Read.java"), str(tmp_path / "users.properties"), settings.connect_user],
+        capture_output=True,
+        check=True,
+    )
     assert read.stdout.decode() == HOSTILE
     assert f'file="{tmp_path}/u"' in kafka.rest_jaas(f"{tmp_path}/u")
 
@@ -105,6 +109,7 @@ def test_the_server_certificate_is_signed_for_the_names_clients_dial(tmp_path):
     certificates.issue(tmp_path, ["postgres", "127.0.0.1"])
     assert certificates.names(tmp_path / "server.crt") == ["127.0.0.1", "postgres"]
     assert (tmp_path / "server.key").stat().st_mode & 0o777 == 0o600
-    verified = subprocess.run(["openssl", "verify", "-CAfile", tmp_path / "ca.crt", tmp_path / "server.crt"],
-                              capture_output=True, text=True)
+    verified = subprocess.run(
+        ["openssl", "verify", "-CAfile", tmp_path / "ca.crt", tmp_path / "server.crt"], capture_output=True, text=True
+    )
     assert verified.returncode == 0, verified.stderr

@@ -27,8 +27,10 @@ def _corpus() -> list[tuple[str, bytes | None]]:
 
 
 def _verdicts(spark, cases: list[tuple[str, bytes | None]]) -> dict[int, dict]:
-    records = spark.createDataFrame([(topic, 0, n, value) for n, (topic, value) in enumerate(cases)],
-                                    "topic string, partition int, offset long, value binary")
+    records = spark.createDataFrame(
+        [(topic, 0, n, value) for n, (topic, value) in enumerate(cases)],
+        "topic string, partition int, offset long, value binary",
+    )
     return {r["offset"]: r.asDict() for r in decode_jvm(records, PREFIX, KEEP).collect()}
 
 
@@ -56,10 +58,15 @@ def _assert_same(cases, jvm) -> None:
             if got["reason"] != py.reason:
                 differ.append((n, py.reason, got["reason"]))
         else:
-            want = {"reason": None, "op": py.op, "key": py.key, "lsn": py.lsn,
-                    "commit_us": int(py.commit_ts.timestamp()) * 1_000_000 + py.commit_ts.microsecond,
-                    **{f"b_{c}": _typed(py, py.before, c) for c in KEEP},
-                    **{f"a_{c}": _typed(py, py.after, c) for c in KEEP}}
+            want = {
+                "reason": None,
+                "op": py.op,
+                "key": py.key,
+                "lsn": py.lsn,
+                "commit_us": int(py.commit_ts.timestamp()) * 1_000_000 + py.commit_ts.microsecond,
+                **{f"b_{c}": _typed(py, py.before, c) for c in KEEP},
+                **{f"a_{c}": _typed(py, py.after, c) for c in KEEP},
+            }
             if {k: got[k] for k in want} != want:
                 differ.append((n, want, got))
     assert not differ, differ[:5]
@@ -67,9 +74,16 @@ def _assert_same(cases, jvm) -> None:
 
 def test_the_catalogue_gets_the_same_verdicts(spark):
     cases = [(topic, value) for _, topic, value, _ in BAD_INPUTS]
-    cases += [(TOPIC, encoded(doc)) for doc in (envelope(), good_update(), envelope("d", before=row(), after=None),
-                                                {"schema": {}, "payload": envelope()},
-                                                envelope("u", before=row(coupon=None), after=row(coupon="X1")))]
+    cases += [
+        (TOPIC, encoded(doc))
+        for doc in (
+            envelope(),
+            good_update(),
+            envelope("d", before=row(), after=None),
+            {"schema": {}, "payload": envelope()},
+            envelope("u", before=row(coupon=None), after=row(coupon="X1")),
+        )
+    ]
     cases.append((TOPIC, None))  # a tombstone: neither a change nor a dead letter
     jvm = _verdicts(spark, cases)
     _assert_same(cases, jvm)

@@ -21,11 +21,24 @@ AT = Position(TOPIC, 0, 42)
 def test_create_is_typed_exactly():
     change = decode(PREFIX, AT, b'{"txn_id":7}', encoded(envelope()))
     assert change == Change(
-        table="transactions", op="c", key=7, before=None,
-        after={"txn_id": 7, "user_id": 5, "product_id": 3, "amount": Decimal("12.50"), "merchant": "acme",
-               "created_at": datetime(2026, 11, 27, 17, 16, 42, 146637, tzinfo=UTC),
-               "updated_at": datetime(2026, 11, 27, 17, 21, 42, 146637, tzinfo=UTC)},
-        lsn=35841752, tx_id=869, commit_ts=datetime(2026, 11, 27, 17, 21, 42, 151809, tzinfo=UTC), position=AT)
+        table="transactions",
+        op="c",
+        key=7,
+        before=None,
+        after={
+            "txn_id": 7,
+            "user_id": 5,
+            "product_id": 3,
+            "amount": Decimal("12.50"),
+            "merchant": "acme",
+            "created_at": datetime(2026, 11, 27, 17, 16, 42, 146637, tzinfo=UTC),
+            "updated_at": datetime(2026, 11, 27, 17, 21, 42, 146637, tzinfo=UTC),
+        },
+        lsn=35841752,
+        tx_id=869,
+        commit_ts=datetime(2026, 11, 27, 17, 21, 42, 151809, tzinfo=UTC),
+        position=AT,
+    )
 
 
 def test_update_carries_the_full_before_image_and_an_owner_move():
@@ -41,8 +54,14 @@ def test_delete_keys_on_the_before_image_and_tombstones_are_skipped():
 
 
 def test_snapshot_reads_and_other_tables():
-    users = {"user_id": 1, "age": None, "income": "100.5", "account_status": "active", "signup_date": 20000,
-             "updated_at": None}
+    users = {
+        "user_id": 1,
+        "age": None,
+        "income": "100.5",
+        "account_status": "active",
+        "signup_date": 20000,
+        "updated_at": None,
+    }
     doc = envelope("r", after=users, table="users")
     change = decode(PREFIX, Position(f"{PREFIX}.public.users", 0, 0), None, encoded(doc))
     assert change.op == "r" and change.after["income"] == Decimal("100.50")
@@ -83,9 +102,16 @@ def test_there_are_at_least_twenty_kinds_of_bad_input():
     assert len({reason for *_, reason in BAD_INPUTS}) >= 20
 
 
-@pytest.mark.parametrize("doc", [envelope(), good_update(), envelope("d", before=row(), after=None),
-                                 envelope("r", after=row(product_id=None, merchant=None, updated_at=None))],
-                         ids=["c", "u", "d", "r-with-nulls"])
+@pytest.mark.parametrize(
+    "doc",
+    [
+        envelope(),
+        good_update(),
+        envelope("d", before=row(), after=None),
+        envelope("r", after=row(product_id=None, merchant=None, updated_at=None)),
+    ],
+    ids=["c", "u", "d", "r-with-nulls"],
+)
 def test_every_decoded_change_fits_its_avro_contract(doc):
     change = decode(PREFIX, AT, None, encoded(doc))
     contracts.validate("transactions", change.record())  # raises on any breach
@@ -125,11 +151,17 @@ def test_a_batch_encodes_to_csv_rows_that_read_back_as_its_archive_rows():
     dropped, and per table the columns no contract names."""
     tricky = encoded(envelope(after=row(txn_id=11, merchant='Joe\'s "best", \\ shop\nline 2\t'), txId=None))
     extra = encoded(envelope(after={**row(txn_id=12), "added_upstream": 1}))
-    batch = [(TOPIC, 0, 1, None, tricky), (TOPIC, 0, 2, None, b"{not json"), (TOPIC, 0, 3, b"k", None),
-             (TOPIC, 0, 4, None, extra)]
+    batch = [
+        (TOPIC, 0, 1, None, tricky),
+        (TOPIC, 0, 2, None, b"{not json"),
+        (TOPIC, 0, 3, b"k", None),
+        (TOPIC, 0, 4, None, extra),
+    ]
     out = encode(PREFIX, batch)
-    rows = [archive_row(decode(PREFIX, Position(TOPIC, 0, offset), None, value))
-            for _, _, offset, _, value in (batch[0], batch[3])]
+    rows = [
+        archive_row(decode(PREFIX, Position(TOPIC, 0, offset), None, value))
+        for _, _, offset, _, value in (batch[0], batch[3])
+    ]
     assert out.changes == 2 and rows[0][4] is None
     assert list(csv.reader(io.StringIO(out.rows))) == [["" if v is None else str(v) for v in r] for r in rows]
     assert [(d.reason, d.position.offset) for d in out.dead] == [("malformed JSON", 2)]

@@ -45,15 +45,24 @@ class History:
     def _ts(self, at: datetime) -> str:
         return at.isoformat().replace("+00:00", "Z")
 
-    def _event(self, table: str, op: str, before: dict | None, after: dict | None,
-               same_commit: bool = False) -> tuple[str, bytes]:
+    def _event(
+        self, table: str, op: str, before: dict | None, after: dict | None, same_commit: bool = False
+    ) -> tuple[str, bytes]:
         """``same_commit``: in the transaction of the event before (the same commit time)."""
         self.lsn += self.rnd.randrange(1, 50)
         if not same_commit:
             self.now += timedelta(seconds=self.rnd.choice([1, 5, 30, 120, 600, 1800]))
-        source = {"version": "3.6.1.Final", "connector": "postgresql", "name": PREFIX, "ts_ms": 0,
-                  "ts_us": int(self.now.timestamp() * 1_000_000), "schema": "public", "table": table,
-                  "txId": self.lsn, "lsn": self.lsn}
+        source = {
+            "version": "3.6.1.Final",
+            "connector": "postgresql",
+            "name": PREFIX,
+            "ts_ms": 0,
+            "ts_us": int(self.now.timestamp() * 1_000_000),
+            "schema": "public",
+            "table": table,
+            "txId": self.lsn,
+            "lsn": self.lsn,
+        }
         value = json.dumps({"before": before, "after": after, "source": source, "op": op}).encode()
         message = (f"{PREFIX}.public.{table}", value)
         self.sent.append(message)
@@ -61,35 +70,66 @@ class History:
         return message
 
     def _when(self) -> str:
-        back = self.rnd.choice([timedelta(minutes=self.rnd.randrange(0, 90)), timedelta(hours=self.rnd.randrange(0, 30)),
-                                timedelta(days=self.rnd.randrange(0, 40)), -timedelta(minutes=self.rnd.randrange(1, 20))])
+        back = self.rnd.choice(
+            [
+                timedelta(minutes=self.rnd.randrange(0, 90)),
+                timedelta(hours=self.rnd.randrange(0, 30)),
+                timedelta(days=self.rnd.randrange(0, 40)),
+                -timedelta(minutes=self.rnd.randrange(1, 20)),
+            ]
+        )
         return self._ts(self.now - back)
 
     def _new(self, table: str, key: int) -> dict:
         users, products = list(range(1, 9)), [11, 12, 13, 14]
         if table == "transactions":
-            return {"txn_id": key, "user_id": self.rnd.choice(users), "product_id": self.rnd.choice(products + [None]),
-                    "amount": f"{self.rnd.randrange(1, 100000) / 100:.2f}", "merchant": "m",
-                    "created_at": self._when(), "updated_at": None}
+            return {
+                "txn_id": key,
+                "user_id": self.rnd.choice(users),
+                "product_id": self.rnd.choice(products + [None]),
+                "amount": f"{self.rnd.randrange(1, 100000) / 100:.2f}",
+                "merchant": "m",
+                "created_at": self._when(),
+                "updated_at": None,
+            }
         if table == "sessions":
-            return {"session_id": key, "user_id": self.rnd.choice(users), "started_at": self._when(),
-                    "duration_s": self.rnd.randrange(1, 5000)}
+            return {
+                "session_id": key,
+                "user_id": self.rnd.choice(users),
+                "started_at": self._when(),
+                "duration_s": self.rnd.randrange(1, 5000),
+            }
         if table == "reviews":
-            return {"review_id": key, "product_id": self.rnd.choice(products), "user_id": None,
-                    "rating": self.rnd.randrange(1, 6), "created_at": self._when()}
-        return {"user_id": key, "age": self.rnd.choice([None, 30, 41]), "income": self.rnd.choice([None, "1000.50"]),
-                "account_status": self.rnd.choice(["active", "vip"]), "signup_date": 20000, "updated_at": None}
+            return {
+                "review_id": key,
+                "product_id": self.rnd.choice(products),
+                "user_id": None,
+                "rating": self.rnd.randrange(1, 6),
+                "created_at": self._when(),
+            }
+        return {
+            "user_id": key,
+            "age": self.rnd.choice([None, 30, 41]),
+            "income": self.rnd.choice([None, "1000.50"]),
+            "account_status": self.rnd.choice(["active", "vip"]),
+            "signup_date": 20000,
+            "updated_at": None,
+        }
 
     def quiet(self, hours: int) -> tuple[str, bytes]:
         """Nothing but a heartbeat, ``hours`` later: the clock moves and windows decay."""
         self.now += timedelta(hours=hours)
-        return self._event("cdc_heartbeat", "u", {"id": 1, "beat_at": self._ts(self.now)},
-                           {"id": 1, "beat_at": self._ts(self.now)})
+        return self._event(
+            "cdc_heartbeat", "u", {"id": 1, "beat_at": self._ts(self.now)}, {"id": 1, "beat_at": self._ts(self.now)}
+        )
 
     def step(self) -> tuple[str, bytes]:
         rnd = self.rnd
-        recent = len(self.sent) if self.redelivery is None else \
-            len(self.sent) - bisect.bisect_left(self.sent_at, self.now - self.redelivery)
+        recent = (
+            len(self.sent)
+            if self.redelivery is None
+            else len(self.sent) - bisect.bisect_left(self.sent_at, self.now - self.redelivery)
+        )
         if rnd.random() < 0.08 and recent:  # Debezium re-delivers an earlier event
             message = rnd.choice(self.sent[-recent:])
             self.sent.append(message)
@@ -123,8 +163,14 @@ def _offset_commit(at_us: int, server: str = PREFIX, phase: str = "streaming") -
     as Debezium writes it while streaming, during a snapshot, or when streaming starts after a snapshot."""
     offset = {"lsn_proc": 2, "messageType": "INSERT", "lsn_commit": 1, "lsn": 2, "txId": 1, "ts_usec": at_us}
     if phase == "snapshot":
-        offset = {"last_snapshot_record": True, "lsn": 1, "txId": 1, "ts_usec": at_us, "snapshot": "INITIAL",
-                  "snapshot_completed": True}
+        offset = {
+            "last_snapshot_record": True,
+            "lsn": 1,
+            "txId": 1,
+            "ts_usec": at_us,
+            "snapshot": "INITIAL",
+            "snapshot_completed": True,
+        }
     elif phase == "after snapshot":
         offset = {"lsn": 1, "txId": 1, "ts_usec": at_us}
     return (OFFSETS, json.dumps(offset).encode(), json.dumps(["cdcf-app", {"server": server}]).encode())
@@ -136,8 +182,9 @@ def _run(spark, tmp_path: Path, batches: list[list[tuple]], offsets_topic: str |
     source = tmp_path / "records"
     source.mkdir()
     for n, batch in enumerate(batches):
-        spark.createDataFrame([(m[0], 0, i, m[1], m[2] if len(m) > 2 else None) for i, m in enumerate(batch)],
-                              f"{SCHEMA}, key binary").coalesce(1).write.parquet(str(source / f"{n:04d}"))
+        spark.createDataFrame(
+            [(m[0], 0, i, m[1], m[2] if len(m) > 2 else None) for i, m in enumerate(batch)], f"{SCHEMA}, key binary"
+        ).coalesce(1).write.parquet(str(source / f"{n:04d}"))
     emitted: dict[tuple, list] = {}
 
     def collect(df, batch_id):
@@ -145,16 +192,23 @@ def _run(spark, tmp_path: Path, batches: list[list[tuple]], offsets_topic: str |
             values = {k: v for k, v in r.asDict().items() if k not in ("entity", "id", "as_of_us", "decay")}
             emitted.setdefault((r["entity"], r["id"]), []).append((batch_id, r["as_of_us"], r["decay"], values))
 
-    records = spark.readStream.schema(f"{SCHEMA}, key binary").option("maxFilesPerTrigger", 1) \
-        .parquet(str(source / "*"))
-    query = (feature_rows(records, PREFIX, settle_s=0, offsets_topic=offsets_topic).writeStream.foreachBatch(collect).outputMode("update")
-             .option("checkpointLocation", str(tmp_path / "checkpoint")).trigger(processingTime="10 milliseconds")
-             .start())
+    records = (
+        spark.readStream.schema(f"{SCHEMA}, key binary").option("maxFilesPerTrigger", 1).parquet(str(source / "*"))
+    )
+    query = (
+        feature_rows(records, PREFIX, settle_s=0, offsets_topic=offsets_topic)
+        .writeStream.foreachBatch(collect)
+        .outputMode("update")
+        .option("checkpointLocation", str(tmp_path / "checkpoint"))
+        .trigger(processingTime="10 milliseconds")
+        .start()
+    )
     try:
         query.processAllAvailable()
         deadline = time.monotonic() + 30  # and the no-data batch that fires the last timers
-        while time.monotonic() < deadline and (not query.recentProgress or
-                                               query.recentProgress[-1]["numInputRows"] > 0):
+        while time.monotonic() < deadline and (
+            not query.recentProgress or query.recentProgress[-1]["numInputRows"] > 0
+        ):
             time.sleep(0.2)
         time.sleep(1)
         progress = list(query.recentProgress)
@@ -204,14 +258,17 @@ def test_the_engine_agrees_with_its_twin_on_random_histories(spark, tmp_path, se
     progress = sorted(progress, key=lambda p: p["batchId"])
     for p, after in zip(progress, progress[1:] + [None], strict=True):
         batch = next(files) if p["numInputRows"] > 0 else []
-        changes = [c for n, m in enumerate(batch)
-                   if isinstance(c := decode(PREFIX, Position(m[0], 0, n), None, m[1]), Change)]
+        changes = [
+            c for n, m in enumerate(batch) if isinstance(c := decode(PREFIX, Position(m[0], 0, n), None, m[1]), Change)
+        ]
         model.batch(changes, _watermark(p), _watermark(after) if after else None)
         waited += sum(len(v) for v in model.waiting.values())
     assert next(files, None) is None, "every file was read by some micro-batch"
     names = {e.name: [f.name for f in features_of(e)] for e in decl.ENTITIES}
-    ours = {key: [(as_of, decay, {n: values[n] for n in names[key[0]]}) for _, as_of, decay, values in rows]
-            for key, rows in emitted.items()}
+    ours = {
+        key: [(as_of, decay, {n: values[n] for n in names[key[0]]}) for _, as_of, decay, values in rows]
+        for key, rows in emitted.items()
+    }
     twin = dict(model.emits)
     for key in sorted(set(ours) | set(twin)):
         assert ours.get(key, []) == twin.get(key, []), key
@@ -253,17 +310,39 @@ def test_with_connects_offsets_only_an_offset_commit_of_ours_moves_the_clock(spa
     history = History(5)
     created = history.now
     created_us = int(created.timestamp() * 1e6)
-    insert = history._event("transactions", "c", None, {
-        "txn_id": 1, "user_id": 7, "product_id": None, "amount": "10.00", "merchant": "m",
-        "created_at": history._ts(created), "updated_at": None})
+    insert = history._event(
+        "transactions",
+        "c",
+        None,
+        {
+            "txn_id": 1,
+            "user_id": 7,
+            "product_id": None,
+            "amount": "10.00",
+            "merchant": "m",
+            "created_at": history._ts(created),
+            "updated_at": None,
+        },
+    )
     beat = history.quiet(2)
     hour = 3600 * 10**6
-    emitted, _ = _run(spark, tmp_path, [
-        [insert, _offset_commit(created_us)], [beat],
-        [_offset_commit(created_us + 40 * 24 * hour, server="elsewhere"), (OFFSETS, None, b'["cdcf-app",{"server":"cdc"}]'),
-         (OFFSETS, b"not json", b"[]"), _offset_commit(created_us + 30 * 24 * hour, phase="snapshot"),
-         _offset_commit(created_us + 30 * 24 * hour, phase="after snapshot")],
-        [_offset_commit(created_us + 2 * hour)]], offsets_topic=OFFSETS)
+    emitted, _ = _run(
+        spark,
+        tmp_path,
+        [
+            [insert, _offset_commit(created_us)],
+            [beat],
+            [
+                _offset_commit(created_us + 40 * 24 * hour, server="elsewhere"),
+                (OFFSETS, None, b'["cdcf-app",{"server":"cdc"}]'),
+                (OFFSETS, b"not json", b"[]"),
+                _offset_commit(created_us + 30 * 24 * hour, phase="snapshot"),
+                _offset_commit(created_us + 30 * 24 * hour, phase="after snapshot"),
+            ],
+            [_offset_commit(created_us + 2 * hour)],
+        ],
+        offsets_topic=OFFSETS,
+    )
     rows = emitted[("user", 7)]
     decays = [as_of for batch, as_of, decay, _ in rows if decay]
     assert all(batch >= 3 for batch, _, decay, _ in rows if decay), rows  # from the offset commit on, none before
@@ -277,15 +356,35 @@ def test_a_change_waits_for_the_clock_so_an_emit_holds_its_whole_transaction(spa
     Kafka; then one emit as of the commit holds both, and no row as of that time ever held one without the other."""
     history = History(8)
     at = history._ts(history.now)
-    purchase = history._event("transactions", "c", None, {
-        "txn_id": 1, "user_id": 7, "product_id": 11, "amount": "10.00", "merchant": "m", "created_at": at,
-        "updated_at": None})
-    review = history._event("reviews", "c", None, {
-        "review_id": 1, "product_id": 11, "user_id": None, "rating": 4, "created_at": at}, same_commit=True)
+    purchase = history._event(
+        "transactions",
+        "c",
+        None,
+        {
+            "txn_id": 1,
+            "user_id": 7,
+            "product_id": 11,
+            "amount": "10.00",
+            "merchant": "m",
+            "created_at": at,
+            "updated_at": None,
+        },
+    )
+    review = history._event(
+        "reviews",
+        "c",
+        None,
+        {"review_id": 1, "product_id": 11, "user_id": None, "rating": 4, "created_at": at},
+        same_commit=True,
+    )
     commit_us = int(history.now.timestamp() * 1e6)
     earlier = commit_us - 10**6
-    emitted, _ = _run(spark, tmp_path, [[purchase, _offset_commit(earlier)], [review], [_offset_commit(commit_us)]],
-                      offsets_topic=OFFSETS)
+    emitted, _ = _run(
+        spark,
+        tmp_path,
+        [[purchase, _offset_commit(earlier)], [review], [_offset_commit(commit_us)]],
+        offsets_topic=OFFSETS,
+    )
     (product,) = emitted[("product", 11)]
     assert product[0] >= 2 and product[1] == commit_us and not product[2]
     assert product[3]["purchases_7d"] == 1 and product[3]["review_count_30d"] == 1
@@ -304,8 +403,10 @@ def test_a_checkpoint_tells_the_state_partitions_it_fixed(spark, tmp_path):
 def test_each_offset_commit_reaches_every_state_partition(spark, partitions):
     """The engine reads the clock of its own micro-batch from the offset commits routed to each state partition
     (one row per partition, keyed so that Spark's hash partitioning sends it there)."""
-    records = spark.createDataFrame([(*_offset_commit(1_790_000_000_000_000), 0, 0)],
-                                    "topic string, value binary, key binary, partition int, offset long")
+    records = spark.createDataFrame(
+        [(*_offset_commit(1_790_000_000_000_000), 0, 0)],
+        "topic string, value binary, key binary, partition int, offset long",
+    )
     clock = routed(records, PREFIX, route_spec(OFFSETS, PREFIX, partitions))
     landed = clock.repartition(partitions, "entity", "id").select(F.spark_partition_id().alias("p"), "entity", "table")
     rows = landed.collect()

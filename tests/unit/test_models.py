@@ -29,8 +29,9 @@ def test_takeovers_are_bursts_of_high_amounts_within_an_hour_mostly_at_risky_mer
     assert 0.75 < risky < 0.85
     delays = [sample_data.report_delay(rng) for _ in range(2000)]
     reported = [d for d in delays if d is not None]
-    assert 0.8 < len(reported) / len(delays) < 0.9 and all(timedelta(days=1) <= d <= timedelta(days=45)
-                                                             for d in reported)
+    assert 0.8 < len(reported) / len(delays) < 0.9 and all(
+        timedelta(days=1) <= d <= timedelta(days=45) for d in reported
+    )
 
 
 def test_users_buy_the_products_of_their_age_band_the_popular_ones_most():
@@ -55,8 +56,13 @@ def test_precision_at_a_false_positive_rate():
 
 def test_training_pairs_take_negatives_the_user_did_not_buy_in_the_next_7_days():
     t0 = pd.Timestamp("2026-01-01", tz="UTC")
-    purchases = pd.DataFrame({"user_id": [1, 1, 2], "product_id": [10, 11, 10],
-                              "created_at": [t0, t0 + pd.Timedelta(days=2), t0 + pd.Timedelta(days=20)]})
+    purchases = pd.DataFrame(
+        {
+            "user_id": [1, 1, 2],
+            "product_id": [10, 11, 10],
+            "created_at": [t0, t0 + pd.Timedelta(days=2), t0 + pd.Timedelta(days=20)],
+        }
+    )
     pairs = recommend.training_pairs(purchases, [10, 11, 12], np.random.default_rng(0))
     positives = pairs[pairs["label"] == 1]
     assert positives[["user_id", "product_id"]].values.tolist() == [[1, 10], [1, 11], [2, 10]]
@@ -76,8 +82,17 @@ def test_a_hit_is_the_bought_product_among_the_top_10():
 
 def test_the_registry_counts_versions_up_and_loads_the_newest_or_a_pinned_one(tmp_path):
     settings = Settings(home=tmp_path, **{field: "pw" for field in SECRET_FIELDS})
-    card = {"name": "m", "kind": "test", "service": "s", "features": [["v", "f"]], "request_features": [],
-            "trained_from": None, "trained_to": None, "rows": 3, "metrics": {"auc": 0.5}}
+    card = {
+        "name": "m",
+        "kind": "test",
+        "service": "s",
+        "features": [["v", "f"]],
+        "request_features": [],
+        "trained_from": None,
+        "trained_to": None,
+        "rows": 3,
+        "metrics": {"auc": 0.5},
+    }
     first = registry.save(settings, card, lambda folder: (folder / "w").write_text("1"))
     second = registry.save(settings, {**card, "rows": 4}, lambda folder: (folder / "w").write_text("2"))
     assert (first.version, second.version) == (1, 2)
@@ -90,7 +105,12 @@ def test_the_registry_counts_versions_up_and_loads_the_newest_or_a_pinned_one(tm
 
 
 def test_a_segment_is_the_nearest_center_of_the_standardized_features():
-    model = SegmentModel(card=None, centers=np.array([[0.0, 0.0], [2.0, 2.0]]), fill=np.array([np.expm1(2.0), 0.0]),
-                         mean=np.zeros(2), std=np.ones(2))
+    model = SegmentModel(
+        card=None,
+        centers=np.array([[0.0, 0.0], [2.0, 2.0]]),
+        fill=np.array([np.expm1(2.0), 0.0]),
+        mean=np.zeros(2),
+        std=np.ones(2),
+    )
     x = np.array([[0.1, 0.0], [np.expm1(2.0), np.expm1(2.0)], [np.nan, np.expm1(1.9)]])
     assert model.assign(x).tolist() == [0, 1, 1]  # a null takes the fill (the training mean)

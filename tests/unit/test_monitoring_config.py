@@ -38,16 +38,23 @@ def test_promtool_finds_the_rules_valid_and_their_tests_pass():
 
 
 def test_every_rule_is_tested_firing():
-    fired = {case["alertname"] for test in yaml.safe_load(TESTS.read_text())["tests"]
-             for case in test["alert_rule_test"] if case.get("exp_alerts")}
+    fired = {
+        case["alertname"]
+        for test in yaml.safe_load(TESTS.read_text())["tests"]
+        for case in test["alert_rule_test"]
+        if case.get("exp_alerts")
+    }
     assert {rule["alert"] for rule in _rules()} == fired
 
 
 def _unexported(expr: str) -> set[str]:
     """The metrics ``expr`` reads that no code of ours defines (by name, less a counter's or histogram's suffix)."""
     source = "".join(p.read_text() for package in OURS for p in (PROJECT_ROOT / package).rglob("*.py"))
-    return {metric for metric in re.findall(r"\b(cdcf_[a-z_]+)", expr)
-            if f'"{re.sub(r"_(total|bucket|count|sum)$", "", metric)}"' not in source}
+    return {
+        metric
+        for metric in re.findall(r"\b(cdcf_[a-z_]+)", expr)
+        if f'"{re.sub(r"_(total|bucket|count|sum)$", "", metric)}"' not in source
+    }
 
 
 @pytest.mark.parametrize("rule", _rules(), ids=lambda rule: rule["alert"])
@@ -67,7 +74,9 @@ def test_composes_prometheus_scrapes_our_services_with_the_local_rules():
         assert targets[job] == [f"{job}:{env['CDCF_METRICS_PORT']}"] and env["CDCF_METRICS_HOST"] == "0.0.0.0"
     api_port = re.search(r"serve-scores .*--port (\d+)", " ".join(COMPOSE["gpu-node"]["command"])).group(1)
     assert targets["model-api"] == [f"gpu-node:{api_port}"]
-    assert "--metrics" in COMPOSE["feature-server"]["command"][-1] and targets["feature-server"] == ["feature-server:8000"]
+    assert "--metrics" in COMPOSE["feature-server"]["command"][-1] and targets["feature-server"] == [
+        "feature-server:8000"
+    ]
     (alertmanager,) = config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
     assert alertmanager == f"alertmanager:{COMPOSE['alertmanager']['ports'][0].rsplit(':', 1)[1]}"
     assert yaml.safe_load((DEPLOY / "prometheus" / "alertmanager.yml").read_text()) == ALERTMANAGER_CONFIG
@@ -75,10 +84,12 @@ def test_composes_prometheus_scrapes_our_services_with_the_local_rules():
 
 def test_grafanas_dashboard_is_provisioned_on_prometheus_and_shows_the_pipeline():
     (source,) = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())[
-        "datasources"]
+        "datasources"
+    ]
     assert source["url"] == "http://prometheus:9090" and source["type"] == "prometheus"
     (provider,) = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "dashboards" / "cdcf.yml").read_text())[
-        "providers"]
+        "providers"
+    ]
     assert f"./deploy/grafana/dashboards:{provider['options']['path']}:ro" in COMPOSE["grafana"]["volumes"]
     assert DASHBOARD["uid"] and len({p["id"] for p in DASHBOARD["panels"]}) == len(DASHBOARD["panels"])
     for panel in DASHBOARD["panels"]:
@@ -87,7 +98,13 @@ def test_grafanas_dashboard_is_provisioned_on_prometheus_and_shows_the_pipeline(
     for expr in PANEL_EXPRS:
         assert not _unexported(expr), expr
     shown = " ".join(PANEL_EXPRS)  # freshness, throughput, lag, dead letters, scoring latency
-    for metric in ("cdcf_freshness_seconds_bucket", "cdcf_archive_changes_total", "cdcf_stream_feature_rows_total",
-                   "cdcf_archive_lag_messages", "cdcf_stream_offsets_behind", "cdcf_dead_letters_total",
-                   "cdcf_api_request_seconds_bucket"):
+    for metric in (
+        "cdcf_freshness_seconds_bucket",
+        "cdcf_archive_changes_total",
+        "cdcf_stream_feature_rows_total",
+        "cdcf_archive_lag_messages",
+        "cdcf_stream_offsets_behind",
+        "cdcf_dead_letters_total",
+        "cdcf_api_request_seconds_bucket",
+    ):
         assert metric in shown, metric

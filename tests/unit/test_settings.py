@@ -36,7 +36,8 @@ def test_first_run_writes_private_random_secrets_and_keeps_them(tmp_path, monkey
     assert path.stat().st_mode & 0o777 == 0o600
     first = path.read_text()
     assert sorted(line.split("=")[0] for line in first.splitlines()) == sorted(
-        f"CDCF_{f.upper()}" for f in SECRET_FIELDS)
+        f"CDCF_{f.upper()}" for f in SECRET_FIELDS
+    )
     ensure_secrets(tmp_path)
     assert path.read_text() == first
     settings = load_settings(home=tmp_path)

@@ -9,8 +9,18 @@ import time
 from ops.stack.background import RESTART_WINDOW_S, STREAMING
 from ops.stack.supervisor import Restarts
 
-HEALTHY = {"batches": 9, "changes": 90, "rows_written": 30, "decayed": 0, "last_as_of": None, "restarts": 0,
-           "last_error": None, "last_restart_at": None, "query_active": True, "at": 10_000.0}
+HEALTHY = {
+    "batches": 9,
+    "changes": 90,
+    "rows_written": 30,
+    "decayed": 0,
+    "last_as_of": None,
+    "restarts": 0,
+    "last_error": None,
+    "last_restart_at": None,
+    "query_active": True,
+    "at": 10_000.0,
+}
 
 
 def test_a_running_query_is_healthy():
@@ -44,8 +54,9 @@ def test_a_service_restarted_twice_within_the_window_is_in_a_restart_loop(tmp_pa
     record.write_text(json.dumps(Restarts(1, -9, time.time() - 5, "", recent=1).__dict__))
     assert supervisor.trouble(paths, "kafka") is None  # one restart it recovered from is no loop
     record.write_text(json.dumps(Restarts(3, 1, time.time() - 5, "Address already in use", recent=2).__dict__))
-    assert supervisor.trouble(paths, "kafka").startswith("is in a restart loop: it exited with code 1 and was "
-                                                         "restarted 3 time(s)")
+    assert supervisor.trouble(paths, "kafka").startswith(
+        "is in a restart loop: it exited with code 1 and was restarted 3 time(s)"
+    )
     record.write_text(json.dumps(Restarts(3, 1, time.time() - RESTART_WINDOW_S - 1, "", recent=2).__dict__))
     assert supervisor.trouble(paths, "kafka") is None  # long ago
 
@@ -61,34 +72,53 @@ def test_a_replication_slot_that_no_longer_reserves_its_wal_fails_status():
 def test_an_archiver_dead_lettering_lately_or_falling_behind_is_trouble():
     from ops.stack.background import ARCHIVER, LAG_GROWING_S
 
-    fine = {"changes": 5, "duplicates": 0, "dead_letters": 2, "lag": 40, "at": 10_000.0,
-            "last_dead_letter_at": 10_000.0 - RESTART_WINDOW_S - 1, "last_dead_letter_reason": "not JSON",
-            "lag_growing_since": 10_000.0 - LAG_GROWING_S + 1}
+    fine = {
+        "changes": 5,
+        "duplicates": 0,
+        "dead_letters": 2,
+        "lag": 40,
+        "at": 10_000.0,
+        "last_dead_letter_at": 10_000.0 - RESTART_WINDOW_S - 1,
+        "last_dead_letter_reason": "not JSON",
+        "lag_growing_since": 10_000.0 - LAG_GROWING_S + 1,
+    }
     assert ARCHIVER.trouble(fine) is None
     assert ARCHIVER.trouble({**fine, "last_dead_letter_at": 9_995.0}) == (
-        "dead-lettered 2 change(s) so far, the last 5 s ago (reason: not JSON); they wait on the dead-letter topic")
+        "dead-lettered 2 change(s) so far, the last 5 s ago (reason: not JSON); they wait on the dead-letter topic"
+    )
     assert ARCHIVER.trouble({**fine, "lag_growing_since": 9_900.0}) == (
-        "falls behind: its lag has grown for 100 s, to 40 changes")
+        "falls behind: its lag has grown for 100 s, to 40 changes"
+    )
 
 
 def test_a_stalled_or_falling_behind_query_or_a_stopped_clock_is_trouble():
     from ops.stack.background import CLOCK_STOPPED_S, FIRST_BATCH_S, LAG_GROWING_S, STALLED_S
 
-    working = {**HEALTHY, "last_batch_at": 9_999.0, "behind": 300, "behind_growing_since": 10_000.0 - LAG_GROWING_S + 1,
-               "clock": "2026-12-01T10:00:00.000Z", "clock_moved_at": 10_000.0 - CLOCK_STOPPED_S + 1}
+    working = {
+        **HEALTHY,
+        "last_batch_at": 9_999.0,
+        "behind": 300,
+        "behind_growing_since": 10_000.0 - LAG_GROWING_S + 1,
+        "clock": "2026-12-01T10:00:00.000Z",
+        "clock_moved_at": 10_000.0 - CLOCK_STOPPED_S + 1,
+    }
     assert STREAMING.trouble(working) is None
     assert STREAMING.trouble({**working, "clock_moved_at": 9_900.0}) == (
         "has a clock that has not moved for 100 s (at 2026-12-01T10:00:00.000Z): changes wait until Connect commits "
-        "source offsets past them; is the connector running?")
+        "source offsets past them; is the connector running?"
+    )
     assert STREAMING.trouble({**working, "last_batch_at": 10_000.0 - STALLED_S - 5}) == (
-        "has finished no micro-batch for 65 s (heartbeats alone make one every few seconds)")
+        "has finished no micro-batch for 65 s (heartbeats alone make one every few seconds)"
+    )
     assert STREAMING.trouble({**working, "behind_growing_since": 9_880.0}) == (
-        "falls behind: its lag has grown for 120 s, to 300 offsets on its most lagging partition")
+        "falls behind: its lag has grown for 120 s, to 300 offsets on its most lagging partition"
+    )
     # a query still in its first micro-batch has no clock to watch yet, and is stuck only after FIRST_BATCH_S
     starting = {**HEALTHY, "last_batch_at": None, "clock": None, "clock_moved_at": None, "query_started_at": 9_880.0}
     assert STREAMING.trouble(starting) is None
     assert STREAMING.trouble({**starting, "query_started_at": 10_000.0 - FIRST_BATCH_S - 20}) == (
-        f"has finished no micro-batch in the {FIRST_BATCH_S + 20} s since its query started")
+        f"has finished no micro-batch in the {FIRST_BATCH_S + 20} s since its query started"
+    )
 
 
 def test_a_lag_grows_only_while_it_is_never_caught_up_nor_catching_up():
