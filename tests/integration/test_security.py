@@ -56,7 +56,7 @@ def test_the_compose_init_script_creates_roles_that_log_in_with_any_password(set
     secrets = Path(tempfile.mkdtemp(prefix="cdcf-init-secrets-"))
     secrets.chmod(0o755)
     for sql in ("roles.sql", "app_schema.sql"):
-        shutil.copy(PROJECT_ROOT / "cdcf" / "stack" / sql, secrets / sql)
+        shutil.copy(PROJECT_ROOT / "ops" / "stack" / sql, secrets / sql)
     env = {
         **os.environ,
         **names,
