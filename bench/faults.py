@@ -291,7 +291,6 @@ def run_scenario(
     with pg_clients.session(settings) as conn, conn.cursor() as cur:
         cur.execute("SELECT now()")
         since = cur.fetchone()[0]
-    conn.close()
     load = Load(settings, base, users, products, seed=n)
     prober = Prober(settings, store)
     load.start(rate, before_s + scenario.fault_s + after_s)

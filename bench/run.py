@@ -156,7 +156,6 @@ def machine(settings) -> dict:
     with pg_clients.session(settings) as conn, conn.cursor() as cur:
         cur.execute("SHOW server_version")
         postgres_version = cur.fetchone()[0]
-    conn.close()
     r = redis_client(settings, "writer")
     jars = sorted(
         p.name for p in settings.paths.jars.rglob("*.jar") if re.match(r"(kafka_2|debezium-connector-postgres)", p.name)

@@ -89,7 +89,6 @@ def create_offline_tables(settings: Settings) -> None:
                 cur.execute(decl.offline_table_ddl(view))
             # the row mirror of the streaming job's first design (its state now lives in Spark's state store)
             cur.execute(f"DROP TABLE IF EXISTS {', '.join(OLD_MIRROR)}")
-    conn.close()
 
 
 def feature_store(settings: Settings, role: Role = "reader"):

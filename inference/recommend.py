@@ -314,7 +314,6 @@ class Candidates:
                     (self.size,),
                 )
                 self._ids = [r[0] for r in cur.fetchall()]
-            conn.close()
             self._loaded = time.monotonic()
         except psycopg2.Error:
             if self._ids is None:

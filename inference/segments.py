@@ -79,7 +79,6 @@ def users_as_of(settings: Settings, as_of: datetime) -> list[int]:
         with conn.cursor() as cur:
             cur.execute(f"SELECT user_id FROM ({query}) u ORDER BY 1", {"t": as_of})
             found = [r[0] for r in cur.fetchall()]
-    conn.close()
     return found
 
 

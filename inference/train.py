@@ -20,7 +20,6 @@ def entity_rows(settings, rows: int, join_key: str, view: str, seed: int = 0) ->
                 f"SELECT array_agg(DISTINCT {join_key}), min({EVENT_TIMESTAMP}), max({EVENT_TIMESTAMP}) FROM {view}"
             )
             ids, first, last = cur.fetchone()
-    conn.close()
     if not ids:
         raise ValueError(f"the offline table {view} is empty: run the pipeline (or a backfill) first")
     rng = np.random.default_rng(seed)

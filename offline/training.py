@@ -77,7 +77,6 @@ def labelled_transactions(settings: Settings) -> pd.DataFrame:
         with conn.cursor() as cur:
             cur.execute(query)
             frame = pd.DataFrame(cur.fetchall(), columns=[c.name for c in cur.description])
-    conn.close()
     frame["created_at"] = pd.to_datetime(frame["created_at"], utc=True)
     return frame
 
@@ -115,7 +114,6 @@ def load_entities(source: pd.DataFrame | str | Path, settings: Settings | None =
         raise TrainingSetError(f"{source}: expected a .parquet or .csv file, or the name of an offline-store table")
     with pg_clients.offline_session(settings) as conn:
         frame = pd.read_sql_query(f"SELECT * FROM {source}", conn)  # noqa: S608 - a checked identifier
-    conn.close()
     return frame
 
 
@@ -169,7 +167,6 @@ def training_set(
             cur.execute(f"ANALYZE {ENTITY_ROWS}")
             result = io.BytesIO()
             cur.copy_expert(f"COPY ({query}) TO STDOUT WITH (FORMAT csv)", result)
-    conn.close()
     result.seek(0)
     table = pa_csv.read_csv(
         result,

@@ -139,7 +139,6 @@ def _probe(settings: Settings, store) -> float:
             (-int(amount * 100), PROBE_USER, amount),
         )
     committed = time.monotonic()
-    conn.close()
     feature = f"{decl.TRANSACTION_RISK.name}:txn_amount_max_24h"
     while time.monotonic() - committed < 30:
         served = store.get_online_features(features=[feature], entity_rows=[{"user_id": PROBE_USER}]).to_dict()

@@ -82,7 +82,6 @@ def add_users(settings: Settings, ids: range, seed: int = 7) -> None:
             [user_row(rng, u, now) for u in ids],
             page_size=5000,
         )
-    conn.close()
 
 
 def fraud_burst(rng: random.Random, start: datetime) -> list[tuple[float, str, datetime]]:
@@ -157,5 +156,4 @@ def seed(
     with pg_clients.session(settings) as conn, conn.cursor() as cur:
         for table, values in rows.items():
             execute_values(cur, f"INSERT INTO {table} VALUES %s ON CONFLICT DO NOTHING", values)
-    conn.close()
     return {table: len(values) for table, values in rows.items()}

@@ -26,7 +26,6 @@ def current_rows(settings, table: str, owner: str, owner_id: int, as_of: datetim
                 {"t": table, "T": as_of, "o": owner, "id": str(owner_id)},
             )
             changes = cur.fetchall()
-    conn.close()
     latest: dict[int, tuple[int, Any]] = {}
     for key, lsn, after in changes:
         if key not in latest or lsn > latest[key][0]:

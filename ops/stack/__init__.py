@@ -185,7 +185,6 @@ def _registered_views(settings: Settings) -> int:
                 return 0
             cur.execute("SELECT count(*) FROM feature_views WHERE project_id = %s", (settings.feast_project,))
             count = cur.fetchone()[0]
-    conn.close()
     return count
 
 

@@ -153,7 +153,6 @@ def health(settings: Settings) -> str:
         wal_level, version = cur.fetchone()
         cur.execute("SELECT slot_name, wal_status FROM pg_replication_slots ORDER BY slot_name")
         slots = cur.fetchall()
-    conn.close()
     if wal_level != "logical":
         raise ServiceError(f"PostgreSQL runs with wal_level={wal_level}; run `make up` to restart it configured.")
     if problem := slot_trouble(slots):

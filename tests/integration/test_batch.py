@@ -35,7 +35,6 @@ def _query(settings, statement: str, params=None, db: str | None = None) -> list
     with pg_clients.session(settings, db, user=user) as conn, conn.cursor() as cur:
         cur.execute(statement, params)
         rows = cur.fetchall() if cur.description else []
-    conn.close()
     return rows
 
 

@@ -35,7 +35,6 @@ def _sql(settings, statement: str, params=None, user: str | None = None) -> list
     with pg_clients.session(settings, user=user) as conn, conn.cursor() as cur:
         cur.execute(statement, params)
         rows = cur.fetchall() if cur.description else []
-    conn.close()
     return rows
 
 
@@ -48,7 +47,6 @@ def _archived(settings, table: str, low: int, high: int) -> list[tuple]:
                 (table, low, high),
             )
             rows = cur.fetchall()
-    conn.close()
     return rows
 
 
@@ -261,7 +259,6 @@ def test_dead_letters_are_listed_and_replayed_once_the_contract_takes_them(setti
                 (txn,),
             )
             ((partition, offset),) = cur.fetchall()
-    conn.close()
     refused = Position(topic, partition, offset)
     dead = TopicReader(settings, settings.dead_letter_topic)
     producer = kafka_clients.producer(settings, "admin")
@@ -392,7 +389,6 @@ def test_every_workload_change_is_archived_once(settings):
             with conn.cursor() as cur:
                 cur.execute("SELECT count(*) FROM cdc_changelog")
                 count = cur.fetchone()[0]
-        conn.close()
         return count
 
     before = archived_total()

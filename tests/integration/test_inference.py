@@ -33,7 +33,6 @@ def _served_users(settings) -> list[int]:
         with conn.cursor() as cur:
             cur.execute(f"SELECT DISTINCT user_id FROM {decl.TRANSACTION_RISK.name} ORDER BY 1 LIMIT 200")
             found = [r[0] for r in cur.fetchall()]
-    conn.close()
     return found
 
 

@@ -126,5 +126,4 @@ def _execute(settings, sql: str) -> list[tuple]:
     with pg_clients.session(settings) as conn, conn.cursor() as cur:
         cur.execute(sql)
         rows = cur.fetchall() if cur.description else []
-    conn.close()
     return rows

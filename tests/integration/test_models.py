@@ -33,7 +33,6 @@ def _offline(settings, query: str, args=()) -> list[tuple]:
         with conn.cursor() as cur:
             cur.execute(query, args)
             rows = cur.fetchall()
-    conn.close()
     return rows
 
 
@@ -82,7 +81,6 @@ def test_the_fraud_label_is_a_chargeback_within_60_days(settings, history):
                 cur.execute(
                     "INSERT INTO chargebacks VALUES (%s, %s, %s)", (txn + n, txn + n, now - timedelta(days=reported))
                 )
-    conn.close()
     archived = (
         "SELECT count(*) FROM cdc_changelog WHERE source_table IN ('transactions', 'chargebacks') AND "
         "row_key BETWEEN %s AND %s"

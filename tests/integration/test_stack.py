@@ -141,7 +141,6 @@ def test_postgres_is_ready_for_logical_decoding(settings):
             ("created_at", "timestamp with time zone"),
             ("updated_at", "timestamp with time zone"),
         ]
-    conn.close()
 
 
 def test_debezium_role_can_replicate_and_read_but_not_write(settings):

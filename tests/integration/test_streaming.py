@@ -45,7 +45,6 @@ def _sql(settings, statement: str, params=None) -> datetime:
         cur.execute(statement, params)
         cur.execute("SELECT now()")
         started = cur.fetchone()[0]
-    conn.close()
     return started
 
 
@@ -283,7 +282,6 @@ def _last_change_by_user(settings, since: datetime) -> dict[int, datetime]:
                 (since,),
             )
             result = {int(owner): at for owner, at in cur.fetchall()}
-    conn.close()
     return result
 
 
@@ -387,7 +385,6 @@ def test_resnapshot_brings_every_feature_back_after_capture_lost_its_slot(settin
         with pg_clients.session(settings, user=settings.debezium_user) as conn, conn.cursor() as cur:
             wait_for(lambda: not _slot_active(cur, settings.replication_slot), 60, "the slot to be released")
             cur.execute("SELECT pg_drop_replication_slot(%s)", (settings.replication_slot,))
-        conn.close()
         _sql(settings, "UPDATE transactions SET amount = 15.00 WHERE txn_id = %s", (kept,))
         _sql(settings, "DELETE FROM transactions WHERE txn_id = %s", (gone,))
         _sql(settings, "INSERT INTO transactions VALUES (%s, %s, %s, 5.00, 'acme', now(), now())", (new, user, product))
