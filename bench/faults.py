@@ -3,8 +3,11 @@ workload of 500 changes/s runs on its own entity range, then the range checked, 
 SQL oracle.
 
 The stack is a side stack (own home, ports and PostgreSQL cluster) whose streaming job runs on a Spark standalone
-cluster of two one-core workers, so that an executor can be killed; nothing recovers by hand except where an
-operator must act (`cdcf resnapshot` after the slot is lost, resuming a connector someone paused). Per scenario:
+cluster of two one-core workers, so that an executor can be killed. It is started as users start theirs: `cdcf up`
+in a process of its own, which has exited before the first fault (what its supervisors inherit from it must not
+outlive it). Nothing recovers by hand except where an operator must act (`cdcf resnapshot` after the slot is lost,
+resuming a connector someone paused, freeing memory of a full Redis, making the offline database writable again).
+Per scenario:
 
 - ``downtime_s``: the longest a probe waited to be served after the fault struck (a probe every 0.5 s, to one of 8
   probe users with none outstanding);
@@ -14,7 +17,10 @@ operator must act (`cdcf resnapshot` after the slot is lost, resuming a connecto
   changes the archive lacks; ``doubled``: archived changes beyond the committed ones (the archive's key makes a
   re-delivery one row, and the oracle would see a change counted twice in a feature);
 - ``oracle_online_match`` / ``oracle_offline_match``: every online value of the range, and a sample of its offline
-  rows.
+  rows;
+- ``first_served_s``: from the fault to the first change committed after it being served;
+- for a kill: ``came_back``, a new process (another pid) runs in the killed one's place, and the changes served
+  after the fault went through it.
 
 After a lost slot, Debezium's new snapshot stands in for the changes made while capture was down (their versions
 are gone from the WAL), so that scenario's ``lost`` counts row states only.
@@ -26,6 +32,8 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -35,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg2
+import redis
 
 from bench import exactness
 from bench.freshness import Prober
@@ -46,7 +55,7 @@ from cdcf.settings import Settings, load_settings
 from connectors.connect import ConnectClient, connector_config
 from connectors.resnapshot import resnapshot
 from ops import stack
-from ops.stack import kafka, postgres, proc, redis_server, spark_cluster
+from ops.stack import kafka, monitoring, postgres, proc, redis_server, spark_cluster
 from ops.stack.background import ARCHIVER, STREAMING
 from ops.workload import Workload
 
@@ -60,22 +69,33 @@ SIDE = {
     "CDCF_PROMETHEUS_PORT": "21090",
     "CDCF_ALERTMANAGER_PORT": "21095",
     "CDCF_PG_CLUSTER": "cdcf_faults",
+    "CDCF_REDIS_MAX_MEMORY_MB": "64",  # small enough to fill within seconds (redis_full_noeviction)
 }
 SPARK_PORT, SPARK_UI = 21077, 21180  # the workers' UIs take the next ports
 LOGS = Path(tempfile.gettempdir()) / "cdcf-faults-logs"
+CDCF = str(Path(sys.executable).with_name("cdcf"))
+
+
+Pid = Callable[[Settings, spark_cluster.Cluster], int | None]
 
 
 @dataclass
 class Scenario:
     name: str
-    inject: Callable[[Settings, spark_cluster.Cluster], dict]  # injects the fault and waits out its recovery
+    inject: Callable[[Settings, spark_cluster.Cluster], dict] | None = None  # the fault; waits out its recovery
     fault_s: float = 0  # how long the fault lasts: the load runs this much longer
     by_state_only: bool = False  # history replaced by a snapshot: lost counts row states only
+    kills: Pid | None = None  # the process whose kill -9 is the fault (inject, if given, does the killing)
+
+    def strike(self, settings: Settings, cluster: spark_cluster.Cluster) -> dict:
+        if self.inject is not None:
+            return self.inject(settings, cluster)
+        return _kill(self.kills(settings, cluster), self.name)
 
 
 def _kill(pid: int | None, what: str) -> dict:
     if pid is None:
-        raise RuntimeError(f"no {what} to kill")
+        raise RuntimeError(f"no process to kill for {what}")
     os.kill(pid, signal.SIGKILL)
     return {"killed_pid": pid}
 
@@ -84,7 +104,7 @@ def _kill_archiver(settings: Settings, _cluster) -> dict:
     """kill -9 of the archiver: its decoding workers (and their resource tracker) must go with it."""
     pid = ARCHIVER.pid(settings)
     children = proc.children(pid) if pid else []
-    detail = _kill(pid, "archiver")
+    detail = _kill(pid, "kill_archiver")
     deadline = time.monotonic() + 10
     while (left := [c for c in children if proc.alive(c)]) and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -175,18 +195,78 @@ def _hostile_burst(settings: Settings, _cluster) -> dict:
     }
 
 
+REFUSED_S = 20  # how long a store refuses writes in the scenarios below
+
+
+def _fill_redis(settings: Settings, _cluster) -> dict:
+    """Redis reaches its maxmemory (noeviction): filler keys until it refuses writes, kept for REFUSED_S, then
+    deleted, as an operator who freed memory would. Meanwhile the job must acknowledge nothing it did not write
+    (its micro-batches fail uncommitted), and status and an alert must say so."""
+    client = redis_server.client(settings)
+    value, keys = b"x" * 2**20, []
+    try:
+        while len(keys) < 4096:
+            key = f"cdcf-faults:filler:{len(keys)}"
+            try:
+                client.set(key, value)
+            except redis.exceptions.ResponseError as exc:
+                if "OOM" not in str(exc):
+                    raise
+                break
+            keys.append(key)
+        return {"filler_mb": len(keys), **_while_refusing(settings, "online")}
+    finally:
+        for chunk in range(0, len(keys), 512):
+            client.delete(*keys[chunk : chunk + 512])
+        client.close()
+
+
+def _offline_read_only(settings: Settings, _cluster) -> dict:
+    """The offline database refuses writes (``default_transaction_read_only``, its sessions ended so that every new
+    one has it: the stand-in for a full disk) for REFUSED_S; the job holds its offsets, says so, and catches up."""
+    db = settings.offline_db
+    postgres.admin_sql(settings, f"ALTER DATABASE {db} SET default_transaction_read_only = on")
+    try:
+        postgres.admin_sql(
+            settings,
+            f"SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = '{db}' "
+            f"AND pid <> pg_backend_pid()",
+        )
+        return _while_refusing(settings, "offline")
+    finally:
+        postgres.admin_sql(settings, f"ALTER DATABASE {db} RESET default_transaction_read_only")
+
+
+def _while_refusing(settings: Settings, store: str) -> dict:
+    """Wait out REFUSED_S, noting whether the streaming job's status and Prometheus's alerts named the refusing
+    store meanwhile."""
+    said, alerted, deadline = "", False, time.monotonic() + REFUSED_S
+    while time.monotonic() < deadline:
+        line = next(h for h in stack.status(settings) if h.component == "streaming")
+        if f"the {store} store refused" in line.detail:
+            said = line.detail[:300]
+        alerted = alerted or any(
+            a["labels"].get("alertname") == "StoreRefusingWrites" and a["labels"].get("store") == store
+            for a in monitoring.alerts(settings)
+        )
+        time.sleep(1)
+    return {"status_said": said, "status_named_the_store": bool(said), "alert_fired": alerted}
+
+
 SCENARIOS = [
-    Scenario("kill_streaming_driver", lambda s, c: _kill(STREAMING.pid(s), "streaming job")),
-    Scenario("kill_executor", lambda s, c: _kill(next(iter(c.executors()), None), "executor")),
-    Scenario("kill_archiver", _kill_archiver),
-    Scenario("kill_connect", lambda s, c: _kill(kafka.service_pid(s, kafka.CONNECT), "Connect")),
-    Scenario("kill_kafka_broker", lambda s, c: _kill(kafka.service_pid(s, kafka.KAFKA), "broker")),
-    Scenario("kill_redis", lambda s, c: _kill(redis_server.pid(s), "Redis")),
+    Scenario("kill_streaming_driver", kills=lambda s, c: STREAMING.pid(s)),
+    Scenario("kill_executor", kills=lambda s, c: next(iter(c.executors()), None)),
+    Scenario("kill_archiver", _kill_archiver, kills=lambda s, c: ARCHIVER.pid(s)),
+    Scenario("kill_connect", kills=lambda s, c: kafka.service_pid(s, kafka.CONNECT)),
+    Scenario("kill_kafka_broker", kills=lambda s, c: kafka.service_pid(s, kafka.KAFKA)),
+    Scenario("kill_redis", kills=lambda s, c: redis_server.pid(s)),
     Scenario("sigstop_redis_10s", _stop_redis, fault_s=10),
     Scenario("restart_postgres", lambda s, c: (postgres.restart(s), {})[1]),
     Scenario("connector_paused_60s", _pause_connector, fault_s=60),
     Scenario("hostile_burst_1000", _hostile_burst),
     Scenario("slot_lost_then_resnapshot", _lose_the_slot, fault_s=30, by_state_only=True),
+    Scenario("redis_full_noeviction", _fill_redis, fault_s=REFUSED_S),
+    Scenario("offline_store_read_only", _offline_read_only, fault_s=REFUSED_S),
 ]
 
 
@@ -303,7 +383,7 @@ def run_scenario(
     time.sleep(before_s)
     faulted = time.monotonic()
     print(f"faults: {scenario.name} ...", flush=True)
-    detail = scenario.inject(settings, cluster)
+    detail = scenario.strike(settings, cluster)
     committed = load.join()
     load_ended = time.monotonic()
     probing.join()
@@ -324,6 +404,10 @@ def run_scenario(
         time.sleep(2)
     exact_at = time.monotonic()
     prober.close()
+    if scenario.kills is not None:  # the changes served since went through a new process
+        successor = scenario.kills(settings, cluster)
+        detail["successor_pid"] = successor
+        detail["came_back"] = bool(successor and successor != detail["killed_pid"] and proc.alive(successor))
     with exactness.connect(settings) as conn:
         offline = exactness.compare_offline(conn, 100, ranges)
     conn.close()
@@ -331,12 +415,14 @@ def run_scenario(
     missing = 0 if scenario.by_state_only else max(0, committed - archived)
     doubled = 0 if scenario.by_state_only else max(0, archived - committed - load.failed_commits)
     online_match = verdict.match if verdict else 0.0
+    first_served = min((c + s - faulted for c, s in probes[0].served if c >= faulted), default=None)
     result = {
         "scenario": scenario.name,
         "load_changes_per_s": rate,
         "entity_base": base,
         **detail,
         "downtime_s": round(downtime, 2),
+        "first_served_s": round(first_served, 2) if first_served is not None else None,
         "back_to_exact_s": round(exact_at - load_ended, 2),
         "changes_committed": committed,
         "changes_archived": archived,
@@ -359,6 +445,9 @@ def run_scenario(
         and detail.get("dead_lettered") == detail.get("bad_inputs_tried")
         and detail.get("status_failed", True)
         and not detail.get("archiver_children_left")
+        and detail.get("came_back", True)
+        and detail.get("status_named_the_store", True)
+        and detail.get("alert_fired", True)
     )
     print(
         f"faults: {scenario.name}: survived={result['survived']} downtime {result['downtime_s']} s, exact "
@@ -382,7 +471,14 @@ def side_stack(main: Settings, folder: Path, spark_master: str) -> Iterator[Sett
     os.environ.update({**SIDE, "CDCF_HOME": str(home), "CDCF_SPARK_MASTER": spark_master})
     try:
         settings = load_settings()
-        stack.up(settings, step=lambda line: print(f"faults: side stack {line}", flush=True))
+        # `cdcf up` in a process of its own, gone before the first fault; it imports feast itself (and so makes
+        # the folder of PROMETHEUS_MULTIPROC_DIR that goes with it), as it does for a user
+        starter = {k: v for k, v in os.environ.items() if not k.startswith("PROMETHEUS_")}
+        up = subprocess.run([CDCF, "up"], env=starter, capture_output=True, text=True, timeout=900)
+        for line in up.stdout.splitlines():
+            print(f"faults: side stack {line}", flush=True)
+        if up.returncode != 0:
+            raise RuntimeError(f"`cdcf up` of the side stack failed: {(up.stderr or up.stdout)[-2000:]}")
         yield settings
     finally:
         try:

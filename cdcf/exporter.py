@@ -3,7 +3,13 @@
 Each serves /metrics on ``settings.metrics_host``; on the local stack its port is an ephemeral one, announced to
 the stack's Prometheus by a file_sd target file, ``<home>/run/metrics/<job>.json``, which Prometheus re-reads
 every few seconds (a restarted process announces its new port). In compose each process has its own container and
-``metrics_port`` is fixed."""
+``metrics_port`` is fixed.
+
+Our processes keep their metrics in their own memory (one process, one registry). prometheus_client keeps them in
+files instead, its multiprocess mode, whenever ``PROMETHEUS_MULTIPROC_DIR`` was set when it was imported, and
+importing feast sets it (to a folder feast deletes when its importer exits). So this module puts prometheus_client
+back into single-process mode on import, and our metrics are made from the names it exports: a stray variable can
+neither move them into files nor fail their creation on a folder that is gone."""
 
 from __future__ import annotations
 
@@ -13,9 +19,28 @@ import os
 import socket
 from pathlib import Path
 
-from prometheus_client import disable_created_metrics, start_http_server
+from prometheus_client import (  # noqa: F401 - the names our metrics are made from (see the module's docstring)
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+    start_http_server,
+    values,
+)
 
 from cdcf.settings import Settings
+
+
+def single_process() -> None:
+    """Make every metric created from now on keep its value in this process's memory, whatever the environment."""
+    values.ValueClass = values.MutexValue
+
+
+single_process()
 
 
 def targets_dir(settings: Settings) -> Path:

@@ -20,6 +20,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from cdcf.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# what a process the stack starts takes from its starter's environment besides the settings (Settings.environment)
+SYSTEM_VARIABLES = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "JAVA_HOME")
 SECRET_FIELDS = (
     "app_password",
     "debezium_password",
@@ -234,6 +236,23 @@ class Settings(BaseSettings):
     def jdbc_url(self, db: str) -> str:
         """URL for Spark's JDBC reads (the Postgres driver), over TLS; user and password go apart."""
         return f"jdbc:postgresql://{self.pg_host}:{self.pg_port}/{db}?{urlencode(self.pg_tls)}"
+
+    def environment(self) -> dict[str, str]:
+        """The whole environment of a process the stack starts (a supervisor and what it runs, a Spark daemon):
+        these settings as ``CDCF_*`` variables and the system's basics (``SYSTEM_VARIABLES``), as the starter has
+        them; nothing else. A variable that a library set for its own process never reaches one that outlives it:
+        importing feast points ``PROMETHEUS_MULTIPROC_DIR`` at a folder that goes with the importer, and a child
+        that inherited it fails at its first metric. Secrets are left where the starter read them
+        (``<home>/secrets.env``, ``CDCF_SECRETS_DIR``), except those it was given in its environment."""
+        env = {name: os.environ[name] for name in SYSTEM_VARIABLES if name in os.environ}
+        for name in type(self).model_fields:
+            variable, value = f"CDCF_{name.upper()}", getattr(self, name)
+            if isinstance(value, SecretStr):
+                if variable in os.environ:
+                    env[variable] = os.environ[variable]
+            elif value is not None:
+                env[variable] = str(value).lower() if isinstance(value, bool) else str(value)
+        return env
 
     @property
     def kafka_bootstrap(self) -> str:

@@ -28,12 +28,12 @@ from typing import Any
 
 import psycopg2
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
-from prometheus_client import Counter, Gauge, Histogram
 
 from cdcf import pg_clients
 from cdcf.changelog import COLUMNS, DDL, TABLE
 from cdcf.contracts import HEARTBEAT, change_topic_pattern
 from cdcf.decoder import Change, DeadLetter, Position, decode
+from cdcf.exporter import Counter, Gauge, Histogram
 from cdcf.kafka_clients import consumer, durable_producer
 from cdcf.settings import Settings
 from cdcf.status import growing_since, report

@@ -35,10 +35,10 @@ import numpy as np
 import redis
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from starlette.concurrency import run_in_threadpool
 
 from cdcf import features as decl
+from cdcf.exporter import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from inference.fraud import FraudModel
 from inference.model import TrainedModel
 from inference.recommend import Candidates, RecommendModel

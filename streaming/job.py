@@ -26,6 +26,7 @@ from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
 
 from cdcf import engine, kafka_clients
 from cdcf.contracts import HEARTBEAT, change_topic
+from cdcf.errors import StoreRefusedError
 from cdcf.settings import Settings
 from cdcf.sources import sources
 from cdcf.spark import spark_session
@@ -168,6 +169,23 @@ def _state_metrics(op) -> dict:
     }
 
 
+def failure(error: str) -> str:
+    """The line that says why a query failed: a store's refusal (``StoreRefusedError``, raised by a partition
+    writer and wrapped by Spark in its own errors and the Python worker's traceback) if there is one, else the
+    first line of Spark's error."""
+    lines = error.strip().splitlines() or ["unknown error"]
+    ours = [line.split(f"{StoreRefusedError.__name__}: ", 1)[1] for line in lines if StoreRefusedError.__name__ in line]
+    return (ours[-1] if ours else lines[0]).strip()
+
+
+def refusing_store(error: str) -> str | None:
+    """The store a failure line of ``failure`` says refused the write (online, offline), or None."""
+    for store in ("online", "offline"):
+        if error.startswith(f"the {store} store refused"):
+            return store
+    return None
+
+
 class StreamJob:
     def __init__(self, settings: Settings, status_file: Path | None = None, guard_online: bool = True) -> None:
         """``guard_online``: re-seed the online store when it lost writes (see ``streaming.reseed``)."""
@@ -257,7 +275,10 @@ class StreamJob:
                     self.totals["restarts"] += 1
                     metrics.RESTARTS.inc()
                     self.totals["last_restart_at"] = time.time()
-                    self.totals["last_error"] = str(query.exception()).splitlines()[0][:300]
+                    error = failure(str(query.exception()))
+                    self.totals["last_error"] = error[:300]
+                    if store := refusing_store(error):
+                        metrics.STORE_REFUSALS.labels(store).inc()
                     log.error(
                         "the streaming query failed (%s); restarting it in %.0f s from its checkpoint",
                         self.totals["last_error"],

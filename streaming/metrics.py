@@ -6,10 +6,10 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import REGISTRY, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from cdcf.exporter import Counter, Gauge, Histogram
 from cdcf.quality import CHECKS
 
 # commit -> Redis write, in seconds: the buckets each partition counts its emits into (streaming.sink)
@@ -28,6 +28,14 @@ FEATURE_ROWS = Counter("cdcf_stream_feature_rows", "Feature rows written to the 
 EMITS = Counter("cdcf_stream_emits", "Entity rows emitted because a change applied")
 DECAYS = Counter("cdcf_stream_decays", "Entity rows emitted because a window decayed with no new event")
 RESTARTS = Counter("cdcf_stream_query_restarts", "Times the streaming query failed and restarted from its checkpoint")
+STORE_REFUSALS = Counter(
+    "cdcf_stream_store_refusals",
+    "Times a store refused the streaming job's writes (a full Redis, a read-only offline database) and its query "
+    "restarted without committing the micro-batch",
+    ["store"],
+)
+for _store in ("online", "offline"):  # from 0, so that the first refusal is an increase Prometheus sees
+    STORE_REFUSALS.labels(_store)
 RESEEDS = Counter("cdcf_stream_reseeds", "Times the online store was re-seeded after it lost writes")
 BEHIND = Gauge(
     "cdcf_stream_offsets_behind", "Offsets the last micro-batch ended short of the end of its most lagging partition"

@@ -2,8 +2,10 @@
 
 Each partition's feature rows go to Redis in Feast's own layout (one pipelined write) and to the views' offline
 tables (COPY into a session stage, then one INSERT … ON CONFLICT per view), both before the partition's task ends
-and so before the micro-batch commits. A replayed batch computes the same rows at the same as-of times, so
-writing them again changes nothing. One FeatureSink per Python worker process, set up on first use.
+and so before the micro-batch commits. A store that refuses the write (a full Redis under noeviction, a read-only
+offline database) fails the task with a StoreRefusedError naming the store: the micro-batch does not commit. A
+replayed batch computes the same rows at the same as-of times, so writing them again changes nothing. One
+FeatureSink per Python worker process, set up on first use.
 """
 
 from __future__ import annotations
@@ -12,11 +14,14 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 
+import psycopg2
 import pyarrow as pa
 import pyarrow.compute as pc
+import redis
 
 from cdcf import features as decl
 from cdcf import pg_clients, quality
+from cdcf.errors import StoreRefusedError
 from cdcf.features import EVENT_TIMESTAMP, FeatureView
 from cdcf.settings import Settings
 from offline.writer import by_view, copy_view_rows
@@ -73,9 +78,15 @@ class FeatureSink:
         now_us = time.time_ns() // 1000
         written, self.redis_ns, self.offline_ns = 0, 0, 0
         verdict = self.check(rows) if self.settings.metrics_enabled else quality.Verdict()
-        with self.db, self.db.cursor() as cur:
-            for view, mine in by_view(rows):
-                written += self._write_view(cur, view, mine)
+        try:
+            with self.db, self.db.cursor() as cur:
+                for view, mine in by_view(rows):
+                    written += self._write_view(cur, view, mine)
+        except redis.RedisError as exc:
+            raise StoreRefusedError("online", exc) from exc
+        except psycopg2.Error as exc:
+            self.db.close()  # the next write connects again (a session may stay read-only, or be gone)
+            raise StoreRefusedError("offline", exc) from exc
         decay = rows["decay"]
         emits = rows.filter(pc.invert(decay)) if rows.num_rows else rows
         lag = pc.subtract(pa.scalar(now_us), emits["as_of_us"]) if emits.num_rows else None

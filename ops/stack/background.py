@@ -41,13 +41,7 @@ class Job:
             return
         status = self.status_file(settings)
         cdcf = str(Path(sys.executable).with_name("cdcf"))
-        started = supervisor.start(
-            settings.paths,
-            self.name,
-            [cdcf, self.command, "--status-file", str(status)],
-            ready=status,
-            env={"CDCF_HOME": str(settings.home)},
-        )
+        started = supervisor.start(settings, self.name, [cdcf, self.command, "--status-file", str(status)], status)
         proc.wait_until(
             status.exists,
             timeout_s=self.start_timeout_s or settings.start_timeout_s,

@@ -192,7 +192,7 @@ def _start_jvm(
     if before:
         before()
     supervisor.start_service(
-        settings.paths,
+        settings,
         name,
         _java(settings, name, heap, main, props, jvm_options=jvm_options),
         lambda: health(settings),

@@ -87,7 +87,7 @@ class Server:
             raise ServiceError(f"{self.binary} is not installed; run `make install` (apt-get install {self.package}).")
         proc.require_free_port("127.0.0.1", self.port(settings), self.title, f"CDCF_{self.port_field.upper()}")
         supervisor.start_service(
-            settings.paths,
+            settings,
             self.name,
             self.argv(settings),
             lambda: self.ready(settings),

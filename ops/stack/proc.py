@@ -8,7 +8,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from cdcf.errors import ServiceError
@@ -18,9 +18,10 @@ log = logging.getLogger(__name__)
 
 
 def spawn(
-    paths: StackPaths, name: str, argv: Sequence[str], env: dict[str, str] | None = None, log_name: str | None = None
+    paths: StackPaths, name: str, argv: Sequence[str], env: Mapping[str, str], log_name: str | None = None
 ) -> int:
-    """Start ``argv`` detached (own session), output appended to ``logs/<log_name or name>.log``; return its pid."""
+    """Start ``argv`` detached (own session) with the environment ``env`` and nothing else (`Settings.environment`),
+    output appended to ``logs/<log_name or name>.log``; return its pid."""
     paths.logs.mkdir(parents=True, exist_ok=True)
     paths.run.mkdir(parents=True, exist_ok=True)
     with paths.log(log_name or name).open("ab") as out:
@@ -30,7 +31,7 @@ def spawn(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            env={**os.environ, **(env or {})},
+            env=dict(env),
         )
     paths.pid_file(name).write_text(f"{proc.pid}\n")
     log.info("started %s (pid %d)", name, proc.pid)

@@ -22,7 +22,7 @@ def start(settings: Settings) -> None:
     binary = shutil.which("redis-server") or "redis-server"
     proc.require_free_port(settings.redis_host, settings.redis_port, "Redis", "CDCF_REDIS_PORT")
     supervisor.start_service(
-        paths, NAME, [binary, str(conf)], lambda: client(settings).ping(), timeout_s=settings.start_timeout_s
+        settings, NAME, [binary, str(conf)], lambda: client(settings).ping(), timeout_s=settings.start_timeout_s
     )
 
 

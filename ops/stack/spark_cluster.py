@@ -5,7 +5,6 @@ and the fault matrix use it to kill an executor."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import urllib.request
@@ -48,7 +47,7 @@ def standalone(settings: Settings, folder: Path, port: int, ui_port: int, worker
     conf = folder / "conf"  # the daemons read spark-defaults.conf there: the secret stays off their command lines
     write_private(conf / "spark-defaults.conf", spark_defaults(settings))
     env = {
-        **os.environ,
+        **settings.environment(),
         "SPARK_LOG_DIR": str(folder),
         "SPARK_WORKER_DIR": str(folder / "work"),
         "SPARK_CONF_DIR": str(conf),

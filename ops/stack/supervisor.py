@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cdcf.errors import ConfigError
-from cdcf.settings import StackPaths
+from cdcf.settings import Settings, StackPaths
 from ops.stack import proc
 
 log = logging.getLogger(__name__)
@@ -51,16 +51,19 @@ class Restarts:
         return time.time() - self.at < RESTART_WINDOW_S
 
 
-def start(paths: StackPaths, name: str, argv: list[str], ready: Path, env: dict[str, str] | None = None) -> int:
-    """Run ``argv`` under a new supervisor (detached, output to ``logs/NAME.log``); return the supervisor's pid.
+def start(settings: Settings, name: str, argv: list[str], ready: Path, env: dict[str, str] | None = None) -> int:
+    """Run ``argv`` under a new supervisor (detached, output to ``logs/NAME.log``), both with the environment of
+    ``settings.environment()`` and ``env``; return the supervisor's pid.
     ``ready`` is the file the process, or whoever waits for it, writes once it is up: a process that exits before
     it exists cannot start (bad settings, a port in use) and is not retried."""
+    paths = settings.paths
     ready.unlink(missing_ok=True)
     _restarts_file(paths, name).unlink(missing_ok=True)
     paths.run.mkdir(parents=True, exist_ok=True)
     _argv_file(paths, name).write_text(json.dumps({"argv": [str(a) for a in argv], "ready": str(ready)}))
     cdcf = str(Path(sys.executable).with_name("cdcf"))
-    return proc.spawn(paths, f"{name}-supervisor", [cdcf, "supervise", name], env=env, log_name=name)
+    environment = settings.environment() | (env or {})
+    return proc.spawn(paths, f"{name}-supervisor", [cdcf, "supervise", name], environment, log_name=name)
 
 
 def running(paths: StackPaths, name: str, current: int | None) -> bool:
@@ -74,7 +77,7 @@ def running(paths: StackPaths, name: str, current: int | None) -> bool:
 
 
 def start_service(
-    paths: StackPaths,
+    settings: Settings,
     name: str,
     argv: list[str],
     healthy: Callable[[], object],
@@ -83,9 +86,11 @@ def start_service(
 ) -> None:
     """Start a service (a process that reports nothing itself) supervised, and wait until ``healthy()``; it is
     ready from then on, so that later exits are restarts."""
-    ready = paths.run / f"{name}.ready"
-    started = start(paths, name, argv, ready, env)
-    proc.wait_until(healthy, timeout_s=timeout_s, what=name.capitalize(), log_file=paths.log(name), pid=started)
+    ready = settings.paths.run / f"{name}.ready"
+    started = start(settings, name, argv, ready, env)
+    proc.wait_until(
+        healthy, timeout_s=timeout_s, what=name.capitalize(), log_file=settings.paths.log(name), pid=started
+    )
     ready.touch()
 
 

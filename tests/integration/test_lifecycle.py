@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
+from bench.freshness import Prober
 from cdcf import features as decl
 from cdcf import jars, pg_clients
 from cdcf.errors import ServiceError
-from cdcf.settings import load_settings
-from ops.stack import kafka, postgres, proc, redis_server
+from cdcf.feast_config import feature_store
+from cdcf.settings import PROJECT_ROOT, load_settings
+from ops.stack import kafka, monitoring, postgres, proc, redis_server
 from ops.stack.background import ARCHIVER, STREAMING
 from ops.stack.monitoring import ALERTMANAGER, PROMETHEUS
-from tests.conftest import run_cli
+from tests.conftest import CDCF, run_cli, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -41,7 +48,9 @@ def _pids(settings) -> dict[str, int | None]:
     }
 
 
-def test_up_status_down_up_up_from_nothing(side_home):
+def test_up_status_kill_each_down_up_up_from_nothing(side_home):
+    """The stack comes up, as users start it, from a parent that imported feast and has exited; each supervised
+    process killed with -9 comes back (a new pid) and serves; then down, up, up."""
     env = {"CDCF_HOME": str(side_home), "CDCF_PG_CLUSTER": "cdcf_lifecycle", **PORTS}
     side = load_settings(
         home=side_home,
@@ -50,7 +59,13 @@ def test_up_status_down_up_up_from_nothing(side_home):
     )
     assert jars.resolved(side)  # shared, warm cache
     try:
-        first = run_cli("up", env=env)
+        # `import feast` points PROMETHEUS_MULTIPROC_DIR at a folder it deletes at exit; this test's own process
+        # imported feast too, so its folder is taken out of the starter's environment
+        starter = {k: v for k, v in os.environ.items() if not k.startswith("PROMETHEUS_")} | env
+        parent = f"import feast, subprocess, sys; sys.exit(subprocess.run([{CDCF!r}, 'up']).returncode)"
+        first = subprocess.run(
+            [sys.executable, "-c", parent], env=starter, capture_output=True, text=True, timeout=900, cwd=PROJECT_ROOT
+        )
         assert first.returncode == 0, first.stdout + first.stderr
         assert [line.split(":")[0] for line in first.stdout.splitlines()] == [
             "jars",
@@ -76,6 +91,11 @@ def test_up_status_down_up_up_from_nothing(side_home):
         for service in ("kafka", "connect"):  # the JVMs log through log4j2 (an slf4j 1.x API would silence them)
             assert "StaticLoggerBinder" not in side.paths.log(service).read_text(), service
         assert "(io.debezium." in side.paths.log("connect").read_text()  # Debezium's account of its connector
+        for pid in running.values():  # each has only the environment it is meant to have
+            assert not [v for v in _environment(pid) if v.startswith("PROMETHEUS_")], pid
+
+        _kill_each_and_see_it_serve(side)
+        running = _pids(side)
 
         assert run_cli("down", env=env).returncode == 0
         assert _pids(side) == dict.fromkeys(running)
@@ -95,6 +115,56 @@ def test_up_status_down_up_up_from_nothing(side_home):
     finally:
         run_cli("down", "--purge", env=env)
     assert not postgres.cluster_exists(side)
+
+
+def _kill_each_and_see_it_serve(side) -> None:
+    """kill -9 of each supervised process in turn: a new one (another pid) runs in its place, the change committed
+    next is served through Feast and archived, and the monitoring servers answer and scrape again."""
+    prober = Prober(side, feature_store(side))
+    try:
+        assert prober.run(1, 1, timeout_s=300).served  # serving before the first kill
+        for name in ("redis", "kafka", "connect", "archiver", "streaming", "prometheus", "alertmanager"):
+            killed = _pids(side)[name]
+            os.kill(killed, signal.SIGKILL)
+            successor = wait_for(lambda n=name, k=killed: _successor(side, n, k), 180, f"a new {name} process")
+            archived = _archived(side, prober.txn)
+            probes = prober.run(1, 1, timeout_s=240)
+            assert probes.served, f"no change served after the kill of {name}: {probes.unserved}"
+            wait_for(
+                lambda a=archived: _archived(side, prober.txn) > a, 120, f"a change archived after the {name} kill"
+            )
+            wait_for(lambda: _monitoring_answers(side), 60, f"Prometheus and Alertmanager after the {name} kill")
+            assert _pids(side)[name] == successor, name  # the one that came back is the one that served
+    finally:
+        prober.close()
+
+
+def _successor(side, name: str, killed: int) -> int | None:
+    pid = _pids(side)[name]
+    return pid if pid and pid != killed else None
+
+
+def _archived(side, txn_ids) -> int:
+    with pg_clients.offline_session(side) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT count(*) FROM cdc_changelog WHERE source_table = 'transactions' AND row_key = ANY(%s)",
+            (list(txn_ids.values()),),
+        )
+        return cur.fetchone()[0]
+
+
+def _monitoring_answers(side) -> bool:
+    """Both answer, Alertmanager is Prometheus's, and Prometheus scrapes both jobs."""
+    try:
+        ALERTMANAGER.health(side)
+        targets = monitoring.api(side, "targets")["activeTargets"]
+    except (ServiceError, OSError):
+        return False
+    return {"archiver", "streaming"} <= {t["labels"]["job"] for t in targets if t["health"] == "up"}
+
+
+def _environment(pid: int) -> list[str]:
+    return [v.decode() for v in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if v]
 
 
 def test_a_new_home_never_inherits_the_database_of_another(side_home, tmp_path):

@@ -77,3 +77,34 @@ def test_passwords_with_special_characters_survive_dsn_and_url(tmp_path, monkeyp
     settings = load_settings(home=tmp_path)
     assert settings.sqlalchemy_url("db").startswith("postgresql+psycopg://feast:p%40ss%20w%27rd%2F%3A%25@")
     assert "password='p@ss w\\'rd/:%'" in settings.pg_dsn("db", user="feast")
+
+
+def test_a_child_environment_is_the_settings_and_the_system_basics_only(tmp_path, monkeypatch):
+    """What a supervised process gets: every setting as its CDCF_* variable (the child reads the same settings), the
+    system's basics, and nothing its starter happened to carry (feast's PROMETHEUS_MULTIPROC_DIR, say)."""
+    ensure_secrets(tmp_path)
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "gone"))
+    monkeypatch.setenv("SOME_LIBRARY_STATE", "1")
+    monkeypatch.setenv("CDCF_REDIS_PORT", "16379")
+    monkeypatch.setenv("CDCF_APP_PASSWORD", "from-the-environment")
+    monkeypatch.delenv("CDCF_FEAST_PASSWORD", raising=False)
+    settings = load_settings(home=tmp_path, metrics_enabled=False)
+    env = settings.environment()
+    assert env["CDCF_REDIS_PORT"] == "16379" and env["CDCF_HOME"] == str(tmp_path)
+    assert env["CDCF_METRICS_ENABLED"] == "false" and env["PATH"] == os.environ["PATH"]
+    assert env["CDCF_APP_PASSWORD"] == "from-the-environment"  # as the starter was given it
+    assert "CDCF_FEAST_PASSWORD" not in env  # read from <home>/secrets.env, where the starter read it
+    assert not {k for k in env if not k.startswith("CDCF_")} - {
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "LANG",
+        "LC_ALL",
+        "LC_CTYPE",
+        "TZ",
+        "TMPDIR",
+        "JAVA_HOME",
+    }
+    monkeypatch.setattr(os, "environ", env)  # a child's settings, from that environment alone, are the same
+    assert load_settings() == settings
