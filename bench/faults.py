@@ -393,7 +393,8 @@ def run_scenario(
     )
     verdict, lost_rows, deadline = None, None, time.monotonic() + timeout_s
     while time.monotonic() < deadline:  # a probe after the last change served, then the range must be exact
-        if prober.run(1, 1, timeout_s=max(1.0, deadline - time.monotonic())).served:
+        if served := prober.run(1, 1, timeout_s=max(1.0, deadline - time.monotonic())).served:
+            probes[0].served += served
             time.sleep(settings.stream_settle_s + 2)
             lost_rows = _state_diff(settings, ranges)
             with exactness.connect(settings) as conn:

@@ -260,7 +260,11 @@ def render(r: dict, out: Path, markdown: Path) -> None:
         "in that one run, each beside its baseline, on the machine described here"
         + (
             "; these parts were run again later with `python -m bench.run --only`, and their figures replace that "
-            "run's: " + ", ".join(f"{part} ({run['at']}, seed {run['seed']})" for part, run in reruns.items())
+            "run's: "
+            + ", ".join(
+                f"{part} ({run['at']}, seed {run['seed']}{', smoke sizes' if run.get('size') == 'smoke' else ''})"
+                for part, run in reruns.items()
+            )
             if reruns
             else ""
         )

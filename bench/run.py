@@ -259,7 +259,12 @@ def main() -> None:
     if partial:  # the workload stays the full run's; the parts run again are recorded
         result["reruns"] = [
             *result.get("reruns", []),
-            {"parts": parts, "seed": seed, "at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())},
+            {
+                "parts": parts,
+                "seed": seed,
+                "size": "smoke" if args.smoke else "full",
+                "at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            },
         ]
     else:
         result["workload"] = {"size": "smoke" if args.smoke else "full", "seed": seed, **size}

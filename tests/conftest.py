@@ -18,6 +18,15 @@ from ops import stack
 from ops.workload import Workload
 
 CDCF = str(Path(sys.executable).with_name("cdcf"))
+BUDGET_S = 20 * 60  # the suite's budget on the 2-core box, install and `make demo` excluded (README, "Tests")
+_STARTED = time.monotonic()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    """The suite's own total against its budget, after pytest's list of the slowest tests."""
+    took = time.monotonic() - _STARTED
+    verdict = "within" if took <= BUDGET_S else "OVER"
+    terminalreporter.write_line(f"suite: {took:.0f} s, {verdict} its budget of {BUDGET_S} s")
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,9 @@ Alertmanager. Both listen on loopback."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
@@ -23,11 +25,17 @@ RULES = PROJECT_ROOT / "deploy" / "prometheus" / "alerts.yml"
 INTERVAL = "5s"  # scrape and rule evaluation: alerts fire within seconds of their `for`
 
 
+def rules_dir(settings: Settings) -> Path:
+    """Alert rules of one's own beside ours (``*.yml`` there; Prometheus loads a change on SIGHUP, ``reload``)."""
+    return settings.paths.conf / "rules.d"
+
+
 def prometheus_config(settings: Settings, targets: Path, rules: Path = RULES) -> dict:
-    """Prometheus's configuration: our processes through file_sd, the rules, Alertmanager."""
+    """Prometheus's configuration: our processes through file_sd, the rules (ours and ``rules_dir``'s),
+    Alertmanager."""
     return {
         "global": {"scrape_interval": INTERVAL, "evaluation_interval": INTERVAL},
-        "rule_files": [str(rules)],
+        "rule_files": [str(rules), str(rules_dir(settings) / "*.yml")],
         "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{settings.alertmanager_port}"]}]}]},
         "scrape_configs": [
             {
@@ -74,7 +82,7 @@ class Server:
         ]
 
     def write_conf(self, settings: Settings) -> None:
-        self.conf(settings).parent.mkdir(parents=True, exist_ok=True)
+        rules_dir(settings).mkdir(parents=True, exist_ok=True)
         self.conf(settings).write_text(json.dumps(self.config(settings), indent=2) + "\n")  # JSON is YAML
         (settings.paths.data / self.name).mkdir(parents=True, exist_ok=True)
         targets_dir(settings).mkdir(parents=True, exist_ok=True)
@@ -157,6 +165,14 @@ def api(settings: Settings, path: str) -> dict:
     if body.get("status") != "success":
         raise ServiceError(f"Prometheus answered {path} with {body}")
     return body["data"]
+
+
+def reload(settings: Settings) -> None:
+    """Make Prometheus read its configuration and rule files again (SIGHUP)."""
+    pid = PROMETHEUS.pid(settings)
+    if pid is None:
+        raise ServiceError("Prometheus is not running; run `make up`.")
+    os.kill(pid, signal.SIGHUP)
 
 
 def alerts(settings: Settings, state: str = "firing") -> list[dict]:

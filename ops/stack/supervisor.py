@@ -51,9 +51,9 @@ class Restarts:
         return time.time() - self.at < RESTART_WINDOW_S
 
 
-def start(settings: Settings, name: str, argv: list[str], ready: Path, env: dict[str, str] | None = None) -> int:
-    """Run ``argv`` under a new supervisor (detached, output to ``logs/NAME.log``), both with the environment of
-    ``settings.environment()`` and ``env``; return the supervisor's pid.
+def start(settings: Settings, name: str, argv: list[str], ready: Path) -> int:
+    """Run ``argv`` under a new supervisor (detached, output to ``logs/NAME.log``), both with the environment
+    ``settings.environment()`` and nothing else of their starter's; return the supervisor's pid.
     ``ready`` is the file the process, or whoever waits for it, writes once it is up: a process that exits before
     it exists cannot start (bad settings, a port in use) and is not retried."""
     paths = settings.paths
@@ -62,8 +62,7 @@ def start(settings: Settings, name: str, argv: list[str], ready: Path, env: dict
     paths.run.mkdir(parents=True, exist_ok=True)
     _argv_file(paths, name).write_text(json.dumps({"argv": [str(a) for a in argv], "ready": str(ready)}))
     cdcf = str(Path(sys.executable).with_name("cdcf"))
-    environment = settings.environment() | (env or {})
-    return proc.spawn(paths, f"{name}-supervisor", [cdcf, "supervise", name], environment, log_name=name)
+    return proc.spawn(paths, f"{name}-supervisor", [cdcf, "supervise", name], settings.environment(), log_name=name)
 
 
 def running(paths: StackPaths, name: str, current: int | None) -> bool:
@@ -82,12 +81,11 @@ def start_service(
     argv: list[str],
     healthy: Callable[[], object],
     timeout_s: float,
-    env: dict[str, str] | None = None,
 ) -> None:
     """Start a service (a process that reports nothing itself) supervised, and wait until ``healthy()``; it is
     ready from then on, so that later exits are restarts."""
     ready = settings.paths.run / f"{name}.ready"
-    started = start(settings, name, argv, ready, env)
+    started = start(settings, name, argv, ready)
     proc.wait_until(
         healthy, timeout_s=timeout_s, what=name.capitalize(), log_file=settings.paths.log(name), pid=started
     )

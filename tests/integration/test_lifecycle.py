@@ -134,7 +134,7 @@ def _kill_each_and_see_it_serve(side) -> None:
     }
     prober = Prober(side, feature_store(side))
     try:
-        archived, successors = _archived(side, prober.txn), {}
+        successors = {}
         for name, answer in answers.items():
             killed, struck = _pids(side)[name], time.time()
             os.kill(killed, signal.SIGKILL)
@@ -142,7 +142,7 @@ def _kill_each_and_see_it_serve(side) -> None:
             wait_for(lambda a=answer, t=struck: _answers(a, side, t), 120, f"the new {name} to answer")
         probes = prober.run(1, 1, timeout_s=300)
         assert probes.served, f"no change served after the kills: {probes.unserved}"
-        wait_for(lambda: _archived(side, prober.txn) > archived, 120, "a change archived after the kills")
+        wait_for(lambda: _archived(side, prober.txn, prober.amount), 120, "the served change archived too")
         wait_for(lambda: _monitoring_answers(side), 60, "Prometheus scraping both jobs after the kills")
         assert {name: _pids(side)[name] for name in answers} == successors  # the ones that came back served
     finally:
@@ -168,13 +168,15 @@ def _successor(side, name: str, killed: int) -> int | None:
     return pid if pid and pid != killed else None
 
 
-def _archived(side, txn_ids) -> int:
+def _archived(side, txn_ids, amount: int) -> bool:
+    """Whether the archive holds the change that set one of the probes' transactions to ``amount``."""
     with pg_clients.offline_session(side) as conn, conn.cursor() as cur:
         cur.execute(
-            "SELECT count(*) FROM cdc_changelog WHERE source_table = 'transactions' AND row_key = ANY(%s)",
-            (list(txn_ids.values()),),
+            "SELECT count(*) FROM cdc_changelog WHERE source_table = 'transactions' AND row_key = ANY(%s) "
+            "AND (after->>'amount')::numeric = %s",
+            (list(txn_ids.values()), amount),
         )
-        return cur.fetchone()[0]
+        return cur.fetchone()[0] > 0
 
 
 def _monitoring_answers(side) -> bool:

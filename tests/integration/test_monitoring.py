@@ -8,11 +8,13 @@ import re
 from urllib.parse import quote
 
 import pytest
+import yaml
 
 from cdcf.errors import ServiceError
 from cdcf.settings import PROJECT_ROOT
 from ops.stack import kafka, monitoring
 from ops.stack.background import STREAMING
+from ops.stack.monitoring import RULES
 from tests.conftest import fresh_workload, run_cli, wait_for
 
 pytestmark = pytest.mark.integration
@@ -112,16 +114,20 @@ def test_status_watch_refreshes_health_with_throughput_freshness_and_lag(setting
         assert re.search(r"lag: +archiver \d+ messages, streaming \d+ offsets, clock [\d.]+ s old", frame), frame
 
 
-def test_stopping_kafka_connect_fires_the_clock_alert_through_alertmanager(settings):
+def test_stopping_kafka_connect_fires_the_clock_alert_through_alertmanager(settings, scaled_clock_rule):
+    """StreamingClockStopped, from alerts.yml, at a tenth of its threshold and `for` (promtool's tests hold the rule
+    itself to its times): stopping Connect fires it through Prometheus to Alertmanager, and it resolves once
+    Connect commits offsets again."""
     assert not _firing(settings, "StreamingClockStopped")
     kafka.stop(settings, kafka.CONNECT)
     try:
         (alert,) = wait_for(
             lambda: _firing(settings, "StreamingClockStopped"),
-            240,
+            120,
             "StreamingClockStopped to fire with Kafka Connect stopped",
         )
         assert alert["labels"]["job"] == "streaming" and alert["labels"]["severity"] == "page"
+        assert alert["labels"]["rules"] == scaled_clock_rule
         assert "is Kafka Connect running?" in alert["annotations"]["summary"]
         wait_for(
             lambda: [
@@ -140,6 +146,40 @@ def test_stopping_kafka_connect_fires_the_clock_alert_through_alertmanager(setti
         "the alert to resolve once Connect commits offsets again",
     )
     wait_for(lambda: _healthy(settings), 60, "the streaming job to be healthy again")
+
+
+@pytest.fixture
+def scaled_clock_rule(settings):
+    """alerts.yml's StreamingClockStopped with its threshold and `for` divided by 6, loaded beside the real rules
+    (the label ``rules`` tells its alerts apart); yields that label's value, and takes the rule out again."""
+    (rule,) = [
+        r
+        for g in yaml.safe_load(RULES.read_text())["groups"]
+        for r in g["rules"]
+        if r["alert"] == "StreamingClockStopped"
+    ]
+    assert rule["expr"] == "cdcf_stream_clock_age_seconds > 60" and rule["for"] == "30s", rule  # what is scaled
+    label = "scaled-for-tests"
+    scaled = {
+        **rule,
+        "expr": "cdcf_stream_clock_age_seconds > 10",
+        "for": "5s",
+        "labels": {**rule["labels"], "rules": label},
+    }
+    path = monitoring.rules_dir(settings) / "scaled-clock.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": label, "rules": [scaled]}]}))
+    monitoring.reload(settings)
+    try:
+        wait_for(lambda: _rule_loaded(settings, label), 30, "Prometheus to load the scaled rule")
+        yield label
+    finally:
+        path.unlink()
+        monitoring.reload(settings)
+        wait_for(lambda: not _rule_loaded(settings, label), 30, "Prometheus to drop the scaled rule")
+
+
+def _rule_loaded(settings, group: str) -> bool:
+    return any(g["name"] == group for g in monitoring.api(settings, "rules")["groups"])
 
 
 def _healthy(settings) -> bool:
