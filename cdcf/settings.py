@@ -20,8 +20,25 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from cdcf.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-# what a process the stack starts takes from its starter's environment besides the settings (Settings.environment)
-SYSTEM_VARIABLES = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "JAVA_HOME")
+# what a process the stack starts takes from its starter's environment besides the settings (Settings.environment):
+# where programs, home and temporary files are, the locale and zone, the JDK, the TLS trust store, and the OpenBLAS
+# core type that some processors need for numpy to compute right
+SYSTEM_VARIABLES = (
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TZ",
+    "TMPDIR",
+    "JAVA_HOME",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "OPENBLAS_CORETYPE",
+    "OPENBLAS_L2_SIZE",
+)
 SECRET_FIELDS = (
     "app_password",
     "debezium_password",
