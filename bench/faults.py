@@ -195,26 +195,30 @@ def _hostile_burst(settings: Settings, _cluster) -> dict:
     }
 
 
-REFUSED_S = 20  # how long a store refuses writes in the scenarios below
+# how long a store refuses writes in the scenarios below: on a standalone cluster a micro-batch fails (and its query
+# restarts, which status and the alert report) once a task failed spark.task.maxFailures (4) attempts, ~40 s here
+REFUSED_S = 60
 
 
 def _fill_redis(settings: Settings, _cluster) -> dict:
-    """Redis reaches its maxmemory (noeviction): filler keys until it refuses writes, kept for REFUSED_S, then
-    deleted, as an operator who freed memory would. Meanwhile the job must acknowledge nothing it did not write
-    (its micro-batches fail uncommitted), and status and an alert must say so."""
+    """Redis reaches its maxmemory (noeviction): filler keys until it refuses even a few bytes, kept full for
+    REFUSED_S, then deleted, as an operator who freed memory would. Meanwhile the job must acknowledge nothing it did
+    not write (its micro-batches fail uncommitted), and status and an alert must say so."""
     client = redis_server.client(settings)
-    value, keys = b"x" * 2**20, []
-    try:
-        while len(keys) < 4096:
-            key = f"cdcf-faults:filler:{len(keys)}"
+    keys: list[str] = []
+
+    def fill() -> None:  # from 1 MiB values down to 16 bytes: full to within a few bytes
+        for size in (2**20, 2**16, 2**12, 2**8, 2**4):
             try:
-                client.set(key, value)
-            except redis.exceptions.ResponseError as exc:
-                if "OOM" not in str(exc):
-                    raise
-                break
-            keys.append(key)
-        return {"filler_mb": len(keys), **_while_refusing(settings, "online")}
+                while len(keys) < 100_000:
+                    client.set(f"cdcf-faults:filler:{len(keys)}", b"x" * size)
+                    keys.append(f"cdcf-faults:filler:{len(keys)}")
+            except redis.exceptions.OutOfMemoryError:  # Redis's OOM reply: maxmemory reached
+                continue
+
+    try:
+        fill()
+        return {"filler_keys": len(keys), **_while_refusing(settings, "online", keep=fill)}
     finally:
         for chunk in range(0, len(keys), 512):
             client.delete(*keys[chunk : chunk + 512])
@@ -237,11 +241,12 @@ def _offline_read_only(settings: Settings, _cluster) -> dict:
         postgres.admin_sql(settings, f"ALTER DATABASE {db} RESET default_transaction_read_only")
 
 
-def _while_refusing(settings: Settings, store: str) -> dict:
-    """Wait out REFUSED_S, noting whether the streaming job's status and Prometheus's alerts named the refusing
-    store meanwhile."""
+def _while_refusing(settings: Settings, store: str, keep: Callable[[], None] = lambda: None) -> dict:
+    """Wait out REFUSED_S (``keep`` keeping the fault up each second), noting whether the streaming job's status and
+    Prometheus's alerts named the refusing store meanwhile."""
     said, alerted, deadline = "", False, time.monotonic() + REFUSED_S
     while time.monotonic() < deadline:
+        keep()
         line = next(h for h in stack.status(settings) if h.component == "streaming")
         if f"the {store} store refused" in line.detail:
             said = line.detail[:300]
@@ -331,14 +336,15 @@ def _state_diff(settings: Settings, ranges: dict[str, tuple[int, int]]) -> int:
     return diffs
 
 
-def _archived_changes(settings: Settings, since, ranges: dict[str, tuple[int, int]]) -> int:
-    """The range's changes archived since ``since``: its rows' changes, and the chargebacks of its transactions (the
-    workload's chargeback ids are their transactions' ids)."""
+def _archived_changes(settings: Settings, since, ranges: dict[str, tuple[int, int]]) -> dict[str, int]:
+    """The range's changes archived since ``since``, by table and op: its rows' changes, and the chargebacks of its
+    transactions (the workload's chargeback ids are their transactions' ids)."""
     (ulo, uhi), (plo, phi) = ranges["user_id"], ranges["product_id"]
     owner = "coalesce(after->>'{0}', before->>'{0}')"
     with exactness.connect(settings) as conn, conn.cursor() as cur:
         cur.execute(
-            f"""SELECT count(*) FROM cdc_changelog WHERE commit_ts >= %s AND op IN ('c', 'u', 'd') AND (
+            f"""SELECT source_table || '.' || op, count(*) FROM cdc_changelog WHERE commit_ts >= %s
+            AND op IN ('c', 'u', 'd') AND (
             (source_table IN ('transactions', 'sessions') AND {owner.format("user_id")} ~ '^[0-9]+$'
              AND {owner.format("user_id")}::bigint BETWEEN %s AND %s)
             OR (source_table = 'reviews' AND {owner.format("product_id")} ~ '^[0-9]+$'
@@ -346,12 +352,12 @@ def _archived_changes(settings: Settings, since, ranges: dict[str, tuple[int, in
             OR (source_table = 'users' AND row_key BETWEEN %s AND %s)
             OR (source_table = 'chargebacks' AND row_key IN (SELECT row_key FROM cdc_changelog WHERE
                 source_table = 'transactions' AND {owner.format("user_id")} ~ '^[0-9]+$'
-                AND {owner.format("user_id")}::bigint BETWEEN %s AND %s)))""",
+                AND {owner.format("user_id")}::bigint BETWEEN %s AND %s))) GROUP BY 1 ORDER BY 1""",
             (since, ulo, uhi, plo, phi, ulo, uhi, ulo, uhi),
         )
-        count = cur.fetchone()[0]
+        counts = dict(cur.fetchall())
     conn.close()
-    return count
+    return counts
 
 
 def run_scenario(
@@ -412,7 +418,8 @@ def run_scenario(
     with exactness.connect(settings) as conn:
         offline = exactness.compare_offline(conn, 100, ranges)
     conn.close()
-    archived = _archived_changes(settings, since, ranges)
+    archived_by_kind = _archived_changes(settings, since, ranges)
+    archived = sum(archived_by_kind.values())
     missing = 0 if scenario.by_state_only else max(0, committed - archived)
     doubled = 0 if scenario.by_state_only else max(0, archived - committed - load.failed_commits)
     online_match = verdict.match if verdict else 0.0
@@ -427,6 +434,8 @@ def run_scenario(
         "back_to_exact_s": round(exact_at - load_ended, 2),
         "changes_committed": committed,
         "changes_archived": archived,
+        "committed_by_kind": dict(load.workload.counts),  # the workload's kinds of change, against
+        "archived_by_table_op": archived_by_kind,  # the archive's tables and ops
         "failed_commits": load.failed_commits,
         "lost": (lost_rows if lost_rows is not None else -1) + missing,
         "doubled": doubled,

@@ -174,7 +174,8 @@ def failure(error: str) -> str:
     writer and wrapped by Spark in its own errors and the Python worker's traceback) if there is one, else the
     first line of Spark's error."""
     lines = error.strip().splitlines() or ["unknown error"]
-    ours = [line.split(f"{StoreRefusedError.__name__}: ", 1)[1] for line in lines if StoreRefusedError.__name__ in line]
+    marker = f"{StoreRefusedError.__name__}: "  # how a traceback's last line names the error, not a `raise` line
+    ours = [line.split(marker, 1)[1] for line in lines if marker in line]
     return (ours[-1] if ours else lines[0]).strip()
 
 

@@ -73,19 +73,20 @@ class FeatureSink:
 
     def write(self, rows: pa.Table) -> dict[str, int]:
         """Write the engine's rows (entity, id, as_of_us, decay, <features>); return the metrics of ``METRICS``."""
-        if self.db is None or self.db.closed:
-            self.setup()
         now_us = time.time_ns() // 1000
         written, self.redis_ns, self.offline_ns = 0, 0, 0
         verdict = self.check(rows) if self.settings.metrics_enabled else quality.Verdict()
         try:
+            if self.db is None or self.db.closed:
+                self.setup()
             with self.db, self.db.cursor() as cur:
                 for view, mine in by_view(rows):
                     written += self._write_view(cur, view, mine)
         except redis.RedisError as exc:
             raise StoreRefusedError("online", exc) from exc
         except psycopg2.Error as exc:
-            self.db.close()  # the next write connects again (a session may stay read-only, or be gone)
+            if self.db is not None:
+                self.db.close()  # the next write connects again (a session may stay read-only, or be gone)
             raise StoreRefusedError("offline", exc) from exc
         decay = rows["decay"]
         emits = rows.filter(pc.invert(decay)) if rows.num_rows else rows

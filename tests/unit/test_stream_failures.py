@@ -20,6 +20,7 @@ The above exception was the direct cause of the following exception:
 
 Traceback (most recent call last):
   File "/work/main/streaming/sink.py", line 83, in write
+    raise StoreRefusedError("online", exc) from exc
 cdcf.errors.StoreRefusedError: {REFUSED}
  SQLSTATE: 39000
 === Streaming Query ===
