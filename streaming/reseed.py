@@ -28,19 +28,19 @@ MARKER = "cdcf_stream_marker"  # a hash beside Feast's keys: the latest as-of wr
 
 
 def seed_online(settings: Settings, progress: Callable[[str], None] = log.info) -> dict[str, int]:
-    """Write the latest offline row of every entity of every view, unless Redis holds a newer one (the streaming
-    job may be running); return the rows written per view."""
+    """Write the latest offline row of every entity of every view, the batch-scored ones too, unless Redis holds a
+    newer one (the streaming job may be running); return the rows written per view."""
     writer = OnlineWriter(settings)
     written: dict[str, int] = {}
     conn = pg_clients.connect_offline(settings)
     try:
-        for view in decl.FEATURE_VIEWS:
+        for view in decl.ALL_VIEWS:
             key = view.entity.join_key
             names = ", ".join(f.name for f in view.features)
             with conn.cursor(name=f"seed_{view.name}") as cur:  # server-side: the table may be large
                 cur.itersize = CHUNK
                 cur.execute(
-                    f"SELECT DISTINCT ON ({key}) {key}, {EVENT_TIMESTAMP}, {names} FROM {view.name} "
+                    f"SELECT DISTINCT ON ({key}) {key}, {EVENT_TIMESTAMP}, {names} FROM {view.offline_table} "
                     f"ORDER BY {key}, {EVENT_TIMESTAMP} DESC"
                 )
                 written[view.name] = 0

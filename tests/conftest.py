@@ -15,7 +15,9 @@ import pytest
 
 from cdcf.settings import PROJECT_ROOT, default_home, ensure_secrets, load_settings
 from ops import stack
+from ops.stack.supervisor import RESTART_WINDOW_S
 from ops.workload import Workload
+from tests.stack_lock import EXCLUSIVE, StackLock, keep_between, mode_of
 
 CDCF = str(Path(sys.executable).with_name("cdcf"))
 BUDGET_S = 20 * 60  # the suite's budget on the 2-core box, install and `make demo` excluded (README, "Tests")
@@ -29,12 +31,54 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     terminalreporter.write_line(f"suite: {took:.0f} s, {verdict} its budget of {BUDGET_S} s")
 
 
+def pytest_collection_modifyitems(items) -> None:
+    """The order in which the workers take the files (pytest-xdist, --no-loadscope-reorder): those that run a side
+    stack of their own first (the longest, and they hold no lock), then the main stack's, the unit tests last, to
+    fill a worker that would otherwise wait for the main stack."""
+    items.sort(key=lambda i: 0 if i.get_closest_marker("apart") else 1 if i.get_closest_marker("integration") else 2)
+
+
+_LOCK: StackLock | None = None
+
+
+def _lock() -> StackLock:
+    """This worker's hold on the main stack (tests/stack_lock.py), in the stack's home."""
+    global _LOCK
+    if _LOCK is None:
+        _LOCK = StackLock(default_home())
+    return _LOCK
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item) -> None:
+    """Before any fixture of the test: hold the main stack as the test needs it."""
+    _lock().hold(mode_of(item))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    """After the test's fixtures are torn down (a module's too, when the next test is in another module): let go,
+    unless the next test goes on with the same module's exclusive hold."""
+    try:
+        return (yield)
+    finally:
+        if not keep_between(item, nextitem):
+            _lock().hold(None)
+
+
 @pytest.fixture(scope="session")
 def settings():
-    """Settings of the main local stack, brought up (idempotently) for the whole session."""
-    ensure_secrets(default_home())
-    s = load_settings()
-    stack.up(s)
+    """Settings of the main local stack, brought up (idempotently) for the whole session: by one worker at a time,
+    with the stack to itself (a test that stopped the streaming job must not see it started under it)."""
+    lock = _lock()
+    needed = lock.held
+    lock.hold(EXCLUSIVE)
+    try:
+        ensure_secrets(default_home())
+        s = load_settings()
+        stack.up(s)
+    finally:
+        lock.hold(needed)
     return s
 
 
@@ -79,3 +123,15 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600)
         cwd=PROJECT_ROOT,
         env={**os.environ, **(env or {})},
     )
+
+
+def healthy_status(*args: str) -> subprocess.CompletedProcess:
+    """`cdcf status ARGS` once it exits 0: a restart or a dead letter of a test before (or beside) counts as trouble
+    for RESTART_WINDOW_S, so that long and a half is waited out."""
+    seen = []
+
+    def healthy():
+        seen.append(run_cli("status", *args, timeout=120))
+        return seen[-1].returncode == 0 and seen[-1]
+
+    return wait_for(healthy, RESTART_WINDOW_S * 1.5, lambda: f"a healthy status:\n{seen[-1].stdout}{seen[-1].stderr}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -134,7 +135,7 @@ def engine_jar(cache_dir: Path, javac: str = "javac") -> Path:
         if proc.returncode != 0:
             raise PrerequisiteError(f"Compiling the window engine failed: {proc.stderr.strip()[:2000]}")
         cache_dir.mkdir(parents=True, exist_ok=True)
-        partial = jar.with_suffix(".partial")
+        partial = jar.with_suffix(f".{os.getpid()}.partial")  # two test workers may compile at once
         with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as zf:
             for path in sorted(Path(out).rglob("*.class")):
                 zf.write(path, path.relative_to(out).as_posix())

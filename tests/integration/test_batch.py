@@ -21,12 +21,13 @@ from cdcf.feast_config import feature_store
 from cdcf.redis_clients import redis_client
 from cdcf.spark import spark_session
 from offline.training import TrainingSetError, training_set
+from online.writer import OnlineWriter
 from ops.stack.background import STREAMING
 from streaming.reseed import seed_online
 from tests import oracle
 from tests.conftest import fresh_workload, wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.exclusive]
 
 
 def _query(settings, statement: str, params=None, db: str | None = None) -> list[tuple]:
@@ -87,22 +88,36 @@ def _workload_entities(settings, since: datetime) -> dict[decl.Entity, list[int]
     }
 
 
+def _key(settings, entity: decl.Entity, entity_id: int) -> bytes:
+    return layout.entity_key(layout.key_prefix(entity.join_key), entity_id, settings.feast_project.encode())
+
+
 def _redis_dump(settings, entities: dict[decl.Entity, list[int]]) -> dict[bytes, dict]:
     client = redis_client(settings, "reader")
-    project = settings.feast_project.encode()
     try:
-        keys = [
-            layout.entity_key(layout.key_prefix(e.join_key), i, project) for e, ids in entities.items() for i in ids
-        ]
+        keys = [_key(settings, e, i) for e, ids in entities.items() for i in ids]
         return {key: client.hgetall(key) for key in keys}
     finally:
         client.close()
 
 
 def test_seeding_rebuilds_a_flushed_online_store_exactly(settings, history):
+    """Every view's latest rows come back, a batch-scored one's (user segments) too."""
     entities = _workload_entities(settings, history)
     assert len(entities[decl.USER]) > 50 and len(entities[decl.PRODUCT]) > 10
+    scored, at = entities[decl.USER][0], datetime.now(UTC)
+    for as_of, segment in ((at - timedelta(seconds=1), 3), (at, 2)):  # the latest is seeded
+        _query(
+            settings,
+            f"INSERT INTO {decl.USER_SEGMENT.offline_table} (user_id, {decl.EVENT_TIMESTAMP}, segment, model_version) "
+            "VALUES (%s, %s, %s, 'test')",
+            (scored, as_of, segment),
+        )
+    writer = OnlineWriter(settings)
+    writer.write(decl.USER_SEGMENT, [(scored, at, 2)])
+    writer.close()
     before = _redis_dump(settings, entities)
+    assert layout.field(decl.USER_SEGMENT.name, "segment") in before[_key(settings, decl.USER, scored)]
     assert all(before.values())
     redis_client(settings, "writer").flushall()
     assert not any(_redis_dump(settings, entities).values())

@@ -117,6 +117,7 @@ def test_the_cdc_story_reaches_kafka_and_the_archive(settings):
     assert rows[4][4] is None and rows[4][3]["created_at"] == "2026-11-21T11:30:00+00:00"
 
 
+@pytest.mark.exclusive
 def test_a_new_connector_snapshots_existing_rows_as_reads(settings):
     suffix = f"{random.randrange(10**6):06d}"
     name, prefix = f"snapshot-test-{suffix}", f"{settings.topic_prefix}_snap{suffix}"  # the capture user's ACLs
@@ -198,6 +199,7 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_later_changes_still_arrive(
         ARCHIVER.health(settings)  # make status fails while dead letters arrive
 
 
+@pytest.mark.exclusive
 def test_a_column_added_upstream_is_ignored_and_reported_and_a_retyped_one_dead_lettered(settings):
     """Schema evolution: a nullable column added to a captured table dead-letters nothing (its values are ignored
     and `make status` names it once); a column a feature reads, retyped, dead-letters with a clear reason until the
@@ -286,6 +288,7 @@ def test_dead_letters_are_listed_and_replayed_once_the_contract_takes_them(setti
     ]
 
 
+@pytest.mark.exclusive
 @pytest.mark.parametrize("victim", [kafka.CONNECT, kafka.KAFKA])
 def test_kill_9_mid_stream_loses_and_duplicates_nothing(settings, victim):
     """50k changes (25k inserts, 15k updates, 10k deletes); the victim is killed -9 while they stream."""
@@ -359,6 +362,7 @@ def _fifty_thousand_changes(settings, ids: list[int]) -> None:
         conn.close()
 
 
+@pytest.mark.exclusive
 def test_connector_cli_pauses_resumes_and_shows_offsets(settings):
     paused = run_cli("connector", "pause")
     assert paused.returncode == 0, paused.stderr
@@ -383,6 +387,7 @@ def test_connector_cli_pauses_resumes_and_shows_offsets(settings):
     assert applied.returncode == 0 and json.loads(applied.stdout)["connector"]["state"] == "RUNNING"
 
 
+@pytest.mark.exclusive
 def test_every_workload_change_is_archived_once(settings):
     def archived_total() -> int:
         with pg_clients.offline_session(settings) as conn:

@@ -21,7 +21,7 @@ from ops.stack.background import STREAMING
 from tests.conftest import CDCF, fresh_workload
 from tests.integration.test_streaming import _last_change_by_user, _sql, assert_exact
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.exclusive]
 
 MASTER_PORT, MASTER_UI = 17077, 18090
 

@@ -67,6 +67,7 @@ def test_online_values_are_offline_rows_and_a_changed_one_is_reported(settings):
     assert "online values equal their offline rows: match" in cli.stdout
 
 
+@pytest.mark.exclusive
 @pytest.mark.parametrize("engine", ["local", "spark.engine"])
 def test_feast_materialize_incremental_into_a_flushed_redis_gives_the_streamed_values(settings, tmp_path, engine):
     """Feast's own materialization from the offline tables, in process or on Spark (the seed's batch_engine)."""

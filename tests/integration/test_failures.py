@@ -20,6 +20,7 @@ def _one_error_line(result) -> str:
     return errors[0]
 
 
+@pytest.mark.apart
 def test_port_in_use_names_the_port_and_the_setting(settings, side_home):
     with socket.socket() as squatter:
         squatter.bind((settings.redis_host, 0))
@@ -34,6 +35,7 @@ def test_port_in_use_names_the_port_and_the_setting(settings, side_home):
     assert f"Port {port}" in line and "CDCF_PG_PORT" in line
 
 
+@pytest.mark.apart
 def test_missing_java_javac_and_maven_are_named_with_their_fix(settings, tmp_path):
     empty_home = tmp_path / "fresh"
     bin_dir = Path(sys.executable).parent
@@ -45,6 +47,7 @@ def test_missing_java_javac_and_maven_are_named_with_their_fix(settings, tmp_pat
     assert "make install" in line
 
 
+@pytest.mark.apart
 def test_unreachable_maven_repository_with_an_empty_cache(settings, tmp_path):
     home = tmp_path / "fresh"
     result = run_cli(

@@ -24,7 +24,7 @@ from ops.stack.background import ARCHIVER, STREAMING
 from ops.stack.monitoring import ALERTMANAGER, PROMETHEUS
 from tests.conftest import CDCF, run_cli, wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.apart]
 
 PORTS = {
     "CDCF_PG_PORT": "15432",

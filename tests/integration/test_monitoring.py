@@ -15,7 +15,7 @@ from cdcf.settings import PROJECT_ROOT
 from ops.stack import kafka, monitoring
 from ops.stack.background import STREAMING
 from ops.stack.monitoring import RULES
-from tests.conftest import fresh_workload, run_cli, wait_for
+from tests.conftest import fresh_workload, healthy_status, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -43,6 +43,7 @@ def _firing(settings, alertname: str) -> list[dict]:
     return [a for a in monitoring.alerts(settings) if a["labels"]["alertname"] == alertname]
 
 
+@pytest.mark.exclusive
 def test_prometheus_scrapes_our_processes_and_their_counters_are_the_changes(settings):
     def scraped() -> dict[str, str]:
         return {t["labels"]["job"]: t["health"] for t in monitoring.api(settings, "targets")["activeTargets"]}
@@ -93,8 +94,7 @@ def test_every_dashboard_query_is_valid_promql_with_data_behind_it(settings):
 
 
 def test_status_watch_refreshes_health_with_throughput_freshness_and_lag(settings):
-    watched = run_cli("status", "--watch", "--count", "3", "--interval", "0.5", timeout=120)
-    assert watched.returncode == 0, watched.stdout + watched.stderr
+    watched = healthy_status("--watch", "--count", "3", "--interval", "0.5")
     frames = re.split(r"^\d\d:\d\d:\d\d UTC \(every 0.5 s; Ctrl-C stops\)$", watched.stdout, flags=re.M)[1:]
     assert len(frames) == 3, watched.stdout  # (the screen is cleared before each on a terminal only)
     for frame in frames:
@@ -114,6 +114,7 @@ def test_status_watch_refreshes_health_with_throughput_freshness_and_lag(setting
         assert re.search(r"lag: +archiver \d+ messages, streaming \d+ offsets, clock [\d.]+ s old", frame), frame
 
 
+@pytest.mark.exclusive
 def test_stopping_kafka_connect_fires_the_clock_alert_through_alertmanager(settings, scaled_clock_rule):
     """StreamingClockStopped, from alerts.yml, at a tenth of its threshold and `for` (promtool's tests hold the rule
     itself to its times): stopping Connect fires it through Prometheus to Alertmanager, and it resolves once

@@ -27,14 +27,13 @@ from connectors.connect import connect_auth
 from ops.stack import kafka, postgres, proc, redis_server, status
 from ops.stack.background import ARCHIVER, STREAMING
 from ops.stack.monitoring import ALERTMANAGER, PROMETHEUS
-from tests.conftest import CDCF, run_cli
+from tests.conftest import CDCF, healthy_status
 
 pytestmark = pytest.mark.integration
 
 
 def test_status_reports_every_component_healthy(settings):
-    result = run_cli("status")
-    assert result.returncode == 0, result.stdout + result.stderr
+    result = healthy_status()
     lines = result.stdout.splitlines()
     assert [line.split()[0] for line in lines] == [
         "postgres",

@@ -252,6 +252,7 @@ def test_a_window_decays_with_no_new_events(settings, store):
     assert as_of - leaves < timedelta(minutes=1)  # within the declared hop
 
 
+@pytest.mark.exclusive
 def test_kill_9_mid_load_loses_and_double_counts_nothing(settings, store):
     started = _sql(settings, "SELECT 1")
     load = threading.Thread(target=lambda: fresh_workload(settings).run(300, 20))
@@ -325,6 +326,7 @@ def test_the_feast_push_setting_serves_the_same_values(settings, store):
         assert hashes[0] == hashes[1]
 
 
+@pytest.mark.exclusive
 def test_an_online_store_that_lost_its_writes_is_reseeded_by_the_job(settings, store):
     """Issue 14's durable online store: Redis comes back empty (flushed here), or from older data (its marker set
     back and a key gone); the job notices before its next micro-batch and re-seeds it from the offline store by
@@ -361,6 +363,7 @@ def test_an_online_store_that_lost_its_writes_is_reseeded_by_the_job(settings, s
     client.close()
 
 
+@pytest.mark.exclusive
 def test_resnapshot_brings_every_feature_back_after_capture_lost_its_slot(settings, store):
     """Capture stops and its slot is dropped (as an invalidated slot leaves it); meanwhile a transaction is updated,
     one deleted, one inserted and one moved to another user. `cdcf resnapshot` snapshots every row again and sends
