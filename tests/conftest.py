@@ -17,7 +17,7 @@ from cdcf.settings import PROJECT_ROOT, default_home, ensure_secrets, load_setti
 from ops import stack
 from ops.stack.supervisor import RESTART_WINDOW_S
 from ops.workload import Workload
-from tests.stack_lock import EXCLUSIVE, StackLock, keep_between, mode_of
+from tests.stack_lock import EXCLUSIVE, OWNER, StackLock, keep_between, mode_of
 
 CDCF = str(Path(sys.executable).with_name("cdcf"))
 BUDGET_S = 20 * 60  # the suite's budget on the 2-core box, install and `make demo` excluded (README, "Tests")
@@ -45,8 +45,16 @@ def _lock() -> StackLock:
     """This worker's hold on the main stack (tests/stack_lock.py), in the stack's home."""
     global _LOCK
     if _LOCK is None:
-        _LOCK = StackLock(default_home())
+        _LOCK = StackLock(default_home(), os.environ.get("PYTEST_XDIST_WORKER", "main"))
     return _LOCK
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """pytest-xdist's loadfile, but just in time and with the stack's lock in mind (tests/schedule.py)."""
+    from tests.schedule import StackScheduling
+
+    return StackScheduling(config, log, default_home() / OWNER)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -84,10 +92,12 @@ def settings():
 
 @pytest.fixture
 def side_home(tmp_path, settings):
-    """A separate stack home sharing the main jar cache and secrets, for runs that must not touch the main one."""
+    """A separate stack home sharing the main caches (jars, the compiled engine) and secrets, for runs that must not
+    touch the main one."""
     home = tmp_path / "stack"
     (home / "cache").mkdir(parents=True)
     (home / "cache" / "jars").symlink_to(settings.paths.jars)
+    (home / "cache" / "engine").symlink_to(settings.paths.cache / "engine")
     shutil.copy(settings.paths.secrets, home / "secrets.env")
     return home
 

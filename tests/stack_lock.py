@@ -6,7 +6,8 @@ no lock. Unit tests (no ``settings`` fixture) take none either.
 
 A readers-writer lock over two files, with flock(2): a worker that wants the stack first passes a turnstile (an
 exclusive lock held only while it waits), so a waiting exclusive test holds back new sharers and is never starved
-by workers that keep taking turns with shared locks.
+by workers that keep taking turns with shared locks. The worker holding it exclusively writes its name in a third
+file (``OWNER``), for the scheduler (tests/schedule.py) to give the other worker a test that needs no stack.
 """
 
 from __future__ import annotations
@@ -16,15 +17,18 @@ import os
 from pathlib import Path
 
 SHARED, EXCLUSIVE = "shared", "exclusive"
+OWNER = "tests.owner"
 
 
 class StackLock:
-    """One worker's hold on the stack: none, shared or exclusive. Files in ``folder``, made if missing."""
+    """Worker ``name``'s hold on the stack: none, shared or exclusive. Files in ``folder``, made if missing."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, name: str) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self._turnstile = os.open(folder / "tests.turnstile", os.O_RDWR | os.O_CREAT, 0o600)
         self._stack = os.open(folder / "tests.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        self._owner = folder / OWNER
+        self.name = name
         self.held: str | None = None
 
     def hold(self, mode: str | None) -> None:
@@ -32,6 +36,8 @@ class StackLock:
         if mode == self.held:
             return
         if self.held is not None:
+            if self.held == EXCLUSIVE:
+                self._owner.write_text("")
             fcntl.flock(self._stack, fcntl.LOCK_UN)
             self.held = None
         if mode is None:
@@ -42,6 +48,8 @@ class StackLock:
         finally:
             fcntl.flock(self._turnstile, fcntl.LOCK_UN)
         self.held = mode
+        if mode == EXCLUSIVE:
+            self._owner.write_text(self.name)
 
     def close(self) -> None:
         self.hold(None)
