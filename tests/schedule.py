@@ -5,7 +5,7 @@ collection order, and queues a worker's next file as soon as it is down to two t
 six-minute test while the other worker ran dry. Here a worker gets its next file only when it starts its last test
 (it cannot run a test before it knows the next one), and while the other worker holds the main stack alone, the
 next file is a unit test's (they take no lock) rather than one that would wait for the stack. The slow unit file
-is handed out test by test, so both workers can fill such waits with it.
+is handed out in two halves, so both workers can fill such waits with it.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from xdist.scheduler import LoadScopeScheduling
 
-SPREAD = ("tests/unit/test_engine.py",)  # unit files handed out per test: minutes of Spark micro-batches each
+SPREAD = ("tests/unit/test_engine.py",)  # minutes of Spark micro-batches: handed out in halves (a JVM each)
 LOCK_FREE = "tests/unit/"
 
 
@@ -24,10 +24,19 @@ class StackScheduling(LoadScopeScheduling):
     def __init__(self, config, log, owner_file: Path) -> None:
         super().__init__(config, log)
         self.owner_file = owner_file  # StackLock's record of the worker holding the stack exclusively
+        self._scopes: dict[str, str] = {}
+        self._spread: dict[str, int] = {}
 
     def _split_scope(self, nodeid: str) -> str:
-        path = nodeid.split("::", 1)[0]
-        return nodeid if path in SPREAD else path
+        """The file, or for a SPREAD file one of its halves: every other test, in the order collected (the first
+        call for each test is in that order)."""
+        if nodeid not in self._scopes:
+            path = nodeid.split("::", 1)[0]
+            if path in SPREAD:
+                n = self._spread[path] = self._spread.get(path, -1) + 1
+                path = f"{path}#{n % 2}"
+            self._scopes[nodeid] = path
+        return self._scopes[nodeid]
 
     def _reschedule(self, node) -> None:
         if node.shutting_down or not self.workqueue or self._pending_of(self.assigned_work[node]) <= 1:
