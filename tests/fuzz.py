@@ -1,13 +1,19 @@
 """Hypothesis strategies for hostile change events: random bytes, random JSON, and valid Debezium envelopes with
-parts replaced, dropped, added or their bytes mangled. Shared by the decoders' fuzz tests."""
+parts replaced, dropped, added or their bytes mangled; a seeded corpus of them, and what every verdict on one must
+be. Shared by the decoders' fuzz tests."""
 
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
+from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
+from cdcf import contracts
+from cdcf.decoder import Change, DeadLetter
+from connectors.archive import archive_row
 from tests.cdc_cases import PREFIX, TOPIC, envelope, row
 
 TOPICS = (TOPIC,) * 12 + (f"{PREFIX}.public.users", f"{PREFIX}.public.payments", "other.topic")
@@ -105,3 +111,30 @@ messages = st.tuples(
         mutated_envelopes(),
     ),
 )
+
+
+def corpus(size: int = 10_000) -> list[tuple[str, bytes | None]]:
+    """``size`` messages drawn with a fixed seed: the same corpus in every run (Hypothesis draws them at about
+    400 a second here, so a test that needs them draws them once)."""
+    found: list[tuple[str, bytes | None]] = []
+
+    @seed(20261201)
+    @settings(max_examples=size, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(messages)
+    def collect(message):
+        found.append(message)
+
+    collect()
+    return found
+
+
+def assert_total(verdict: Change | DeadLetter | None) -> None:
+    """The decoder's verdict on any bytes (never a tombstone here): a change that fits its Avro contract and the
+    archive, or a capped dead letter with its reason."""
+    if isinstance(verdict, Change):
+        contracts.validate(verdict.table, verdict.record())
+        archive_row(verdict)
+        assert 0 <= verdict.lsn < 2**63
+    else:
+        assert isinstance(verdict, DeadLetter) and verdict.reason
+        assert len(json.dumps(verdict.payload(datetime(2026, 1, 1, tzinfo=UTC))).encode()) < 200_000

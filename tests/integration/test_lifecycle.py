@@ -120,26 +120,31 @@ def test_up_status_kill_each_down_up_up_from_nothing(side_home):
 
 
 def _kill_each_and_see_it_serve(side) -> None:
-    """kill -9 of each supervised process in turn, each once the one before is back: a new process (another pid)
-    runs in its place and answers. Then the change committed next is served through Feast and archived, and
-    Prometheus scrapes both jobs again: it went through every one of the new processes."""
+    """kill -9 of every supervised process, in two waves: the services others depend on (Redis, Kafka, and the
+    monitoring pair, which nothing depends on), then, once each is back, the processes that depend on them (Connect,
+    the archiver, the streaming job). Each killed process is replaced by a new one (another pid) that answers. Then
+    the change committed next is served through Feast and archived, and Prometheus scrapes both jobs again: it went
+    through every one of the new processes."""
     answers = {
         "redis": lambda s, _: redis_server.health(s),
         "kafka": lambda s, _: kafka.kafka_health(s),
+        "prometheus": lambda s, _: PROMETHEUS.health(s),
+        "alertmanager": lambda s, _: ALERTMANAGER.health(s),
         "connect": lambda s, _: kafka.connect_health(s),
         "archiver": lambda s, since: _reported(s, ARCHIVER, since),
         "streaming": lambda s, since: _reported(s, STREAMING, since),
-        "prometheus": lambda s, _: PROMETHEUS.health(s),
-        "alertmanager": lambda s, _: ALERTMANAGER.health(s),
     }
+    waves = [("redis", "kafka", "prometheus", "alertmanager"), ("connect", "archiver", "streaming")]
     prober = Prober(side, feature_store(side))
     try:
         successors = {}
-        for name, answer in answers.items():
-            killed, struck = _pids(side)[name], time.time()
-            os.kill(killed, signal.SIGKILL)
-            successors[name] = wait_for(lambda n=name, k=killed: _successor(side, n, k), 120, f"a new {name}")
-            wait_for(lambda a=answer, t=struck: _answers(a, side, t), 120, f"the new {name} to answer")
+        for wave in waves:
+            killed, struck = {name: _pids(side)[name] for name in wave}, time.time()
+            for pid in killed.values():
+                os.kill(pid, signal.SIGKILL)
+            for name in wave:
+                successors[name] = wait_for(lambda n=name, k=killed[name]: _successor(side, n, k), 120, f"a new {name}")
+                wait_for(lambda a=answers[name], t=struck: _answers(a, side, t), 120, f"the new {name} to answer")
         probes = prober.run(1, 1, timeout_s=300)
         assert probes.served, f"no change served after the kills: {probes.unserved}"
         wait_for(lambda: _archived(side, prober.txn, prober.amount), 120, "the served change archived too")

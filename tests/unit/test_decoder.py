@@ -13,7 +13,7 @@ from cdcf import contracts
 from cdcf.decoder import DEAD_LETTER_PAYLOAD, Change, DeadLetter, Position, decode
 from connectors.archive import archive_row, encode
 from tests.cdc_cases import BAD_INPUTS, PREFIX, TOPIC, encoded, envelope, good_update, row
-from tests.fuzz import messages
+from tests.fuzz import assert_total, messages
 
 AT = Position(TOPIC, 0, 42)
 
@@ -168,19 +168,14 @@ def test_a_batch_encodes_to_csv_rows_that_read_back_as_its_archive_rows():
     assert out.ignored == {"transactions": {"added_upstream"}}
 
 
-@settings(max_examples=10_000, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=1_000, deadline=None, suppress_health_check=list(HealthCheck))
 @given(messages)
 def test_the_decoder_is_total(message):
-    """Whatever the bytes: a change that fits its Avro contract and the archive, or a capped dead letter."""
+    """Whatever the bytes: a change that fits its Avro contract and the archive, or a capped dead letter. A new
+    search each run, shrunk on failure; the seeded corpus of 10,000 gets the same check in test_decode_jvm.py, which
+    draws it anyway."""
     topic, value = message
-    result = decode(PREFIX, Position(topic, 0, 1), b"k", value)
-    if isinstance(result, Change):
-        contracts.validate(result.table, result.record())
-        archive_row(result)
-        assert 0 <= result.lsn < 2**63
-    else:
-        assert isinstance(result, DeadLetter) and result.reason
-        assert len(json.dumps(result.payload(datetime(2026, 1, 1, tzinfo=UTC))).encode()) < 200_000
+    assert_total(decode(PREFIX, Position(topic, 0, 1), b"k", value))
 
 
 def test_a_dead_letter_is_capped_and_keeps_its_length():
