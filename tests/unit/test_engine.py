@@ -8,10 +8,8 @@ emit (as-of time, decay or not, every feature to the bit) must match, entity by 
 from __future__ import annotations
 
 import bisect
-import json
-import random
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
@@ -26,9 +24,9 @@ from cdcf.sources import features_of
 from streaming.decode import routed
 from streaming.job import checkpointed_partitions, feature_rows
 from tests.cdc_cases import PREFIX
+from tests.engine_history import OFFSETS, History, offset_commit, random_batches
 from tests.engine_model import Model
 
-START = datetime(2026, 10, 1, tzinfo=UTC)
 SCHEMA = "topic string, partition int, offset long, value binary"
 ARROW = pa.schema(
     [
@@ -39,152 +37,6 @@ ARROW = pa.schema(
         ("key", pa.binary()),
     ]
 )
-
-
-class History:
-    """A random, valid history of the source tables as Debezium would emit it (LSNs and commit times rise)."""
-
-    def __init__(self, seed: int, redelivery: timedelta | None = None) -> None:
-        """``redelivery``: how far back a re-delivered event may date (default: anything sent before)."""
-        self.rnd = random.Random(seed)
-        self.redelivery = redelivery
-        self.rows: dict[tuple[str, int], dict] = {}
-        self.lsn, self.now = 1000, START
-        self.sent: list[tuple[str, bytes]] = []
-        self.sent_at: list[datetime] = []
-
-    def _ts(self, at: datetime) -> str:
-        return at.isoformat().replace("+00:00", "Z")
-
-    def _event(
-        self, table: str, op: str, before: dict | None, after: dict | None, same_commit: bool = False
-    ) -> tuple[str, bytes]:
-        """``same_commit``: in the transaction of the event before (the same commit time)."""
-        self.lsn += self.rnd.randrange(1, 50)
-        if not same_commit:
-            self.now += timedelta(seconds=self.rnd.choice([1, 5, 30, 120, 600, 1800]))
-        source = {
-            "version": "3.6.1.Final",
-            "connector": "postgresql",
-            "name": PREFIX,
-            "ts_ms": 0,
-            "ts_us": int(self.now.timestamp() * 1_000_000),
-            "schema": "public",
-            "table": table,
-            "txId": self.lsn,
-            "lsn": self.lsn,
-        }
-        value = json.dumps({"before": before, "after": after, "source": source, "op": op}).encode()
-        message = (f"{PREFIX}.public.{table}", value)
-        self.sent.append(message)
-        self.sent_at.append(self.now)
-        return message
-
-    def _when(self) -> str:
-        back = self.rnd.choice(
-            [
-                timedelta(minutes=self.rnd.randrange(0, 90)),
-                timedelta(hours=self.rnd.randrange(0, 30)),
-                timedelta(days=self.rnd.randrange(0, 40)),
-                -timedelta(minutes=self.rnd.randrange(1, 20)),
-            ]
-        )
-        return self._ts(self.now - back)
-
-    def _new(self, table: str, key: int) -> dict:
-        users, products = list(range(1, 9)), [11, 12, 13, 14]
-        if table == "transactions":
-            return {
-                "txn_id": key,
-                "user_id": self.rnd.choice(users),
-                "product_id": self.rnd.choice(products + [None]),
-                "amount": f"{self.rnd.randrange(1, 100000) / 100:.2f}",
-                "merchant": "m",
-                "created_at": self._when(),
-                "updated_at": None,
-            }
-        if table == "sessions":
-            return {
-                "session_id": key,
-                "user_id": self.rnd.choice(users),
-                "started_at": self._when(),
-                "duration_s": self.rnd.randrange(1, 5000),
-            }
-        if table == "reviews":
-            return {
-                "review_id": key,
-                "product_id": self.rnd.choice(products),
-                "user_id": None,
-                "rating": self.rnd.randrange(1, 6),
-                "created_at": self._when(),
-            }
-        return {
-            "user_id": key,
-            "age": self.rnd.choice([None, 30, 41]),
-            "income": self.rnd.choice([None, "1000.50"]),
-            "account_status": self.rnd.choice(["active", "vip"]),
-            "signup_date": 20000,
-            "updated_at": None,
-        }
-
-    def quiet(self, hours: int) -> tuple[str, bytes]:
-        """Nothing but a heartbeat, ``hours`` later: the clock moves and windows decay."""
-        self.now += timedelta(hours=hours)
-        return self._event(
-            "cdc_heartbeat", "u", {"id": 1, "beat_at": self._ts(self.now)}, {"id": 1, "beat_at": self._ts(self.now)}
-        )
-
-    def step(self) -> tuple[str, bytes]:
-        rnd = self.rnd
-        recent = (
-            len(self.sent)
-            if self.redelivery is None
-            else len(self.sent) - bisect.bisect_left(self.sent_at, self.now - self.redelivery)
-        )
-        if rnd.random() < 0.08 and recent:  # Debezium re-delivers an earlier event
-            message = rnd.choice(self.sent[-recent:])
-            self.sent.append(message)
-            self.sent_at.append(self.now)
-            return message
-        if rnd.random() < 0.05:
-            return self.quiet(0)
-        table = rnd.choice(["transactions", "transactions", "sessions", "reviews", "users"])
-        key = rnd.randrange(1, 9) if table == "users" else rnd.randrange(1, 25)
-        old = self.rows.get((table, key))
-        if old is None:
-            new = self._new(table, key)
-            self.rows[(table, key)] = new
-            return self._event(table, "c", None, new)
-        if rnd.random() < 0.2:
-            del self.rows[(table, key)]
-            return self._event(table, "d", old, None)
-        new = dict(old)
-        fresh = self._new(table, key)
-        for column in rnd.sample(sorted(set(fresh) - {list(fresh)[0]}), rnd.randrange(1, 3)):
-            new[column] = fresh[column]  # owner moves, event-time moves, new amounts ...
-        self.rows[(table, key)] = new
-        return self._event(table, "u", old, new)
-
-
-OFFSETS = "cdcf-connect-offsets"
-
-
-def _offset_commit(at_us: int, server: str = PREFIX, phase: str = "streaming") -> tuple:
-    """Connect's record of our connector's source offset, committed once every change up to ``at_us`` is in Kafka;
-    as Debezium writes it while streaming, during a snapshot, or when streaming starts after a snapshot."""
-    offset = {"lsn_proc": 2, "messageType": "INSERT", "lsn_commit": 1, "lsn": 2, "txId": 1, "ts_usec": at_us}
-    if phase == "snapshot":
-        offset = {
-            "last_snapshot_record": True,
-            "lsn": 1,
-            "txId": 1,
-            "ts_usec": at_us,
-            "snapshot": "INITIAL",
-            "snapshot_completed": True,
-        }
-    elif phase == "after snapshot":
-        offset = {"lsn": 1, "txId": 1, "ts_usec": at_us}
-    return (OFFSETS, json.dumps(offset).encode(), json.dumps(["cdcf-app", {"server": server}]).encode())
 
 
 def _run(spark, tmp_path: Path, batches: list[list[tuple]], offsets_topic: str | None = None) -> tuple[dict, list]:
@@ -237,26 +89,6 @@ def _watermark(progress: dict) -> int | None:
     return int(datetime.fromisoformat(mark.replace("Z", "+00:00")).timestamp() * 1000) * 1000
 
 
-def _batches(seed: int, redelivery: timedelta | None = None, clocked: bool = False) -> list[list[tuple]]:
-    """About 500 random changes in micro-batches of 1 to 60, with quiet spells of 1 to 200 hours between.
-    ``clocked``: most batches end with an offset commit at the time the history had reached zero to two batches
-    before (the changes since wait for a later one)."""
-    history = History(seed, redelivery)
-    rnd = random.Random(seed)
-    batches, steps, reached = [], 0, []
-    while steps < 500:
-        if rnd.random() < 0.2:
-            batches.append([history.quiet(rnd.choice([1, 2, 25, 200]))])
-        else:
-            size = rnd.choice([1, 2, 5, 20, 60])
-            batches.append([history.step() for _ in range(size)])
-            steps += size
-        reached.append(int(history.now.timestamp() * 1_000_000))
-        if clocked and rnd.random() < 0.8:
-            batches[-1].append(_offset_commit(reached[max(0, len(reached) - 1 - rnd.randrange(3))]))
-    return batches
-
-
 def _features(values: dict, entity: str) -> dict:
     (kind,) = [e for e in decl.ENTITIES if e.name == entity]
     return {f.name: values[f.name] for f in features_of(kind)}
@@ -264,7 +96,7 @@ def _features(values: dict, entity: str) -> dict:
 
 @pytest.mark.parametrize(("seed", "gated"), [(1, False), (2, False), (6, True), (7, True)])
 def test_the_engine_agrees_with_its_twin_on_random_histories(spark, tmp_path, seed, gated):
-    batches = _batches(seed, clocked=gated)
+    batches = random_batches(seed, clocked=gated)
     emitted, progress = _run(spark, tmp_path, batches, offsets_topic=OFFSETS if gated else None)
 
     model, files, waited = Model(gated), iter(batches), 0
@@ -296,7 +128,7 @@ def test_the_backfills_replay_gives_the_streaming_values_at_every_streamed_emit(
     as of each time the streaming job emitted (its latest row at or before it) is what the stream emitted.
     Re-deliveries date back at most 12 hours: the stream keeps a taken-away row's LSN for 24 hours of commit time
     (an older re-delivery would count again there), while the replay sees every change in commit order."""
-    batches = _batches(seed, redelivery=timedelta(hours=12))
+    batches = random_batches(seed, redelivery=timedelta(hours=12))
     streamed, _ = _run(spark, tmp_path, batches)
     records = spark.createDataFrame([(t, 0, i, v) for i, (t, v) in enumerate(m for b in batches for m in b)], SCHEMA)
     end_us = max(as_of for rows in streamed.values() for _, as_of, _, _ in rows) + 1
@@ -343,16 +175,16 @@ def test_with_connects_offsets_only_an_offset_commit_of_ours_moves_the_clock(spa
         spark,
         tmp_path,
         [
-            [insert, _offset_commit(created_us)],
+            [insert, offset_commit(created_us)],
             [beat],
             [
-                _offset_commit(created_us + 40 * 24 * hour, server="elsewhere"),
+                offset_commit(created_us + 40 * 24 * hour, server="elsewhere"),
                 (OFFSETS, None, b'["cdcf-app",{"server":"cdc"}]'),
                 (OFFSETS, b"not json", b"[]"),
-                _offset_commit(created_us + 30 * 24 * hour, phase="snapshot"),
-                _offset_commit(created_us + 30 * 24 * hour, phase="after snapshot"),
+                offset_commit(created_us + 30 * 24 * hour, phase="snapshot"),
+                offset_commit(created_us + 30 * 24 * hour, phase="after snapshot"),
             ],
-            [_offset_commit(created_us + 2 * hour)],
+            [offset_commit(created_us + 2 * hour)],
         ],
         offsets_topic=OFFSETS,
     )
@@ -395,7 +227,7 @@ def test_a_change_waits_for_the_clock_so_an_emit_holds_its_whole_transaction(spa
     emitted, _ = _run(
         spark,
         tmp_path,
-        [[purchase, _offset_commit(earlier)], [review], [_offset_commit(commit_us)]],
+        [[purchase, offset_commit(earlier)], [review], [offset_commit(commit_us)]],
         offsets_topic=OFFSETS,
     )
     (product,) = emitted[("product", 11)]
@@ -408,7 +240,7 @@ def test_a_change_waits_for_the_clock_so_an_emit_holds_its_whole_transaction(spa
 def test_a_checkpoint_tells_the_state_partitions_it_fixed(spark, tmp_path):
     """Spark keeps a checkpoint's first shuffle partitions for good; the job routes its clock for that many."""
     assert checkpointed_partitions(tmp_path / "checkpoint") is None
-    _run(spark, tmp_path, [[_offset_commit(1_790_000_000_000_000)]], offsets_topic=OFFSETS)
+    _run(spark, tmp_path, [[offset_commit(1_790_000_000_000_000)]], offsets_topic=OFFSETS)
     assert checkpointed_partitions(tmp_path / "checkpoint") == int(spark.conf.get("spark.sql.shuffle.partitions"))
 
 
@@ -417,7 +249,7 @@ def test_each_offset_commit_reaches_every_state_partition(spark, partitions):
     """The engine reads the clock of its own micro-batch from the offset commits routed to each state partition
     (one row per partition, keyed so that Spark's hash partitioning sends it there)."""
     records = spark.createDataFrame(
-        [(*_offset_commit(1_790_000_000_000_000), 0, 0)],
+        [(*offset_commit(1_790_000_000_000_000), 0, 0)],
         "topic string, value binary, key binary, partition int, offset long",
     )
     clock = routed(records, PREFIX, route_spec(OFFSETS, PREFIX, partitions))
