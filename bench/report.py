@@ -10,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - after the backend is chosen
 
+from bench import machine_state  # noqa: E402
+
 # (key, what, baseline key or None, target as text, met(result) or None)
 ROWS = [
     (
@@ -275,6 +277,7 @@ def render(r: dict, out: Path, markdown: Path) -> None:
         + f"; jars: {', '.join(m['versions']['jars'])}. The whole stack (Postgres, Kafka, Connect + Debezium, Spark, "
         "Redis) and the load generator share these cores.",
         "",
+        *machine_state.section(m.get("state")),
         "## Summary",
         "",
         "| measure | value | baseline (same run) | target | met? |",

@@ -34,6 +34,7 @@ from bench import (
     exactness,
     faults,
     freshness,
+    machine_state,
     models,
     offline,
     online,
@@ -255,7 +256,8 @@ def main() -> None:
     previous = args.out / "latest.json"
     partial = set(parts) != set(PARTS) and previous.exists()
     result: dict = json.loads(previous.read_text()) if partial else {}
-    result.update({"machine": machine(settings), "phase_s": result.get("phase_s", {})})
+    states = result.get("machine", {}).get("state", {})  # each part's (SPEC 6), the parts not run again keep theirs
+    result.update({"machine": machine(settings) | {"state": states}, "phase_s": result.get("phase_s", {})})
     if partial:  # the workload stays the full run's; the parts run again are recorded
         result["reruns"] = [
             *result.get("reruns", []),
@@ -269,13 +271,16 @@ def main() -> None:
     else:
         result["workload"] = {"size": "smoke" if args.smoke else "full", "seed": seed, **size}
 
+    ours = machine_state.marks(settings)
+
     def phase(name: str, fn):
         if name not in parts:
             return None
         print(f"bench: {name} ...", flush=True)
-        started = time.monotonic()
+        started, before = time.monotonic(), machine_state.snapshot()
         out = fn()
         result["phase_s"][name] = round(time.monotonic() - started, 1)
+        states[name] = machine_state.summary(before, machine_state.snapshot(), ours)
         print(f"bench: {name} done in {result['phase_s'][name]} s", flush=True)
         return out
 

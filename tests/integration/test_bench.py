@@ -60,6 +60,10 @@ def test_each_part_is_measured_and_merged_into_the_last_full_run(smoke):
     assert len(result["freshness_runs"]) == 2 and all(r["served"] > 0 for r in result["freshness_runs"])
     assert result["validate_match"] == 1.0 and 200 <= result["validate_compared"] != recorded["validate_compared"]
     assert result["machine"]["cpus"] >= 1 and result["machine"]["versions"]["feast"]
+    states = result["machine"]["state"]  # each part's, beside its figures
+    assert set(states) >= set(PARTS)
+    for part in PARTS:
+        assert states[part]["seconds"] > 0 and states[part]["ours_cores"] > 0 and isinstance(states[part]["fit"], bool)
     for key in ("faults_tried", "stream_drain_changes_per_s", "fraud_auc", "backfill_s"):  # the others' stay
         assert result[key] == recorded[key], key
 
@@ -83,6 +87,7 @@ def test_the_report_is_rendered_from_the_merge(smoke):
     for key in ("freshness_p50_s", "online_read_1_p50_ms", "write_rows_per_s", "validate_match"):
         assert f"(`{key}`) | {fmt(result[key])} |" in report, key
     at = result["reruns"][-1]["at"]
-    for part in PARTS:  # named as run again, at smoke sizes
+    for part in PARTS:  # named as run again, at smoke sizes, with the machine's state while it ran
         assert f"{part} ({at}, seed 4242, smoke sizes)" in report, part
+        assert f"\n| {part} | {result['machine']['state'][part]['seconds']:g} | " in report, part
     assert "No mismatches." in report
