@@ -2,7 +2,8 @@
 values, read from Redis with their as-of times, each against the offline store's row of that entity at that
 as-of time. The pipeline writes both from the same rows, so every online value must be an offline row: the match
 fraction is 1.0 unless a store lost or changed something. A value whose offline row is not there yet (a write in
-flight) is looked up once more after ``RECHECK_S``.
+flight) is looked up once more after ``RECHECK_S``; an entity with no online value but offline rows is read again
+from Redis, since the streaming job writes Redis first and may have written both since the first read.
 """
 
 from __future__ import annotations
@@ -77,22 +78,19 @@ def _sample(conn, view: FeatureView, size: int, rng: random.Random) -> list[int]
 
 
 def _compare(settings: Settings, conn, view: FeatureView, ids: list[int], report: Report) -> None:
-    names = [f.name for f in view.features]
-    client = FeatureClient.for_features(settings, [(view.name, name) for name in names])
+    client = FeatureClient.for_features(settings, [(view.name, f.name) for f in view.features])
     try:
-        fetched = client.fetch(ids)
+        online = _online(client, view, ids)
+        latest = _latest(conn, view, [e for e, (as_of, _) in online.items() if as_of is None])
+        if latest:  # written since they were read (the job writes Redis before the offline row): read them again
+            online.update(_online(client, view, sorted(latest)))
     finally:
         client.close()
-    online = {}
-    for n, entity in enumerate(ids):
-        as_of = fetched.as_of_row(n)[view.name]
-        online[entity] = (as_of, fetched.row(n))
     offline = _offline_rows(conn, view, online)
     late = [e for e, (as_of, _) in online.items() if as_of is not None and (e, as_of) not in offline]
     if late:
         time.sleep(RECHECK_S)
         offline.update(_offline_rows(conn, view, {e: online[e] for e in late}))
-    latest = _latest(conn, view, [e for e, (as_of, _) in online.items() if as_of is None])
     for entity, (as_of, values) in online.items():
         report.compared += 1
         if as_of is None:
@@ -110,6 +108,12 @@ def _compare(settings: Settings, conn, view: FeatureView, ids: list[int], report
             report.mismatches.append(
                 {"view": view.name, "entity": entity, "as_of": as_of.isoformat() if as_of else None, "why": why}
             )
+
+
+def _online(client: FeatureClient, view: FeatureView, ids: list[int]) -> dict[int, tuple[datetime | None, list]]:
+    """Each entity's online as-of time (None: no value) and values of ``view``."""
+    fetched = client.fetch(ids)
+    return {entity: (fetched.as_of_row(n)[view.name], fetched.row(n)) for n, entity in enumerate(ids)}
 
 
 def _offline_rows(conn, view: FeatureView, online: dict[int, tuple[datetime | None, list]]) -> dict:
